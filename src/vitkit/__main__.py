@@ -1,0 +1,3 @@
+from vitkit.cli import main
+
+main()

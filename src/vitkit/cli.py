@@ -1,0 +1,192 @@
+"""The `vitkit` command: thin Typer commands over the library API.
+
+Recipe fields and their descriptions (config/schema.py) generate the help of `train` and `recipes`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from vitkit.config.loader import load_raw, load_recipe, recipe_to_yaml, shipped_recipes
+from vitkit.config.schema import Recipe
+from vitkit.errors import VitkitError
+
+
+def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted name, description, default) of every recipe field: the source of CLI help and docs."""
+    rows: list[tuple[str, str, Any]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows += recipe_fields(annotation, f"{prefix}{name}.")
+        else:
+            rows.append((f"{prefix}{name}", field.description or "", field.default))
+    return rows
+
+
+def _fields_help() -> str:
+    lines = ["Recipe fields (override any with --set SECTION.FIELD=VALUE):\n\n"]
+    lines += [f"{name}: {desc} [default: {default}]\n\n" for name, desc, default in recipe_fields() if "." in name]
+    return "".join(lines)
+
+
+app = typer.Typer(
+    help="Train, fine-tune and evaluate Vision Transformers with recipes that work.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+recipes_app = typer.Typer(help="List, show and explain recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+console = Console()
+
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a recipe field, e.g. --set optim.lr=1e-3 (repeatable).")
+]
+
+
+@app.command(epilog=_fields_help())
+def train(
+    recipe: Annotated[str, typer.Option(help="Shipped recipe name or path to a YAML file.")] = "quickstart",
+    data: Annotated[
+        str | None,
+        typer.Option(help="Image folder, manifest.csv, hf:PATH, torchvision:NAME or builtin:shapes."),
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Folder for torchvision:NAME files.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder to write (default runs/RECIPE).")] = None,
+    set_: SetOption = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+) -> None:
+    """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary."""
+    from vitkit.train.loop import train as run_training
+
+    if resume is not None:
+        result = run_training(Recipe(), resume, resume=True, console=console)
+    else:
+        overrides = list(set_ or [])
+        if data_root is not None:
+            overrides.append(f"data.root={data_root}")
+        cfg = load_recipe(recipe, overrides, source=data)
+        run_dir = out or Path("runs") / Path(recipe).stem
+        result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
+    _evaluate_and_print(result.run_dir)
+
+
+def _evaluate_and_print(run_dir: Path, data: str | None = None) -> dict[str, Any]:
+    from vitkit.evaluate.run import evaluate_model, load_run_model
+    from vitkit.train.loop import load_data
+
+    model, cfg, info = load_run_model(run_dir)
+    if data is not None:
+        cfg.data.source = data
+    splits = load_data(cfg)
+    metrics = evaluate_model(model, cfg, splits.val)
+    report = {"run": str(run_dir), "data": splits.description, "checkpoint": info, "metrics": metrics}
+    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+
+    table = Table(title=f"vitkit — {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("data", splits.description)
+    table.add_row("checkpoint", f"{info['checkpoint']} ({info['weights']}, epoch {info.get('epoch')})")
+    for key in ("accuracy.top1", "accuracy.top5"):
+        if key in metrics:
+            table.add_row(f"val {key.split('.')[1]}", f"{metrics[key]:.2%}")
+    table.add_row("val NLL", f"{metrics['accuracy.nll']:.4f}")
+    table.add_row("ECE (15 bins)", f"{metrics['calibration.ece']:.4f}")
+    table.add_row("mean confidence", f"{metrics['calibration.mean_confidence']:.2%}")
+    if summary:
+        table.add_row("chance level", f"{1 / summary['num_classes']:.2%}")
+        table.add_row("train time", f"{summary['wall_seconds']:.0f} s ({summary['train_images_per_second']:.0f} img/s)")
+        table.add_row("precision / attention", f"{summary['precision']} / {summary['attention']}")
+    console.print(table)
+    console.print(f"run folder: {run_dir.resolve()}", highlight=False)
+    return report
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train.")],
+    data: Annotated[str | None, typer.Option(help="Evaluate on this data's val split (default: the run's).")] = None,
+) -> None:
+    """Evaluate a run's best checkpoint (accuracy and calibration); writes eval.json into the run folder."""
+    _evaluate_and_print(run, data)
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """The shipped recipes and what each is for."""
+    table = Table("recipe", "description")
+    for name, path in sorted(shipped_recipes().items()):
+        data, _ = load_raw(str(path))
+        table.add_row(name, str(data.get("description", "")))
+    console.print(table)
+
+
+@recipes_app.command("show")
+def recipes_show(
+    name: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
+    resolved: Annotated[bool, typer.Option(help="Show every effective value, including the scaled lr.")] = False,
+    set_: SetOption = None,
+) -> None:
+    """Print a recipe as written, or --resolved with all defaults, overrides and the batch-scaled lr."""
+    if not resolved:
+        if set_:
+            raise VitkitError("--set only applies with --resolved (it changes the effective values).")
+        path = shipped_recipes().get(name, Path(name))
+        if not path.exists():
+            load_recipe(name)  # raises the helpful unknown-recipe error
+        sys.stdout.write(path.read_text())
+        return
+    cfg = load_recipe(name, list(set_ or []))
+    text = recipe_to_yaml(cfg)
+    effective = {
+        "effective": {
+            "batch_per_update": cfg.effective_batch(),
+            "peak_lr": cfg.effective_lr(),
+            "rule": f"lr x {cfg.effective_batch()} / {cfg.optim.lr_base_batch} ({cfg.optim.lr_scaling})",
+        }
+    }
+    sys.stdout.write(text + yaml.safe_dump(effective, sort_keys=False))
+
+
+@recipes_app.command("fields", epilog=_fields_help())
+def recipes_fields() -> None:
+    """Every recipe field with its default and description."""
+    table = Table("field", "default", "description")
+    for name, desc, default in recipe_fields():
+        if "." in name:
+            table.add_row(name, str(default), desc)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user errors print a one-paragraph message (no traceback) and exit with status 2."""
+    try:
+        app(standalone_mode=False)
+    except VitkitError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted", highlight=False)
+        raise SystemExit(130) from None
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        if isinstance(exc, click.exceptions.Exit):
+            raise SystemExit(exc.exit_code) from None
+        raise

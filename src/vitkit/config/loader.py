@@ -1,0 +1,153 @@
+"""Load recipes from YAML (shipped names or files), apply `--set a.b=value` overrides, validate with a clear error."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vitkit.config.schema import Recipe
+from vitkit.errors import RecipeError
+
+RECIPE_PACKAGE = "vitkit.config.recipes"
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Names of the recipes that ship with vitkit, mapped to their YAML files."""
+    folder = resources.files(RECIPE_PACKAGE)
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}.")
+    return data
+
+
+def _resolve_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise RecipeError(f"recipe file {path} does not exist. Check the path, or use a shipped recipe name.")
+        return path
+    shipped = shipped_recipes()
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    hint = difflib.get_close_matches(name_or_path, shipped, n=1)
+    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    raise RecipeError(
+        f"unknown recipe '{name_or_path}'.{suggestion} Shipped recipes: {', '.join(sorted(shipped))}; "
+        "or pass a path to a .yaml file."
+    )
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Merge `update` into a copy of `base`, section by section."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+    """Read a recipe and the chain of `base:` recipes it extends, without validating."""
+    path = _resolve_path(name_or_path)
+    if path.resolve() in _seen:
+        raise RecipeError(f"{path}: recipe inheritance loops back on itself through 'base'.")
+    data = _read_yaml(path)
+    base_name = data.pop("base", None)
+    if base_name is not None:
+        base_data, _ = load_raw(str(base_name), (*_seen, path.resolve()))
+        data = deep_merge(base_data, data)
+    return data, path
+
+
+def _known_fields(model: type[BaseModel], dotted: list[str]) -> list[str]:
+    """Field names valid at the position of the last key in `dotted`, for suggestions."""
+    current: Any = model
+    for key in dotted[:-1]:
+        field = current.model_fields.get(key) if isinstance(current, type) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        current = field.annotation
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` overrides; values are parsed as YAML (so 1e-3, true, null, [1, 2] work)."""
+    out = deep_merge({}, data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override '{item}' is not of the form section.field=value (e.g. optim.lr=1e-3).")
+        key, raw_value = item.split("=", 1)
+        keys = key.strip().split(".")
+        valid = _known_fields(Recipe, keys)
+        if keys[-1] not in valid:
+            hint = difflib.get_close_matches(keys[-1], valid, n=1)
+            where = ".".join(keys[:-1]) or "the recipe"
+            suggestion = f" Did you mean '{'.'.join([*keys[:-1], hint[0]])}'?" if hint else ""
+            raise RecipeError(f"override '{item}': {where} has no field '{keys[-1]}'.{suggestion}")
+        try:
+            value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        except yaml.YAMLError:
+            value = raw_value
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return out
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: the recipe is not valid:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in err["loc"][:-1])
+            valid = _known_fields(Recipe, [*(str(p) for p in err["loc"])])
+            hint = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid fields: {', '.join(valid)}."
+            lines.append(f"  - {loc}: unknown field in section '{section or 'recipe'}'.{suggestion}")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  - {loc or 'recipe'}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None, source: str | None = None) -> Recipe:
+    """Load, override and validate a recipe; errors name the field, the value and the file."""
+    data, path = load_raw(name_or_path)
+    data = apply_overrides(data, overrides or [])
+    if source is not None:
+        data.setdefault("data", {})["source"] = source
+    origin = str(path) + (f" with overrides {overrides}" if overrides else "")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, origin)) from None
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_from_yaml_file(path: Path) -> Recipe:
+    """Load an already-resolved recipe (e.g. a run folder's recipe.yaml)."""
+    try:
+        return Recipe.model_validate(_read_yaml(path))
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, str(path))) from None

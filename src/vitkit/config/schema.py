@@ -1,0 +1,160 @@
+"""The typed recipe: every option vitkit understands, with its default and what it does.
+
+Each field's description is the single source of the CLI help and of the recipe reference in the docs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base for recipe sections: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("vit_tiny_patch16_224", description="timm model name (any ViT/DeiT/Swin family).")
+    img_size: int = Field(224, ge=8, description="Input resolution in pixels (square).")
+    patch_size: int | None = Field(None, ge=1, description="Patch size; None keeps the model's (8 vs 16 matters).")
+    embed_dim: int | None = Field(None, ge=8, description="Width override; None keeps the model's.")
+    depth: int | None = Field(None, ge=1, description="Number of blocks override; None keeps the model's.")
+    num_heads: int | None = Field(None, ge=1, description="Attention heads override; None keeps the model's.")
+    num_classes: int | None = Field(None, ge=1, description="Classes; None takes the count from the data.")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the head and in the MLP.")
+    attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
+    drop_path_rate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Stochastic depth: block l of L is dropped with probability l/(L-1) x rate."
+    )
+    attn_impl: Literal["auto", "fused", "math"] = Field(
+        "auto", description="Attention kernel: fused SDPA, explicit math, or auto (fastest for device and tokens)."
+    )
+    grad_checkpointing: bool = Field(False, description="Recompute block activations in backward to save memory.")
+    channels_last: bool = Field(False, description="Use channels-last memory format for the input and convs.")
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+
+
+class DataConfig(Section):
+    source: str | None = Field(
+        None,
+        description="Image folder, manifest.csv, hf:PATH, torchvision:NAME or builtin:shapes; usually set by --data.",
+    )
+    root: str | None = Field(None, description="Download/cache folder for torchvision:NAME sources.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=1.0, description="Share held out (stratified, seeded) when the source has no val split."
+    )
+    cache: Literal["auto", "memory", "none"] = Field(
+        "auto", description="Decode images once into memory (uint8); auto does it when they fit in cache_limit_gb."
+    )
+    cache_limit_gb: float = Field(4.0, gt=0.0, description="Largest decoded dataset kept in memory by cache=auto.")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto picks from the CPU count and the cache mode."
+    )
+    synthetic_train_size: int = Field(6000, ge=10, description="Training images of builtin:shapes.")
+    synthetic_val_size: int = Field(1000, ge=10, description="Validation images of builtin:shapes.")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean (RGB).")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std (RGB).")
+
+
+class AugmentConfig(Section):
+    rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range.")
+    rrc_ratio: tuple[float, float] = Field((0.75, 1.3333), description="RandomResizedCrop aspect-ratio range.")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
+    color_jitter: float = Field(0.3, ge=0.0, description="ColorJitter strength (0 turns it off).")
+    randaugment: str | None = Field(
+        "rand-m9-mstd0.5-inc1", description="timm RandAugment spec (magnitude m, std mstd); null turns it off."
+    )
+    random_erasing: float = Field(0.25, ge=0.0, le=1.0, description="Random Erasing probability.")
+    erasing_mode: Literal["const", "rand", "pixel"] = Field("pixel", description="Random Erasing fill.")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bicubic", description="Resize interpolation.")
+    crop_pct: float = Field(0.875, gt=0.0, le=1.0, description="Eval: resize to size/crop_pct, then center crop.")
+    mixup: float = Field(0.8, ge=0.0, description="Mixup alpha (0 turns Mixup off).")
+    cutmix: float = Field(1.0, ge=0.0, description="CutMix alpha (0 turns CutMix off).")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="Probability of mixing a batch at all.")
+    mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of CutMix instead of Mixup.")
+    mix_mode: Literal["batch", "pair", "elem"] = Field("batch", description="Mixup lambda per batch, pair or image.")
+    repeated_aug: int = Field(1, ge=1, description="Repeated augmentation: each image appears this many times.")
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "sgd"] = Field("adamw", description="Optimizer (through timm.optim).")
+    lr: float = Field(5e-4, gt=0.0, description="Base learning rate at lr_base_batch images per update.")
+    lr_base_batch: int = Field(512, ge=1, description="Batch size the base lr refers to (linear scaling).")
+    lr_scaling: Literal["linear", "none"] = Field("linear", description="Scale lr by effective batch / lr_base_batch.")
+    weight_decay: float = Field(0.05, ge=0.0, description="Decoupled weight decay (none on norms, biases, tokens).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0.0, description="AdamW epsilon.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    clip_grad: float | None = Field(None, gt=0.0, description="Clip gradients to this global L2 norm; null = no clip.")
+
+
+class ScheduleConfig(Section):
+    epochs: int = Field(300, ge=1, description="Training epochs.")
+    warmup_epochs: float = Field(5.0, ge=0.0, description="Linear warmup length in epochs (applied per step).")
+    warmup_lr: float = Field(1e-6, ge=0.0, description="LR at the first warmup step.")
+    min_lr: float = Field(1e-5, ge=0.0, description="Cosine floor.")
+
+
+class TrainConfig(Section):
+    batch_size: int = Field(128, ge=1, description="Images per step per process.")
+    accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients are summed before one update.")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Label smoothing (folded into Mixup targets).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast precision; auto = bf16 where the device supports it, else fp32."
+    )
+    seed: int = Field(0, description="Seed for model init, data order, augmentation and splits.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (smoke runs).")
+    log_every: int = Field(20, ge=1, description="Write step metrics every this many steps.")
+    eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+
+
+class EmaConfig(Section):
+    enabled: bool = Field(True, description="Keep an exponential moving average of the weights.")
+    decay: float = Field(0.9998, gt=0.0, lt=1.0, description="EMA decay per optimizer step.")
+    warmup: bool = Field(True, description="Ramp the decay up early in training (timm ModelEmaV3 warmup).")
+
+
+class Recipe(Section):
+    """A complete training recipe. YAML files may name a `base` recipe and override any field."""
+
+    description: str = Field("", description="One line saying what the recipe is for.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ema: EmaConfig = Field(default_factory=EmaConfig)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Recipe:
+        m = self.model
+        if m.embed_dim is not None and m.num_heads is not None and m.embed_dim % m.num_heads:
+            raise ValueError(f"model.embed_dim={m.embed_dim} must be divisible by model.num_heads={m.num_heads}")
+        if m.patch_size is not None and m.img_size % m.patch_size:
+            raise ValueError(f"model.img_size={m.img_size} must be a multiple of model.patch_size={m.patch_size}")
+        if self.augment.rrc_scale[0] > self.augment.rrc_scale[1]:
+            raise ValueError(f"augment.rrc_scale={self.augment.rrc_scale} must be (low, high) with low <= high")
+        if self.schedule.warmup_epochs >= self.schedule.epochs:
+            raise ValueError(
+                f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below schedule.epochs="
+                f"{self.schedule.epochs}"
+            )
+        return self
+
+    def effective_batch(self, world_size: int = 1) -> int:
+        """Images per optimizer update across processes and accumulation steps."""
+        return self.train.batch_size * self.train.accumulation_steps * world_size
+
+    def effective_lr(self, world_size: int = 1) -> float:
+        """The peak LR after linear batch-size scaling (DeiT: lr x batch / 512)."""
+        return scaled_lr(self.optim.lr, self.effective_batch(world_size), self.optim.lr_base_batch, self.optim.lr_scaling)
+
+
+def scaled_lr(base_lr: float, batch: int, base_batch: int, rule: str = "linear") -> float:
+    """Linear LR scaling rule of Goyal et al., used by DeiT: lr = base_lr x batch / base_batch."""
+    return base_lr * batch / base_batch if rule == "linear" else base_lr

@@ -1,0 +1,209 @@
+"""From an `ImageSet` to batches: decode-once cache, per-image timm transforms, loaders and batch-level steps.
+
+Per-image work (crop, flip, RandAugment) runs in the loader and yields uint8 tensors, as timm's prefetcher path
+does; normalisation, Random Erasing and Mixup/CutMix run once per batch on the training device. That keeps the
+data sent between processes 4x smaller and does the float work where it is cheapest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import Mixup, create_transform
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.data.loader import fast_collate
+from timm.data.mixup import mixup_target
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+
+from vitkit.config.schema import AugmentConfig, DataConfig
+from vitkit.data.sources import ImageSet, to_pil
+
+
+class ImageDataset(Dataset[tuple[Any, int]]):
+    """Applies a per-image transform to the items of an `ImageSet`."""
+
+    def __init__(self, images: ImageSet, transform: Callable[[Image.Image], Any]) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.transform(to_pil(self.images.items[index])), int(self.images.labels[index])
+
+
+# --- decode once -------------------------------------------------------------------------------------------
+
+
+def _decode(item: Any, max_side: int) -> np.ndarray:
+    img = to_pil(item)
+    if min(img.size) > max_side:  # keep enough pixels for RandomResizedCrop, not the full-size original
+        scale = max_side / min(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def estimated_bytes(images: ImageSet, max_side: int, sample: int = 16) -> int:
+    """Memory of the decoded set, extrapolated from a few images."""
+    if isinstance(images.items, np.ndarray):
+        return int(images.items.nbytes)
+    n = min(sample, len(images))
+    probe = [_decode(images.items[i], max_side).nbytes for i in range(n)]
+    return int(np.mean(probe) * len(images)) if probe else 0
+
+
+def decode_all(images: ImageSet, max_side: int, threads: int = 2) -> ImageSet:
+    """Decode every image once into uint8 arrays (shorter side capped at `max_side`)."""
+    if isinstance(images.items, np.ndarray):
+        return images
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL releases the GIL while decoding
+        arrays = list(pool.map(lambda item: _decode(item, max_side), images.items))
+    return ImageSet(arrays, images.labels, images.groups)
+
+
+def maybe_cache(images: ImageSet, cfg: DataConfig, img_size: int) -> tuple[ImageSet, bool]:
+    """Apply the recipe's cache policy; returns the (possibly decoded) set and whether it is in memory."""
+    if isinstance(images.items, np.ndarray):
+        return images, True
+    if cfg.cache == "none":
+        return images, False
+    max_side = 2 * img_size
+    if cfg.cache == "auto" and estimated_bytes(images, max_side) > cfg.cache_limit_gb * 2**30:
+        return images, False
+    return decode_all(images, max_side), True
+
+
+# --- transforms --------------------------------------------------------------------------------------------
+
+
+def train_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image], Any]:
+    """timm's training transform up to a uint8 tensor: RandomResizedCrop, flip, ColorJitter or RandAugment."""
+    return create_transform(
+        img_size,
+        is_training=True,
+        scale=tuple(aug.rrc_scale),
+        ratio=tuple(aug.rrc_ratio),
+        hflip=aug.hflip,
+        color_jitter=aug.color_jitter if aug.color_jitter > 0 else None,  # type: ignore[arg-type]
+        auto_augment=aug.randaugment,
+        interpolation=aug.interpolation,
+        use_prefetcher=True,
+    )
+
+
+def eval_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image], Any]:
+    """Resize to img_size / crop_pct, then center crop, to a uint8 tensor."""
+    return create_transform(
+        img_size, is_training=False, crop_pct=aug.crop_pct, interpolation=aug.interpolation, use_prefetcher=True
+    )
+
+
+# --- batch-level steps (pure functions plus timm's batch augmentations) ------------------------------------
+
+
+def normalize_batch(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (B, C, H, W) in [0, 255] to float, normalised per channel."""
+    m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - m) / s
+
+
+def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot targets with label smoothing: 1 - s + s/K on the true class, s/K elsewhere."""
+    return mixup_target(labels, num_classes, lam=1.0, smoothing=smoothing)
+
+
+class BatchAugment:
+    """Normalise, Random Erasing, then Mixup/CutMix (which also folds label smoothing into the soft targets)."""
+
+    def __init__(
+        self,
+        aug: AugmentConfig,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        num_classes: int,
+        label_smoothing: float,
+        device: torch.device,
+    ) -> None:
+        self.mean, self.std = mean, std
+        self.num_classes, self.smoothing = num_classes, label_smoothing
+        self.erasing = (
+            RandomErasing(aug.random_erasing, mode=aug.erasing_mode, device=str(device))
+            if aug.random_erasing > 0
+            else None
+        )
+        self.mixup = (
+            Mixup(
+                mixup_alpha=aug.mixup,
+                cutmix_alpha=aug.cutmix,
+                prob=aug.mix_prob,
+                switch_prob=aug.mix_switch_prob,
+                mode=aug.mix_mode,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            if aug.mix_prob > 0 and (aug.mixup > 0 or aug.cutmix > 0)
+            else None
+        )
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = normalize_batch(images, self.mean, self.std)
+        if self.erasing is not None:
+            x = self.erasing(x)
+        if self.mixup is not None:
+            return self.mixup(x, labels)
+        return x, smooth_targets(labels, self.num_classes, self.smoothing)
+
+
+# --- loaders -----------------------------------------------------------------------------------------------
+
+
+def auto_workers(in_memory: bool, device: torch.device) -> int:
+    """Worker processes for the loader.
+
+    On a CPU-only machine the workers compete with the model for cores; one worker keeps the per-image
+    augmentation off the main thread (measured: benchmarks/train_throughput.py). Files on disk or a GPU
+    need more decoding capacity: up to 8 workers, leaving a core for the main process.
+    """
+    cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        return 1 if in_memory or cpus <= 2 else min(4, cpus // 2)
+    return max(1, min(8, cpus - 1))
+
+
+def train_sampler(dataset: Dataset[Any], repeats: int, seed: int, epoch: int) -> Sampler[int]:
+    """Shuffle (seeded by run seed and epoch), or DeiT's repeated-augmentation sampler when repeats > 1."""
+    if repeats > 1:
+        sampler = RepeatAugSampler(dataset, num_replicas=1, rank=0, num_repeats=repeats)
+        sampler.set_epoch(seed * 100_003 + epoch)  # timm seeds its shuffle with the epoch alone: mix in the run seed
+        return sampler
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
+
+
+def make_loader(
+    dataset: Dataset[Any],
+    batch_size: int,
+    *,
+    sampler: Sampler[int] | None = None,
+    workers: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader[Any]:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler if sampler is not None else SequentialSampler(dataset),  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=fast_collate,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )

@@ -1,0 +1,326 @@
+"""Data sources: image folders, CSV manifests, Hugging Face datasets, torchvision datasets and builtin:shapes.
+
+Every source becomes a `DataSplits`: a train and a val `ImageSet` plus the class names. An `ImageSet` holds
+items that are file paths, decoded uint8 arrays or PIL images, so the same dataset code serves all sources.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
+from vitkit.errors import DataError, MissingExtraError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB; errors name the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist. Check the path (manifest paths are relative to it).")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image file {path} could not be read ({exc}). Remove or replace it.") from exc
+
+
+def to_pil(item: Any) -> Image.Image:
+    """Turn a path, a uint8 array (H, W[, C]) or a PIL image into an RGB PIL image."""
+    if isinstance(item, np.ndarray):
+        img = Image.fromarray(item)
+        return img if img.mode == "RGB" else img.convert("RGB")
+    if isinstance(item, Image.Image):
+        return item if item.mode == "RGB" else item.convert("RGB")
+    return open_image(item)
+
+
+@dataclass
+class ImageSet:
+    """Images (paths, arrays or PIL images) with integer labels and optional group names."""
+
+    items: Sequence[Any]
+    labels: np.ndarray
+    groups: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        items = self.items[indices] if isinstance(self.items, np.ndarray) else [self.items[int(i)] for i in indices]
+        groups = [self.groups[int(i)] for i in indices] if self.groups is not None else None
+        return ImageSet(items, self.labels[indices], groups)
+
+
+@dataclass
+class DataSplits:
+    train: ImageSet
+    val: ImageSet
+    classes: list[str]
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split that keeps each class's share: about val_fraction of every class (at least one if it has 2+)."""
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        n_val = min(max(n_val, 1 if len(idx) > 1 else 0), len(idx) - 1)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
+
+
+def _split(full: ImageSet, classes: list[str], val_fraction: float, seed: int, description: str) -> DataSplits:
+    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+    note = f"no validation split found: held out {len(val_idx)} images ({val_fraction:.0%}, stratified, seed {seed})"
+    return DataSplits(full.subset(train_idx), full.subset(val_idx), classes, description, [note])
+
+
+# --- image folders -----------------------------------------------------------------------------------------
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_folder(root: Path, classes: list[str]) -> ImageSet:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += files
+        labels += [label] * len(files)
+    return ImageSet(paths, np.asarray(labels, dtype=np.int64))
+
+
+def _empty_classes(root: Path, classes: list[str], images: ImageSet) -> list[str]:
+    counts = np.bincount(images.labels, minlength=len(classes))
+    return [f"{root / c}" for c, n in zip(classes, counts) if n == 0]
+
+
+def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:
+    """`root/train/<class>/*` and `root/val/<class>/*`, or `root/<class>/*` split by `stratified_split`."""
+    train_dir = root / "train"
+    val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
+    if train_dir.is_dir() and val_dir is not None:
+        classes = [p.name for p in _class_folders(train_dir)]
+        val_classes = [p.name for p in _class_folders(val_dir)]
+        if set(val_classes) - set(classes):
+            raise DataError(
+                f"{val_dir} has classes not in {train_dir}: {sorted(set(val_classes) - set(classes))}. "
+                "Both folders must use the same class sub-folder names."
+            )
+        train, val = _scan_folder(train_dir, classes), _scan_folder(val_dir, classes)
+        empty = _empty_classes(train_dir, classes, train)
+        if empty:
+            raise DataError(f"class folders with no images: {empty}. Add images or remove the folders.")
+        return DataSplits(train, val, classes, f"image folder {root} (train/ and {val_dir.name}/)")
+    classes = [p.name for p in _class_folders(root)]
+    if not classes:
+        raise DataError(
+            f"{root} has no class sub-folders. Expected {root}/<class>/<image> or {root}/train/<class>/<image> "
+            f"with {root}/val/<class>/<image>."
+        )
+    full = _scan_folder(root, classes)
+    empty = _empty_classes(root, classes, full)
+    if empty:
+        raise DataError(f"class folders with no images: {empty}. Add images or remove the folders.")
+    return _split(full, classes, val_fraction, seed, f"image folder {root}")
+
+
+# --- CSV manifests -----------------------------------------------------------------------------------------
+
+
+def load_manifest(path: Path, val_fraction: float, seed: int) -> DataSplits:
+    """CSV with columns path,label and optional group and split (train/val); paths are relative to the CSV."""
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = set(reader.fieldnames or [])
+        if not {"path", "label"} <= columns:
+            raise DataError(f"{path}: a manifest needs the columns 'path' and 'label' (found: {sorted(columns)}).")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{path}: the manifest has no rows.")
+    classes = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [(path.parent / r["path"]) if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
+    labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
+    groups = [r.get("group", "") for r in rows] if "group" in columns else None
+    full = ImageSet(paths, labels, groups)
+    if "split" in columns:
+        splits = np.asarray([r["split"].strip().lower() for r in rows])
+        unknown = sorted(set(splits) - {"train", *VAL_FOLDER_NAMES})
+        if unknown:
+            raise DataError(f"{path}: column 'split' has values {unknown}; use 'train' or 'val'.")
+        is_train = splits == "train"
+        return DataSplits(
+            full.subset(np.flatnonzero(is_train)), full.subset(np.flatnonzero(~is_train)), classes, f"manifest {path}"
+        )
+    return _split(full, classes, val_fraction, seed, f"manifest {path}")
+
+
+# --- Hugging Face datasets ---------------------------------------------------------------------------------
+
+
+class _HFColumn(Sequence[Any]):
+    """Lazy view of the image column of a `datasets.Dataset` (decoding happens on access)."""
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.dataset[int(i)][self.column]
+
+
+def _hf_columns(ds: Any, where: str) -> tuple[str, str]:
+    names = ds.column_names
+    image_col = next((c for c in ("image", "img", "pixel_values") if c in names), None)
+    label_col = next((c for c in ("label", "labels", "fine_label") if c in names), None)
+    if image_col is None or label_col is None:
+        raise DataError(f"{where}: expected an image column (image/img) and a label column (label); found {names}.")
+    return image_col, label_col
+
+
+def load_hf(path: str, val_fraction: float, seed: int) -> DataSplits:
+    """A dataset saved with `save_to_disk` (Dataset or DatasetDict), or an imagefolder, read with `datasets`."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError("datasets", "hf", "--data hf:PATH") from None
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"hf:{path}: the folder does not exist. Give a folder written by save_to_disk or images.")
+    try:
+        loaded = datasets.load_from_disk(str(root))
+    except FileNotFoundError:
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(root))
+    if isinstance(loaded, datasets.DatasetDict):
+        train_ds = loaded.get("train")
+        val_ds = next((loaded[n] for n in VAL_FOLDER_NAMES if n in loaded), None)
+        if train_ds is None:
+            raise DataError(f"hf:{path}: no 'train' split (found {list(loaded)}).")
+    else:
+        train_ds, val_ds = loaded, None
+    image_col, label_col = _hf_columns(train_ds, f"hf:{path}")
+    feature = train_ds.features[label_col]
+    labels = np.asarray(train_ds[label_col], dtype=np.int64)
+    classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
+    train = ImageSet(_HFColumn(train_ds, image_col), labels)
+    if val_ds is None:
+        return _split(train, classes, val_fraction, seed, f"Hugging Face dataset {path}")
+    val = ImageSet(_HFColumn(val_ds, image_col), np.asarray(val_ds[label_col], dtype=np.int64))
+    return DataSplits(train, val, classes, f"Hugging Face dataset {path}")
+
+
+# --- torchvision datasets ----------------------------------------------------------------------------------
+
+
+def _tv_arrays(ds: Any) -> ImageSet:
+    """Use the dataset's in-memory arrays when it has them (CIFAR, MNIST family), else index it lazily."""
+    targets = np.asarray(getattr(ds, "targets", getattr(ds, "labels", [])), dtype=np.int64)
+    data = getattr(ds, "data", None)
+    if data is not None and hasattr(data, "shape") and len(data.shape) in (3, 4):
+        arr = np.asarray(data)
+        if arr.ndim == 3:  # grayscale (N, H, W): repeat to RGB so RGB models apply
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+        return ImageSet(arr.astype(np.uint8), targets)
+    items = [ds[i][0] for i in range(len(ds))]
+    return ImageSet(items, np.asarray([ds[i][1] for i in range(len(ds))], dtype=np.int64))
+
+
+def load_torchvision(name: str, root: str | None, val_fraction: float, seed: int) -> DataSplits:
+    """torchvision.datasets.NAME with train=True/False; uses files in `root`, downloading only if they are missing."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name, None)
+    if cls is None:
+        raise DataError(f"torchvision has no dataset '{name}'. Examples: CIFAR10, CIFAR100, FashionMNIST, MNIST.")
+    if root is None:
+        raise DataError(f"--data torchvision:{name} needs --data-root DIR (where the files are or will be put).")
+
+    def make(train: bool) -> Any:
+        try:
+            return cls(root, train=train, download=False)
+        except RuntimeError:
+            try:
+                return cls(root, train=train, download=True)
+            except Exception as exc:
+                raise DataError(
+                    f"torchvision:{name}: files not found in {root} and the download failed ({exc}). "
+                    f"Put the dataset files in {root} or allow network access."
+                ) from exc
+
+    train, val = _tv_arrays(make(True)), _tv_arrays(make(False))
+    ds_classes = getattr(cls, "classes", None)
+    n = int(max(train.labels.max(), val.labels.max())) + 1
+    classes = list(ds_classes) if isinstance(ds_classes, list) and len(ds_classes) == n else [str(i) for i in range(n)]
+    return DataSplits(train, val, classes, f"torchvision {name} in {root}")
+
+
+# --- dispatch ----------------------------------------------------------------------------------------------
+
+
+def load_shapes(train_size: int, val_size: int, img_size: int) -> DataSplits:
+    """The built-in dataset: fixed seeds, so every run and every recipe sees the same images."""
+    train_x, train_y = make_shapes(train_size, size=img_size, seed=1)
+    val_x, val_y = make_shapes(val_size, size=img_size, seed=2)
+    return DataSplits(
+        ImageSet(train_x, train_y),
+        ImageSet(val_x, val_y),
+        list(SHAPE_CLASSES),
+        f"builtin:shapes ({train_size} train / {val_size} val, {img_size} px, {len(SHAPE_CLASSES)} classes)",
+    )
+
+
+def load_source(
+    source: str | None,
+    *,
+    root: str | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    img_size: int = 32,
+    synthetic_sizes: tuple[int, int] = (6000, 1000),
+) -> DataSplits:
+    """Turn a `--data` string into train/val splits."""
+    if not source:
+        raise DataError("no data given. Pass --data DIR|manifest.csv|hf:PATH|torchvision:NAME|builtin:shapes.")
+    if source.startswith("builtin:"):
+        if source != "builtin:shapes":
+            raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
+        return load_shapes(*synthetic_sizes, img_size=img_size)
+    if source.startswith("hf:"):
+        return load_hf(source[3:], val_fraction, seed)
+    if source.startswith("torchvision:"):
+        return load_torchvision(source.split(":", 1)[1], root, val_fraction, seed)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"--data {source}: no such file or folder. Check the path.")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DataError(f"--data {source}: a file must be a CSV manifest (path,label[,group][,split]).")
+        return load_manifest(path, val_fraction, seed)
+    return load_folder(path, val_fraction, seed)

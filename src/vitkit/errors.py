@@ -1,0 +1,20 @@
+"""User-facing errors: each message names what is wrong and how to fix it. The CLI prints them without a traceback."""
+
+
+class VitkitError(Exception):
+    """Base class for errors caused by user input (recipes, data, paths, settings)."""
+
+
+class RecipeError(VitkitError):
+    """A recipe or an override is invalid."""
+
+
+class DataError(VitkitError):
+    """A data source is missing, unreadable or inconsistent."""
+
+
+class MissingExtraError(VitkitError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(f"{purpose} needs the package '{package}'. Install it with: pip install 'vitkit[{extra}]'")

@@ -1,0 +1,370 @@
+"""The training loop: one function, top to bottom, that wires the recipe's tricks together.
+
+Each trick lives in a tested building block (data.pipeline, train.optim, models.build, timm, accelerate);
+this module only decides the order: batch -> augment -> forward -> loss -> backward -> clip -> step ->
+schedule -> EMA -> log, then per epoch evaluate raw and EMA models and checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from rich.console import Console
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+
+from vitkit.config.loader import recipe_from_yaml_file, recipe_to_yaml
+from vitkit.config.schema import Recipe
+from vitkit.data.pipeline import (
+    BatchAugment,
+    ImageDataset,
+    auto_workers,
+    eval_transform,
+    make_loader,
+    maybe_cache,
+    train_sampler,
+    train_transform,
+)
+from vitkit.data.sources import DataSplits, load_source
+from vitkit.errors import VitkitError
+from vitkit.evaluate.metrics import run_evaluators
+from vitkit.evaluate.predict import predict
+from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
+from vitkit.train.checkpoint import (
+    Progress,
+    load_training_state,
+    load_weights,
+    progress_from_dict,
+    progress_to_dict,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vitkit.train.display import TrainDisplay
+from vitkit.train.logging import MetricsLogger
+from vitkit.train.optim import build_optimizer, build_scheduler
+from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_data(recipe: Recipe) -> DataSplits:
+    d = recipe.data
+    return load_source(
+        d.source,
+        root=d.root,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        img_size=recipe.model.img_size,
+        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
+    )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run folder; refuse to mix a new run into an old one unless asked to overwrite."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise VitkitError(
+                f"run folder {run_dir} already holds a run. Use --resume {run_dir} to continue it, "
+                "--overwrite to replace it, or another --out."
+            )
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ".write-test").write_text("ok")
+        (run_dir / ".write-test").unlink()
+    except OSError as exc:
+        raise VitkitError(f"cannot write to the run folder {run_dir} ({exc}). Choose a writable --out.") from exc
+
+
+def train(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> RunResult:
+    """Train `recipe` into `run_dir` (or continue the run there when `resume`)."""
+    console = console or Console()
+    if resume:
+        recipe_path = run_dir / "recipe.yaml"
+        if not recipe_path.exists():
+            raise VitkitError(f"--resume {run_dir}: no recipe.yaml there, so it is not a vitkit run folder.")
+        recipe = recipe_from_yaml_file(recipe_path)
+    else:
+        prepare_run_dir(run_dir, overwrite)
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    cfg, t = recipe, recipe.train
+    seed_everything(t.seed)
+
+    # --- device and precision --------------------------------------------------------------------------
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs in one process
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+        gradient_accumulation_steps=t.accumulation_steps,
+    )
+    device = accelerator.device
+
+    # --- data ------------------------------------------------------------------------------------------
+    data = load_data(cfg)
+    train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
+    val_images, _ = maybe_cache(data.val, cfg.data, cfg.model.img_size)
+    workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
+    train_ds = ImageDataset(train_images, train_transform(cfg.augment, cfg.model.img_size))
+    val_ds = ImageDataset(val_images, eval_transform(cfg.augment, cfg.model.img_size))
+    val_loader = make_loader(val_ds, t.batch_size, workers=min(workers, 1))
+    samples_per_epoch = len(train_sampler(train_ds, cfg.augment.repeated_aug, t.seed, 0))  # type: ignore[arg-type]
+    steps_per_epoch = (samples_per_epoch // t.batch_size) // t.accumulation_steps * t.accumulation_steps
+    if steps_per_epoch == 0:
+        raise VitkitError(
+            f"train.batch_size={t.batch_size} x accumulation_steps={t.accumulation_steps} is larger than the "
+            f"training set ({len(train_ds)} images). Lower the batch size."
+        )
+    updates_per_epoch = steps_per_epoch // t.accumulation_steps
+
+    # --- model, optimizer, schedule, EMA ---------------------------------------------------------------
+    model = build_model(cfg.model, data.num_classes)
+    attention = choose_attention(cfg.model.attn_impl, device, precision, num_tokens(model))
+    set_attention(model, attention)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    peak_lr = cfg.effective_lr(accelerator.num_processes)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    scheduler = build_scheduler(optimizer, cfg.schedule, updates_per_epoch, peak_lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    ema = ModelEmaV3(raw_model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
+    forward = torch.compile(model) if cfg.model.compile else model
+    criterion = SoftTargetCrossEntropy()
+    batch_aug = BatchAugment(
+        cfg.augment, cfg.data.mean, cfg.data.std, data.num_classes, t.label_smoothing, device
+    )
+
+    progress = Progress()
+    if resume:
+        progress = _restore(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler)
+        console.print(f"resuming {run_dir} at epoch {progress.epoch} (update {progress.updates})", highlight=False)
+
+    total_steps = cfg.schedule.epochs * steps_per_epoch
+    if t.max_steps is not None:
+        total_steps = min(total_steps, t.max_steps * t.accumulation_steps)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    console.print(
+        f"[bold]vitkit train[/bold] {cfg.model.name} ({n_params / 1e6:.2f}M params, {num_tokens(raw_model)} tokens) "
+        f"on {data.description}\n  device {device}, precision {precision}, attention {attention}, "
+        f"batch {t.batch_size} x {t.accumulation_steps} accumulation, peak lr {peak_lr:.2e}, workers {workers}, "
+        f"{steps_per_epoch} steps/epoch, {cfg.schedule.epochs} epochs",
+        highlight=False,
+    )
+    for note in data.notes:
+        console.print(f"  note: {note}", highlight=False)
+
+    logger = MetricsLogger(run_dir)
+    amp_dtype = autocast_dtype(precision)
+    step = progress.epoch * steps_per_epoch
+    start_time = time.perf_counter()
+    images_seen = 0
+    clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
+    display = TrainDisplay(total_steps, console, t.log_every)
+    with display:
+        for epoch in range(progress.epoch, cfg.schedule.epochs):
+            if step >= total_steps:
+                break
+            model.train()
+            loader = make_loader(
+                train_ds,
+                t.batch_size,
+                sampler=train_sampler(train_ds, cfg.augment.repeated_aug, t.seed, epoch),
+                workers=workers,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+            )
+            epoch_loss, epoch_batches = 0.0, 0
+            window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+            grad_norm = float("nan")
+            batches = iter(loader)
+            for _ in range(steps_per_epoch):
+                if step >= total_steps:
+                    break
+                wait_start = time.perf_counter()
+                images, labels = next(batches)
+                window_wait += time.perf_counter() - wait_start
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                x, targets = batch_aug(images, labels)
+                if cfg.model.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with accelerator.accumulate(model):
+                    loss = criterion(forward(x), targets)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), clip))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    progress.updates += 1
+                    scheduler.step_update(progress.updates)
+                    if ema is not None:
+                        ema.update(raw_model, step=progress.updates)
+                step += 1
+                loss_value = float(loss.detach())
+                epoch_loss += loss_value
+                epoch_batches += 1
+                window_images += len(images)
+                images_seen += len(images)
+                if step % t.log_every == 0 or step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    ips = window_images / max(elapsed, 1e-9)
+                    lr = optimizer.param_groups[0]["lr"]
+                    logger.log(
+                        "step",
+                        step,
+                        epoch=epoch,
+                        loss=loss_value,
+                        lr=lr,
+                        grad_norm=grad_norm,
+                        img_per_s=ips,
+                        data_wait=window_wait / max(elapsed, 1e-9),
+                    )
+                    display.step(step, epoch, loss_value, lr, ips)
+                    window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+            del batches, loader
+
+            progress.epoch = epoch + 1
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_batches, 1)}
+            finished = progress.epoch == cfg.schedule.epochs or step >= total_steps
+            meta: dict[str, Any] = {"num_classes": data.num_classes, "best_source": "raw"}
+            if progress.epoch % t.eval_every == 0 or finished:
+                record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
+                score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
+                source = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
+                meta = {"num_classes": data.num_classes, "best_source": source}
+                if score > progress.best_metric:
+                    progress.best_metric, progress.best_epoch = score, epoch
+                    _save(run_dir / "checkpoints" / "best", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
+            logger.log("epoch", step, **record)
+            progress.history.append(record)
+            display.message(_epoch_line(record))
+            _save(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
+    logger.close()
+
+    wall = time.perf_counter() - start_time
+    summary = _summary(progress, wall, images_seen, data, precision, attention, n_params)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return RunResult(run_dir, summary)
+
+
+def _evaluate(
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    loader: Any,
+    device: torch.device,
+    cfg: Recipe,
+    amp_dtype: torch.dtype | None,
+) -> dict[str, float]:
+    out: dict[str, float] = {}
+    candidates: list[tuple[str, torch.nn.Module]] = [("", model)]
+    if ema is not None:
+        candidates.append(("ema_", ema.module))
+    for prefix, net in candidates:
+        logits, labels = predict(net, loader, device, cfg.data.mean, cfg.data.std, amp_dtype)
+        metrics = run_evaluators(logits, labels)
+        out[f"{prefix}val_top1"] = metrics["accuracy.top1"]
+        if "accuracy.top5" in metrics:
+            out[f"{prefix}val_top5"] = metrics["accuracy.top5"]
+        out[f"{prefix}val_loss"] = metrics["accuracy.nll"]
+    return out
+
+
+def _epoch_line(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {record['val_top1']:.2%}")
+    if "ema_val_top1" in record:
+        parts.append(f"EMA val top-1 {record['ema_val_top1']:.2%}")
+    return ", ".join(parts)
+
+
+def _save(
+    folder: Path,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    cfg: Recipe,
+    extra_meta: dict[str, Any],
+) -> None:
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": progress_to_dict(progress),
+        "rng": rng_state(),
+    }
+    meta = {"model": cfg.model.name, "epoch": progress.epoch, "updates": progress.updates, **extra_meta}
+    save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta)
+
+
+def _restore(
+    folder: Path, model: torch.nn.Module, ema: ModelEmaV3 | None, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> Progress:
+    if not folder.exists():
+        raise VitkitError(f"nothing to resume: {folder} does not exist (the run stopped before its first epoch).")
+    model.load_state_dict(load_weights(folder / "model.safetensors"))
+    if ema is not None and (folder / "ema.safetensors").exists():
+        ema.module.load_state_dict(load_weights(folder / "ema.safetensors"))
+    state = load_training_state(folder)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return progress_from_dict(state["progress"])
+
+
+def _summary(
+    progress: Progress,
+    wall: float,
+    images: int,
+    data: DataSplits,
+    precision: str,
+    attention: str,
+    n_params: int,
+) -> dict[str, Any]:
+    last = progress.history[-1] if progress.history else {}
+    return {
+        "epochs": progress.epoch,
+        "updates": progress.updates,
+        "best_val_top1": progress.best_metric,
+        "best_epoch": progress.best_epoch,
+        "final": last,
+        "wall_seconds": wall,
+        "train_images_per_second": images / max(wall, 1e-9),
+        "num_classes": data.num_classes,
+        "classes": data.classes,
+        "precision": precision,
+        "attention": attention,
+        "parameters": n_params,
+    }
