@@ -8,7 +8,7 @@ data sent between processes 4x smaller and does the float work where it is cheap
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +20,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.loader import fast_collate
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from vitkit.config.schema import AugmentConfig, DataConfig
 from vitkit.data.sources import ImageSet, to_pil
@@ -178,14 +178,39 @@ def auto_workers(in_memory: bool, device: torch.device) -> int:
     return max(1, min(8, cpus - 1))
 
 
-def train_sampler(dataset: Dataset[Any], repeats: int, seed: int, epoch: int) -> Sampler[int]:
-    """Shuffle (seeded by run seed and epoch), or DeiT's repeated-augmentation sampler when repeats > 1."""
-    if repeats > 1:
-        sampler = RepeatAugSampler(dataset, num_replicas=1, rank=0, num_repeats=repeats)
-        sampler.set_epoch(seed * 100_003 + epoch)  # timm seeds its shuffle with the epoch alone: mix in the run seed
-        return sampler
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return RandomSampler(dataset, generator=generator)  # type: ignore[arg-type]
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation per epoch, seeded by (run seed, epoch), so data order is reproducible and resumable."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class RepeatedAugSampler(RepeatAugSampler):  # type: ignore[misc]
+    """timm's repeated-augmentation sampler (DeiT), single process; its shuffle also depends on the run seed."""
+
+    def __init__(self, size: int, repeats: int, seed: int) -> None:
+        super().__init__(range(size), num_replicas=1, rank=0, num_repeats=repeats)
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(self.seed * 100_003 + epoch)  # timm seeds the shuffle with the epoch alone
+
+
+def train_sampler(size: int, repeats: int, seed: int) -> EpochShuffleSampler | RepeatedAugSampler:
+    """Seeded per-epoch shuffle, or DeiT's repeated-augmentation sampler when repeats > 1; call set_epoch."""
+    sampler = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
+    sampler.set_epoch(0)
+    return sampler
 
 
 def make_loader(
@@ -205,5 +230,5 @@ def make_loader(
         collate_fn=fast_collate,
         drop_last=drop_last,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=workers > 0,  # keep workers across epochs: forking them again costs seconds
     )

@@ -26,6 +26,8 @@ def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict[str, Any]:
         "attn_drop_rate": cfg.attn_drop_rate,
         "drop_path_rate": cfg.drop_path_rate,
     }
+    if cfg.drop_rate > 0:  # timm splits dropout: drop_rate before the head, proj_drop_rate in attention and MLP
+        kwargs["proj_drop_rate"] = cfg.drop_rate
     for key in ("patch_size", "embed_dim", "depth", "num_heads"):
         value = getattr(cfg, key)
         if value is not None:

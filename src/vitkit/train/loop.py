@@ -137,9 +137,12 @@ def train(
     workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
     train_ds = ImageDataset(train_images, train_transform(cfg.augment, cfg.model.img_size))
     val_ds = ImageDataset(val_images, eval_transform(cfg.augment, cfg.model.img_size))
-    val_loader = make_loader(val_ds, t.batch_size, workers=min(workers, 1))
-    samples_per_epoch = len(train_sampler(train_ds, cfg.augment.repeated_aug, t.seed, 0))  # type: ignore[arg-type]
-    steps_per_epoch = (samples_per_epoch // t.batch_size) // t.accumulation_steps * t.accumulation_steps
+    val_loader = make_loader(val_ds, t.batch_size)  # eval transforms are cheap: no workers
+    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed)
+    train_loader = make_loader(
+        train_ds, t.batch_size, sampler=sampler, workers=workers, drop_last=True, pin_memory=device.type == "cuda"
+    )
+    steps_per_epoch = (len(sampler) // t.batch_size) // t.accumulation_steps * t.accumulation_steps
     if steps_per_epoch == 0:
         raise VitkitError(
             f"train.batch_size={t.batch_size} x accumulation_steps={t.accumulation_steps} is larger than the "
@@ -196,18 +199,11 @@ def train(
             if step >= total_steps:
                 break
             model.train()
-            loader = make_loader(
-                train_ds,
-                t.batch_size,
-                sampler=train_sampler(train_ds, cfg.augment.repeated_aug, t.seed, epoch),
-                workers=workers,
-                drop_last=True,
-                pin_memory=device.type == "cuda",
-            )
+            sampler.set_epoch(epoch)
             epoch_loss, epoch_batches = 0.0, 0
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
             grad_norm = float("nan")
-            batches = iter(loader)
+            batches = iter(train_loader)
             for _ in range(steps_per_epoch):
                 if step >= total_steps:
                     break
@@ -252,7 +248,7 @@ def train(
                     )
                     display.step(step, epoch, loss_value, lr, ips)
                     window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-            del batches, loader
+            del batches
 
             progress.epoch = epoch + 1
             record: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_batches, 1)}

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from vitkit.config import load_recipe, shipped_recipes
+from vitkit.config.loader import apply_overrides
+from vitkit.config.schema import Recipe, scaled_lr
+from vitkit.errors import RecipeError
+
+EXPECTED = {"deit-tiny", "deit-small", "deit-base", "vit-plain", "quickstart", "small-data"}
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    names = set(shipped_recipes())
+    assert names >= EXPECTED
+    for name in names:
+        recipe = load_recipe(name)
+        assert isinstance(recipe, Recipe)
+        assert recipe.description, f"{name} needs a description"
+
+
+def test_deit_recipes_carry_the_paper_settings():
+    for name, model in [("deit-tiny", "vit_tiny"), ("deit-small", "vit_small"), ("deit-base", "vit_base")]:
+        r = load_recipe(name)
+        assert r.model.name.startswith(model)
+        assert (r.optim.name, r.optim.lr, r.optim.lr_base_batch, r.optim.weight_decay) == ("adamw", 5e-4, 512, 0.05)
+        assert (r.schedule.epochs, r.schedule.warmup_epochs) == (300, 5)
+        assert r.train.label_smoothing == 0.1
+        a = r.augment
+        assert (a.mixup, a.cutmix, a.mix_switch_prob) == (0.8, 1.0, 0.5)
+        assert a.randaugment == "rand-m9-mstd0.5-inc1"
+        assert (a.random_erasing, a.repeated_aug, a.rrc_scale) == (0.25, 3, (0.08, 1.0))
+        assert r.model.drop_path_rate == 0.1
+
+
+def test_vit_plain_turns_every_trick_off():
+    r = load_recipe("vit-plain")
+    a = r.augment
+    assert a.randaugment is None and a.mixup == 0 and a.cutmix == 0 and a.random_erasing == 0
+    assert a.rrc_scale == (1.0, 1.0) and a.hflip == 0 and a.repeated_aug == 1
+    assert r.model.drop_path_rate == 0 and r.train.label_smoothing == 0 and r.optim.weight_decay == 0
+    assert not r.ema.enabled
+    assert r.model.name == load_recipe("deit-tiny").model.name
+
+
+def test_linear_lr_scaling_matches_deit_formula():
+    r = load_recipe("deit-tiny", ["train.batch_size=256", "train.accumulation_steps=2"])
+    assert r.effective_batch() == 512
+    assert r.effective_lr() == pytest.approx(5e-4 * 512 / 512)
+    assert scaled_lr(5e-4, 1024, 512) == pytest.approx(1e-3)
+    assert scaled_lr(5e-4, 1024, 512, "none") == 5e-4
+
+
+def test_override_parses_yaml_values():
+    r = load_recipe("deit-tiny", ["optim.lr=1e-3", "augment.randaugment=null", "optim.betas=[0.8, 0.9]"])
+    assert r.optim.lr == 1e-3 and r.augment.randaugment is None and r.optim.betas == (0.8, 0.9)
+
+
+def test_override_typo_names_field_and_suggests():
+    with pytest.raises(RecipeError, match=r"optim has no field 'lrr'.*optim\.lr"):
+        load_recipe("deit-tiny", ["optim.lrr=1e-3"])
+    with pytest.raises(RecipeError, match="section.field=value"):
+        apply_overrides({}, ["optim.lr"])
+
+
+def test_wrong_type_names_field_value_and_origin():
+    with pytest.raises(RecipeError) as err:
+        load_recipe("deit-tiny", ["optim.lr=fast"])
+    text = str(err.value)
+    assert "optim.lr" in text and "'fast'" in text and "deit-tiny.yaml" in text
+
+
+def test_impossible_values_are_refused():
+    with pytest.raises(RecipeError, match="divisible"):
+        load_recipe("deit-tiny", ["model.embed_dim=100", "model.num_heads=3"])
+    with pytest.raises(RecipeError, match="warmup_epochs"):
+        load_recipe("deit-tiny", ["schedule.epochs=3"])
+    with pytest.raises(RecipeError, match="augment.hflip"):
+        load_recipe("deit-tiny", ["augment.hflip=1.5"])
+
+
+def test_typo_in_yaml_file_names_file_and_suggests(tmp_path: Path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: deit-tiny\noptim:\n  weigth_decay: 0.1\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(path))
+    assert "mine.yaml" in str(err.value) and "optim.weigth_decay" in str(err.value)
+    assert "weight_decay" in str(err.value)
+
+
+def test_unknown_recipe_suggests_closest():
+    with pytest.raises(RecipeError, match="deit-tiny"):
+        load_recipe("deit-tiyn")
+
+
+def test_base_chain_merges_sections():
+    r = load_recipe("quickstart")
+    assert r.model.img_size == 32  # from quickstart
+    assert r.augment.rrc_scale == (0.35, 1.0)  # from small-data
+    assert r.schedule.warmup_lr == 1e-6  # from deit-tiny

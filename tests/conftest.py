@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny recipes and small synthetic datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitkit.config import load_recipe
+from vitkit.config.schema import Recipe
+
+TINY_OVERRIDES = [
+    "model.img_size=16",
+    "model.patch_size=4",
+    "model.embed_dim=32",
+    "model.depth=2",
+    "model.num_heads=2",
+    "data.source=builtin:shapes",
+    "data.synthetic_train_size=96",
+    "data.synthetic_val_size=40",
+    "data.num_workers=0",
+    "train.batch_size=16",
+    "train.log_every=2",
+    "schedule.epochs=2",
+    "schedule.warmup_epochs=1",
+    "augment.repeated_aug=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> None:
+    torch.set_num_threads(2)
+
+
+def tiny_recipe(*extra: str, base: str = "quickstart") -> Recipe:
+    """A recipe small enough to train in seconds on CPU."""
+    return load_recipe(base, [*TINY_OVERRIDES, *extra])
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 6) -> Path:
+    """Class sub-folders of small random PNGs, colour-coded per class."""
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            pixels = rng.integers(0, 60, size=(12, 14, 3), dtype=np.uint8)
+            pixels[..., i % 3] += 180
+            Image.fromarray(pixels).save(root / name / f"{j}.png")
+    return root

@@ -1,0 +1,127 @@
+import csv
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import write_image_folder
+from vitkit.data.sources import load_source, stratified_split
+from vitkit.errors import DataError
+
+
+def test_stratified_split_is_seeded_and_keeps_class_shares():
+    labels = np.repeat(np.arange(4), [50, 30, 20, 10])
+    train, val = stratified_split(labels, 0.2, seed=1)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    assert np.bincount(labels[val]).tolist() == [10, 6, 4, 2]
+    assert np.array_equal(val, stratified_split(labels, 0.2, seed=1)[1])
+    assert not np.array_equal(val, stratified_split(labels, 0.2, seed=2)[1])
+
+
+def test_single_folder_is_split(tmp_path: Path):
+    root = write_image_folder(tmp_path / "pets", per_class=10)
+    splits = load_source(str(root), val_fraction=0.2, seed=0)
+    assert splits.classes == ["cat", "dog", "fox"]
+    assert len(splits.train) == 24 and len(splits.val) == 6
+    assert np.bincount(splits.val.labels).tolist() == [2, 2, 2]
+    assert "held out" in splits.notes[0]
+
+
+def test_train_val_folders_are_used_as_given(tmp_path: Path):
+    write_image_folder(tmp_path / "d" / "train", per_class=4)
+    write_image_folder(tmp_path / "d" / "val", per_class=2)
+    splits = load_source(str(tmp_path / "d"))
+    assert len(splits.train) == 12 and len(splits.val) == 6 and not splits.notes
+
+
+def test_val_folder_with_unknown_class_is_an_error(tmp_path: Path):
+    write_image_folder(tmp_path / "d" / "train", classes=("a", "b"))
+    write_image_folder(tmp_path / "d" / "val", classes=("a", "c"))
+    with pytest.raises(DataError, match=r"classes not in .*\['c'\]"):
+        load_source(str(tmp_path / "d"))
+
+
+def test_empty_class_folder_is_an_error(tmp_path: Path):
+    write_image_folder(tmp_path / "d")
+    (tmp_path / "d" / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        load_source(str(tmp_path / "d"))
+
+
+def test_manifest_with_groups_and_split(tmp_path: Path):
+    root = write_image_folder(tmp_path / "imgs")
+    rows = [(f"imgs/{c}/{j}.png", c, "g1" if j % 2 else "g2", "val" if j == 0 else "train")
+            for c in ("cat", "dog", "fox") for j in range(6)]
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label", "group", "split"])
+        writer.writerows(rows)
+    splits = load_source(str(manifest))
+    assert root.exists() and splits.classes == ["cat", "dog", "fox"]
+    assert len(splits.train) == 15 and len(splits.val) == 3
+    assert splits.train.groups is not None and set(splits.train.groups) == {"g1", "g2"}
+
+
+def test_manifest_without_label_column_is_an_error(tmp_path: Path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file,class\na.png,x\n")
+    with pytest.raises(DataError, match="'path' and 'label'"):
+        load_source(str(manifest))
+
+
+def test_hf_dataset_saved_to_disk(tmp_path: Path):
+    import datasets
+    images = [Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)) for i in range(6)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)
+    datasets.DatasetDict({"train": ds, "test": ds.select(range(2))}).save_to_disk(str(tmp_path / "hf"))
+    splits = load_source(f"hf:{tmp_path / 'hf'}")
+    assert splits.classes == ["a", "b"] and len(splits.train) == 6 and len(splits.val) == 2
+    assert np.asarray(splits.train.items[1].convert("RGB"))[0, 0, 0] == 40
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    dims = array.shape
+    code = 0x08  # unsigned byte
+    header = struct.pack(">HBB", 0, code, len(dims)) + b"".join(struct.pack(">I", d) for d in dims)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(root: Path, n_train: int = 20, n_test: int = 10) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+def test_torchvision_dataset_from_local_files(tmp_path: Path):
+    root = write_fashion_mnist(tmp_path)
+    splits = load_source("torchvision:FashionMNIST", root=str(root))
+    assert len(splits.train) == 20 and len(splits.val) == 10
+    assert splits.classes[0] == "T-shirt/top" and len(splits.classes) == 10
+    assert splits.train.items.shape == (20, 28, 28, 3)  # grayscale repeated to RGB
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("no/such/dir", "no such file or folder"),
+        ("builtin:faces", "builtin:shapes"),
+        ("torchvision:NoSuchSet", "no dataset 'NoSuchSet'"),
+        (None, "no data given"),
+    ],
+)
+def test_bad_sources_get_clear_messages(source, message):
+    with pytest.raises(DataError, match=message):
+        load_source(source)
+
+
+def test_torchvision_needs_a_root():
+    with pytest.raises(DataError, match="--data-root"):
+        load_source("torchvision:FashionMNIST")
