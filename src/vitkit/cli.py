@@ -64,14 +64,18 @@ def train(
     data_root: Annotated[str | None, typer.Option(help="Folder for torchvision:NAME files.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default runs/RECIPE).")] = None,
     set_: SetOption = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this folder.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder (--set applies to its recipe).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary."""
+    from vitkit.train.loop import resume_recipe
     from vitkit.train.loop import train as run_training
 
     if resume is not None:
-        result = run_training(Recipe(), resume, resume=True, console=console)
+        cfg = resume_recipe(resume, list(set_ or []))
+        result = run_training(cfg, resume, resume=True, console=console)
     else:
         overrides = list(set_ or [])
         if data_root is not None:

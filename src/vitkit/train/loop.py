@@ -24,7 +24,7 @@ from rich.console import Console
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
-from vitkit.config.loader import recipe_from_yaml_file, recipe_to_yaml
+from vitkit.config.loader import load_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import (
     BatchAugment,
@@ -81,6 +81,14 @@ def load_data(recipe: Recipe) -> DataSplits:
     )
 
 
+def resume_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe of a run folder, with optional overrides (e.g. a larger train.max_steps to extend a run)."""
+    recipe_path = run_dir / "recipe.yaml"
+    if not recipe_path.exists():
+        raise VitkitError(f"--resume {run_dir}: no recipe.yaml there, so it is not a vitkit run folder.")
+    return load_recipe(str(recipe_path), overrides)
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create the run folder; refuse to mix a new run into an old one unless asked to overwrite."""
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -106,16 +114,11 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
 ) -> RunResult:
-    """Train `recipe` into `run_dir` (or continue the run there when `resume`)."""
+    """Train `recipe` into `run_dir`, or continue the run there when `resume` (see `resume_recipe`)."""
     console = console or Console()
-    if resume:
-        recipe_path = run_dir / "recipe.yaml"
-        if not recipe_path.exists():
-            raise VitkitError(f"--resume {run_dir}: no recipe.yaml there, so it is not a vitkit run folder.")
-        recipe = recipe_from_yaml_file(recipe_path)
-    else:
+    if not resume:
         prepare_run_dir(run_dir, overwrite)
-        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     cfg, t = recipe, recipe.train
     seed_everything(t.seed)
 

@@ -16,7 +16,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.opti
     """AdamW (or SGD) through timm, which puts norms, biases and `model.no_weight_decay()` names
     (position embedding, class and distillation tokens) in a group without weight decay."""
     extra = {"betas": tuple(cfg.betas), "eps": cfg.eps} if cfg.name == "adamw" else {"momentum": cfg.momentum}
-    return create_optimizer_v2(model, opt=cfg.name, lr=lr, weight_decay=cfg.weight_decay, **extra)
+    opt = "momentum" if cfg.name == "sgd" else cfg.name  # timm's "sgd" means Nesterov; ours is plain momentum
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=cfg.weight_decay, **extra)
 
 
 def no_decay_parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> set[str]:

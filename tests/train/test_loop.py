@@ -1,0 +1,125 @@
+"""Whole training runs on tiny models and data (seconds each)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from tests.conftest import tiny_recipe
+from vitkit.errors import RecipeError, VitkitError
+from vitkit.train.checkpoint import load_weights
+from vitkit.train.logging import read_metrics
+from vitkit.train.loop import resume_recipe, train
+
+QUIET = Console(quiet=True)
+PLAIN = ["augment.rrc_scale=[1, 1]", "augment.rrc_ratio=[1, 1]", "augment.hflip=0", "augment.randaugment=null",
+         "augment.color_jitter=0", "augment.random_erasing=0", "augment.mixup=0", "augment.cutmix=0",
+         "model.drop_path_rate=0", "schedule.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_recipe("schedule.epochs=3"), run, console=QUIET)
+    return run
+
+
+def test_run_folder_holds_recipe_metrics_tensorboard_checkpoints_summary(finished_run: Path):
+    assert (finished_run / "recipe.yaml").exists() and (finished_run / "summary.json").exists()
+    steps = read_metrics(finished_run / "metrics.jsonl", "step")
+    epochs = read_metrics(finished_run / "metrics.jsonl", "epoch")
+    assert {"loss", "lr", "grad_norm", "img_per_s", "data_wait", "epoch"} <= set(steps[0])
+    assert all(0.0 <= s["data_wait"] <= 1.0 and s["img_per_s"] > 0 for s in steps)
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert {"val_top1", "val_top5", "val_loss", "ema_val_top1", "ema_val_top5", "train_loss"} <= set(epochs[-1])
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    for which in ("last", "best"):
+        folder = finished_run / "checkpoints" / which
+        assert {p.name for p in folder.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt", "meta.json"}
+
+
+def test_lr_in_the_log_follows_the_schedule(finished_run: Path):
+    steps = read_metrics(finished_run / "metrics.jsonl", "step")
+    lrs = [s["lr"] for s in steps]
+    peak = max(lrs)
+    assert peak <= tiny_recipe().effective_lr() + 1e-12
+    assert lrs[-1] < peak / 10  # cosine has decayed at the end
+
+
+def test_ema_differs_from_raw_weights(finished_run: Path):
+    last = finished_run / "checkpoints" / "last"
+    raw, ema = load_weights(last / "model.safetensors"), load_weights(last / "ema.safetensors")
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)
+
+
+def test_existing_run_folder_is_not_overwritten_by_accident(finished_run: Path):
+    with pytest.raises(VitkitError, match="--resume"):
+        train(tiny_recipe(), finished_run, console=QUIET)
+
+
+def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finished_run: Path):
+    run = tmp_path / "stopped"
+    recipe = tiny_recipe("schedule.epochs=3")
+    steps_per_epoch = 96 // 16
+    train(recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": 2 * steps_per_epoch})}),
+          run, console=QUIET)
+    assert len(read_metrics(run / "metrics.jsonl", "epoch")) == 2
+    train(resume_recipe(run, ["train.max_steps=null"]), run, resume=True, console=QUIET)
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2]
+    resumed = load_weights(run / "checkpoints" / "last" / "model.safetensors")
+    reference = load_weights(finished_run / "checkpoints" / "last" / "model.safetensors")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
+    common = [*PLAIN, "train.max_steps=1", "schedule.epochs=2", "ema.enabled=false", "optim.clip_grad=null"]
+    big = tiny_recipe(*common, "train.batch_size=32")
+    small = tiny_recipe(*common, "train.batch_size=16", "train.accumulation_steps=2")
+    assert big.effective_lr() == small.effective_lr()
+    train(big, tmp_path / "big", console=QUIET)
+    train(small, tmp_path / "small", console=QUIET)
+    a = load_weights(tmp_path / "big" / "checkpoints" / "last" / "model.safetensors")
+    b = load_weights(tmp_path / "small" / "checkpoints" / "last" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    torch.manual_seed(0)  # the initial weights (same seed) differ from the trained ones: an update happened
+    from vitkit.models.build import build_model
+
+    init = build_model(big.model, 10).state_dict()
+    assert not torch.allclose(init["head.weight"], a["head.weight"])
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path: Path):
+    common = [*PLAIN, "train.max_steps=1", "ema.enabled=false", "optim.name=sgd", "optim.momentum=0",
+              "optim.weight_decay=0", "optim.lr_scaling=none", "optim.lr=1.0"]
+    torch.manual_seed(0)
+    from vitkit.models.build import build_model
+
+    recipe = tiny_recipe(*common, "optim.clip_grad=0.01")
+    torch.manual_seed(recipe.train.seed)
+    init = build_model(recipe.model, 10).state_dict()
+    train(recipe, tmp_path / "clip", console=QUIET)
+    after = load_weights(tmp_path / "clip" / "checkpoints" / "last" / "model.safetensors")
+    delta = torch.sqrt(sum(((after[k] - init[k]) ** 2).sum() for k in init))
+    assert float(delta) == pytest.approx(0.01, rel=1e-3)  # SGD, lr 1: the step is the clipped gradient
+
+
+def test_bf16_on_cpu_trains_when_asked(tmp_path: Path):
+    result = train(tiny_recipe("train.precision=bf16", "schedule.epochs=1", "schedule.warmup_epochs=0",
+                               "train.max_steps=2"), tmp_path / "bf16", console=QUIET)
+    assert result.summary["precision"] == "bf16"
+    assert result.summary["final"]["val_top1"] >= 0.0
+
+
+def test_fp16_on_cpu_is_refused_before_training(tmp_path: Path):
+    with pytest.raises(RecipeError, match="fp16 needs a CUDA GPU"):
+        train(tiny_recipe("train.precision=fp16"), tmp_path / "fp16", console=QUIET)
+    assert not (tmp_path / "fp16" / "checkpoints").exists()
+
+
+def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(VitkitError, match="larger than the training set"):
+        train(tiny_recipe("train.batch_size=512"), tmp_path / "big", console=QUIET)
