@@ -52,8 +52,11 @@ def test_empty_class_folder_is_an_error(tmp_path: Path):
 
 def test_manifest_with_groups_and_split(tmp_path: Path):
     root = write_image_folder(tmp_path / "imgs")
-    rows = [(f"imgs/{c}/{j}.png", c, "g1" if j % 2 else "g2", "val" if j == 0 else "train")
-            for c in ("cat", "dog", "fox") for j in range(6)]
+    rows = [
+        (f"imgs/{c}/{j}.png", c, "g1" if j % 2 else "g2", "val" if j == 0 else "train")
+        for c in ("cat", "dog", "fox")
+        for j in range(6)
+    ]
     manifest = tmp_path / "m.csv"
     with manifest.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -74,6 +77,7 @@ def test_manifest_without_label_column_is_an_error(tmp_path: Path):
 
 def test_hf_dataset_saved_to_disk(tmp_path: Path):
     import datasets
+
     images = [Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)) for i in range(6)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
     ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1] * 3}, features=features)

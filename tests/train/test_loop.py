@@ -13,9 +13,18 @@ from vitkit.train.logging import read_metrics
 from vitkit.train.loop import resume_recipe, train
 
 QUIET = Console(quiet=True)
-PLAIN = ["augment.rrc_scale=[1, 1]", "augment.rrc_ratio=[1, 1]", "augment.hflip=0", "augment.randaugment=null",
-         "augment.color_jitter=0", "augment.random_erasing=0", "augment.mixup=0", "augment.cutmix=0",
-         "model.drop_path_rate=0", "schedule.warmup_epochs=0"]
+PLAIN = [
+    "augment.rrc_scale=[1, 1]",
+    "augment.rrc_ratio=[1, 1]",
+    "augment.hflip=0",
+    "augment.randaugment=null",
+    "augment.color_jitter=0",
+    "augment.random_erasing=0",
+    "augment.mixup=0",
+    "augment.cutmix=0",
+    "model.drop_path_rate=0",
+    "schedule.warmup_epochs=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +72,11 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
     run = tmp_path / "stopped"
     recipe = tiny_recipe("schedule.epochs=3")
     steps_per_epoch = 96 // 16
-    train(recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": 2 * steps_per_epoch})}),
-          run, console=QUIET)
+    train(
+        recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": 2 * steps_per_epoch})}),
+        run,
+        console=QUIET,
+    )
     assert len(read_metrics(run / "metrics.jsonl", "epoch")) == 2
     train(resume_recipe(run, ["train.max_steps=null"]), run, resume=True, console=QUIET)
     assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2]
@@ -93,8 +105,16 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
 
 
 def test_gradient_clipping_bounds_the_update(tmp_path: Path):
-    common = [*PLAIN, "train.max_steps=1", "ema.enabled=false", "optim.name=sgd", "optim.momentum=0",
-              "optim.weight_decay=0", "optim.lr_scaling=none", "optim.lr=1.0"]
+    common = [
+        *PLAIN,
+        "train.max_steps=1",
+        "ema.enabled=false",
+        "optim.name=sgd",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        "optim.lr_scaling=none",
+        "optim.lr=1.0",
+    ]
     torch.manual_seed(0)
     from vitkit.models.build import build_model
 
@@ -108,8 +128,11 @@ def test_gradient_clipping_bounds_the_update(tmp_path: Path):
 
 
 def test_bf16_on_cpu_trains_when_asked(tmp_path: Path):
-    result = train(tiny_recipe("train.precision=bf16", "schedule.epochs=1", "schedule.warmup_epochs=0",
-                               "train.max_steps=2"), tmp_path / "bf16", console=QUIET)
+    result = train(
+        tiny_recipe("train.precision=bf16", "schedule.epochs=1", "schedule.warmup_epochs=0", "train.max_steps=2"),
+        tmp_path / "bf16",
+        console=QUIET,
+    )
     assert result.summary["precision"] == "bf16"
     assert result.summary["final"]["val_top1"] >= 0.0
 

@@ -77,13 +77,13 @@ def load_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
 
 def _known_fields(model: type[BaseModel], dotted: list[str]) -> list[str]:
     """Field names valid at the position of the last key in `dotted`, for suggestions."""
-    current: Any = model
+    current: type[BaseModel] = model
     for key in dotted[:-1]:
-        field = current.model_fields.get(key) if isinstance(current, type) else None
+        field = current.model_fields.get(key)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         current = field.annotation
-    return list(current.model_fields) if isinstance(current, type) else []
+    return list(current.model_fields)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -24,7 +24,9 @@ class ModelConfig(Section):
     depth: int | None = Field(None, ge=1, description="Number of blocks override; None keeps the model's.")
     num_heads: int | None = Field(None, ge=1, description="Attention heads override; None keeps the model's.")
     num_classes: int | None = Field(None, ge=1, description="Classes; None takes the count from the data.")
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the head and after attention/MLP projections.")
+    drop_rate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Dropout before the head and after attention/MLP projections."
+    )
     attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
     drop_path_rate: float = Field(
         0.0, ge=0.0, lt=1.0, description="Stochastic depth: block l of L is dropped with probability l/(L-1) x rate."
@@ -152,7 +154,9 @@ class Recipe(Section):
 
     def effective_lr(self, world_size: int = 1) -> float:
         """The peak LR after linear batch-size scaling (DeiT: lr x batch / 512)."""
-        return scaled_lr(self.optim.lr, self.effective_batch(world_size), self.optim.lr_base_batch, self.optim.lr_scaling)
+        return scaled_lr(
+            self.optim.lr, self.effective_batch(world_size), self.optim.lr_base_batch, self.optim.lr_scaling
+        )
 
 
 def scaled_lr(base_lr: float, batch: int, base_batch: int, rule: str = "linear") -> float:

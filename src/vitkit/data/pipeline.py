@@ -88,8 +88,8 @@ def train_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image]
     return create_transform(
         img_size,
         is_training=True,
-        scale=tuple(aug.rrc_scale),
-        ratio=tuple(aug.rrc_ratio),
+        scale=aug.rrc_scale,
+        ratio=aug.rrc_ratio,
         hflip=aug.hflip,
         color_jitter=aug.color_jitter if aug.color_jitter > 0 else None,  # type: ignore[arg-type]
         auto_augment=aug.randaugment,
@@ -195,7 +195,7 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-class RepeatedAugSampler(RepeatAugSampler):  # type: ignore[misc]
+class RepeatedAugSampler(RepeatAugSampler):
     """timm's repeated-augmentation sampler (DeiT), single process; its shuffle also depends on the run seed."""
 
     def __init__(self, size: int, repeats: int, seed: int) -> None:

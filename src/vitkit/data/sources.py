@@ -29,7 +29,9 @@ def open_image(path: str | Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"image file {path} does not exist. Check the path (manifest paths are relative to it).")
+        raise DataError(
+            f"image file {path} does not exist. Check the path (manifest paths are relative to it)."
+        ) from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image file {path} could not be read ({exc}). Remove or replace it.") from exc
 
@@ -48,7 +50,7 @@ def to_pil(item: Any) -> Image.Image:
 class ImageSet:
     """Images (paths, arrays or PIL images) with integer labels and optional group names."""
 
-    items: Sequence[Any]
+    items: Sequence[Any] | np.ndarray
     labels: np.ndarray
     groups: list[str] | None = None
 
@@ -81,7 +83,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_val = int(round(len(idx) * val_fraction))
+        n_val = round(len(idx) * val_fraction)
         n_val = min(max(n_val, 1 if len(idx) > 1 else 0), len(idx) - 1)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
@@ -116,7 +118,7 @@ def _scan_folder(root: Path, classes: list[str]) -> ImageSet:
 
 def _empty_classes(root: Path, classes: list[str], images: ImageSet) -> list[str]:
     counts = np.bincount(images.labels, minlength=len(classes))
-    return [f"{root / c}" for c, n in zip(classes, counts) if n == 0]
+    return [f"{root / c}" for c, n in zip(classes, counts, strict=True) if n == 0]
 
 
 def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:

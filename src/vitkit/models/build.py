@@ -49,7 +49,7 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = False) ->
             "Remove the override from the model section (e.g. Swin takes no 'depth')."
         ) from exc
     if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(True)  # type: ignore[operator]
     return model
 
 
@@ -74,7 +74,7 @@ def set_attention(model: nn.Module, impl: str) -> int:
     count = 0
     for module in model.modules():
         if hasattr(module, "fused_attn"):
-            module.fused_attn = impl == "fused"
+            module.fused_attn = impl == "fused"  # type: ignore[assignment]
             count += 1
     return count
 

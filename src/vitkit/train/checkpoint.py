@@ -43,8 +43,8 @@ def rng_state() -> dict[str, Any]:
         "python_version": py_version,
         "python_keys": list(py_keys),
         "python_gauss": py_gauss,
-        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-        "numpy_pos": int(np_state[2]),
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),  # type: ignore[index]
+        "numpy_pos": int(np_state[2]),  # type: ignore[index]
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

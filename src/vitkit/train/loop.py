@@ -158,7 +158,7 @@ def train(
     attention = choose_attention(cfg.model.attn_impl, device, precision, num_tokens(model))
     set_attention(model, attention)
     if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = model.to(memory_format=torch.channels_last)
     peak_lr = cfg.effective_lr(accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.optim, peak_lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, updates_per_epoch, peak_lr)
@@ -167,9 +167,7 @@ def train(
     ema = ModelEmaV3(raw_model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
     forward = torch.compile(model) if cfg.model.compile else model
     criterion = SoftTargetCrossEntropy()
-    batch_aug = BatchAugment(
-        cfg.augment, cfg.data.mean, cfg.data.std, data.num_classes, t.label_smoothing, device
-    )
+    batch_aug = BatchAugment(cfg.augment, cfg.data.mean, cfg.data.std, data.num_classes, t.label_smoothing, device)
 
     progress = Progress()
     if resume:
