@@ -23,7 +23,10 @@ from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from vitkit.config.schema import AugmentConfig, DataConfig
+from vitkit.data.compat import patch_timm_posterize
 from vitkit.data.sources import ImageSet, to_pil
+
+patch_timm_posterize()  # must run before timm builds its RandAugment ops (see data/compat.py)
 
 
 class ImageDataset(Dataset[tuple[Any, int]]):
