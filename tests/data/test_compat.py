@@ -31,9 +31,11 @@ def test_timm_uses_the_fixed_op_after_vitkit_import():
     assert np.asarray(op(_image())).max() == 0
 
 
-def test_deit_randaugment_never_raises_on_many_draws():
-    transform = train_transform(AugmentConfig(randaugment="rand-m9-mstd0.5-inc1"), 16)
+def test_randaugment_at_the_magnitude_cap_never_raises():
+    # At magnitude 10 every posterize draw asks for 0 bits (about 1 image in 15); DeiT's m9-mstd0.5 reaches the
+    # cap for about 1 image in 650.
+    transform = train_transform(AugmentConfig(randaugment="rand-m10-inc1"), 16)
     random.seed(0)
     img = _image()
-    outputs = [transform(img) for _ in range(400)]  # ~1 in 5 posterize draws asked for 0 bits before the fix
+    outputs = [transform(img) for _ in range(300)]
     assert all(tuple(o.shape) == (3, 16, 16) for o in outputs)

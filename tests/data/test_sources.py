@@ -129,3 +129,22 @@ def test_bad_sources_get_clear_messages(source, message):
 def test_torchvision_needs_a_root():
     with pytest.raises(DataError, match="--data-root"):
         load_source("torchvision:FashionMNIST")
+
+
+def test_npz_arrays_with_and_without_val(tmp_path: Path):
+    x = np.random.default_rng(0).integers(0, 255, (30, 8, 8), dtype=np.uint8)
+    y = np.arange(30) % 3
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=y, x_val=x[:6], y_val=y[:6], classes=np.array(["a", "b", "c"]))
+    splits = load_source(str(tmp_path / "a.npz"))
+    assert splits.classes == ["a", "b", "c"] and len(splits.val) == 6 and splits.train.items.shape == (30, 8, 8, 3)
+    np.savez(tmp_path / "b.npz", x_train=x, y_train=y)
+    assert len(load_source(str(tmp_path / "b.npz"), val_fraction=0.2).val) == 6
+    np.savez(tmp_path / "c.npz", images=x)
+    with pytest.raises(DataError, match="x_train and y_train"):
+        load_source(str(tmp_path / "c.npz"))
+
+
+def test_hf_imagefolder(tmp_path: Path):
+    write_image_folder(tmp_path / "imgs" / "train", per_class=3)
+    splits = load_source(f"hf:{tmp_path / 'imgs'}", val_fraction=0.34, seed=0)
+    assert splits.classes == ["cat", "dog", "fox"] and len(splits.train) + len(splits.val) == 9

@@ -78,3 +78,54 @@ def test_distilled_deit_tokens_get_no_decay():
 def test_swin_rejects_vit_only_overrides_clearly():
     with pytest.raises(RecipeError, match="does not accept"):
         build_model(ModelConfig(name="swin_tiny_patch4_window7_224", img_size=32, depth=2), num_classes=3)
+
+
+def test_cnn_baseline_builds_with_extra_kwargs_and_ignores_vit_only_settings():
+    cfg = ModelConfig(name="resnet10t", img_size=28, drop_path_rate=0.05, kwargs={"channels": [24, 48, 96, 192]})
+    model = build_model(cfg, num_classes=10)
+    assert model.num_classes == 10 and model.layer4[0].conv1.out_channels == 192
+    assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
+    with pytest.raises(RecipeError, match="attn_drop_rate"):
+        build_model(ModelConfig(name="resnet10t", attn_drop_rate=0.1), num_classes=3)
+
+
+FAMILIES = [
+    ModelConfig(name="vit_tiny_patch16_224", **TINY),
+    ModelConfig(name="deit_tiny_distilled_patch16_224", **TINY),
+    ModelConfig(
+        name="swin_tiny_patch4_window7_224",
+        img_size=28,
+        patch_size=4,
+        embed_dim=16,
+        kwargs={"depths": (1, 1), "num_heads": (1, 2), "window_size": 7},
+    ),
+]
+
+
+@pytest.mark.parametrize("cfg", FAMILIES, ids=lambda c: c.name.split("_")[0])
+def test_model_family_contract(cfg: ModelConfig):
+    """What the loop relies on, for every supported family: logits shape, attention switch, decay groups, EMA copy."""
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=5)
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    model.train()
+    logits = model(x)
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert set_attention(model, "math") > 0
+    optimizer = build_optimizer(model, OptimConfig(), lr=1e-3)
+    no_decay = no_decay_parameter_names(model, optimizer)
+    assert any("norm" in n for n in no_decay) and all(not n.endswith("qkv.weight") for n in no_decay)
+
+
+def test_gradient_checkpointing_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(**TINY), num_classes=3)
+    ckpt = build_model(ModelConfig(**TINY, grad_checkpointing=True), num_classes=3)
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.grad_checkpointing and not plain.grad_checkpointing
+    x = torch.randn(2, 3, 16, 16)
+    plain(x).sum().backward()
+    ckpt(x).sum().backward()
+    torch.testing.assert_close(ckpt.blocks[0].attn.qkv.weight.grad, plain.blocks[0].attn.qkv.weight.grad)

@@ -5,7 +5,7 @@ Each field's description is the single source of the CLI help and of the recipe 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -30,6 +30,9 @@ class ModelConfig(Section):
     attn_drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on attention probabilities.")
     drop_path_rate: float = Field(
         0.0, ge=0.0, lt=1.0, description="Stochastic depth: block l of L is dropped with probability l/(L-1) x rate."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra timm.create_model arguments, e.g. {channels: [24, 48, 96, 192]}."
     )
     attn_impl: Literal["auto", "fused", "math"] = Field(
         "auto", description="Attention kernel: fused SDPA, explicit math, or auto (fastest for device and tokens)."

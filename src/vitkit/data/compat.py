@@ -1,9 +1,9 @@
 """Compatibility fixes between the libraries vitkit builds on.
 
 Pillow 13 made `ImageOps.posterize(img, 0)` raise ("bits must be between or equal to 1 and 8"); earlier versions
-returned a black image. timm's RandAugment asks for 0 bits whenever the sampled magnitude reaches 10, which with
-`rand-m9-mstd0.5` (DeiT's setting) happens for about 1 image in 5 that draws a posterize op, so training stops
-with a ValueError in a loader worker. `patch_timm_posterize` restores the earlier Pillow meaning of 0 bits in
+returned a black image. timm's RandAugment asks for 0 bits whenever the sampled magnitude reaches its cap of 10:
+with `rand-m9-mstd0.5-inc1` (DeiT's setting) about 1 image in 650, so a run on 10k images stops with a ValueError
+in a loader worker within its first epoch. `patch_timm_posterize` restores the earlier Pillow meaning of 0 bits in
 timm's op table, only where the installed Pillow raises.
 """
 

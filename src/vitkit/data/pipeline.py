@@ -171,13 +171,14 @@ class BatchAugment:
 def auto_workers(in_memory: bool, device: torch.device) -> int:
     """Worker processes for the loader.
 
-    On a CPU-only machine the workers compete with the model for cores; one worker keeps the per-image
-    augmentation off the main thread (measured: benchmarks/train_throughput.py). Files on disk or a GPU
-    need more decoding capacity: up to 8 workers, leaving a core for the main process.
+    On a CPU-only machine workers compete with the model's threads for the same cores: with decoded images in
+    memory, 0, 1 and 2 workers measured the same img/s within noise (benchmarks/train_throughput.py, DeiT
+    augmentation), so augmentation runs in the main process (no extra processes, and every RNG in one place).
+    Files decoded per step need a worker or more; a GPU needs up to 8, leaving a core for the main process.
     """
     cpus = os.cpu_count() or 1
     if device.type == "cpu":
-        return 1 if in_memory or cpus <= 2 else min(4, cpus // 2)
+        return 0 if in_memory else max(1, min(4, cpus // 2))
     return max(1, min(8, cpus - 1))
 
 

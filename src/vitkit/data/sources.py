@@ -283,6 +283,29 @@ def load_torchvision(name: str, root: str | None, val_fraction: float, seed: int
     return DataSplits(train, val, classes, f"torchvision {name} in {root}")
 
 
+# --- arrays ------------------------------------------------------------------------------------------------
+
+
+def load_arrays(path: Path, val_fraction: float, seed: int) -> DataSplits:
+    """An .npz with x_train (N, H, W[, C]) uint8 and y_train, optionally x_val/y_val and classes."""
+    with np.load(path, allow_pickle=False) as arrays:
+        data = {k: arrays[k] for k in arrays.files}
+    if not {"x_train", "y_train"} <= data.keys():
+        raise DataError(f"{path}: an .npz source needs arrays x_train and y_train (found {sorted(data)}).")
+
+    def rgb(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.uint8)
+        return np.repeat(x[..., None], 3, axis=-1) if x.ndim == 3 else x
+
+    train = ImageSet(rgb(data["x_train"]), data["y_train"].astype(np.int64))
+    n = int(train.labels.max()) + 1
+    classes = [str(c) for c in data["classes"]] if "classes" in data else [str(i) for i in range(n)]
+    if "x_val" not in data:
+        return _split(train, classes, val_fraction, seed, f"arrays {path}")
+    val = ImageSet(rgb(data["x_val"]), data["y_val"].astype(np.int64))
+    return DataSplits(train, val, classes, f"arrays {path} ({len(train)} train / {len(val)} val)")
+
+
 # --- dispatch ----------------------------------------------------------------------------------------------
 
 
@@ -309,7 +332,7 @@ def load_source(
 ) -> DataSplits:
     """Turn a `--data` string into train/val splits."""
     if not source:
-        raise DataError("no data given. Pass --data DIR|manifest.csv|hf:PATH|torchvision:NAME|builtin:shapes.")
+        raise DataError("no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|torchvision:NAME|builtin:shapes.")
     if source.startswith("builtin:"):
         if source != "builtin:shapes":
             raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
@@ -322,7 +345,9 @@ def load_source(
     if not path.exists():
         raise DataError(f"--data {source}: no such file or folder. Check the path.")
     if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return load_arrays(path, val_fraction, seed)
         if path.suffix.lower() != ".csv":
-            raise DataError(f"--data {source}: a file must be a CSV manifest (path,label[,group][,split]).")
+            raise DataError(f"--data {source}: a file must be a CSV manifest (path,label[,group][,split]) or .npz.")
         return load_manifest(path, val_fraction, seed)
     return load_folder(path, val_fraction, seed)

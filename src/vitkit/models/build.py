@@ -15,6 +15,7 @@ from vitkit.errors import RecipeError
 # ViT-Tiny at 65 tokens (fused backward took 44% of a step; math was ~1.6x faster); fused wins in fp32 on CPU
 # (measured here: 21.6 vs 17.5 img/s at 65 tokens) and on GPUs, where SDPA selects flash/memory-efficient kernels.
 MATH_ATTENTION_MAX_TOKENS_CPU_BF16 = 256
+_TRANSFORMER_ONLY = ("img_size", "attn_drop_rate")
 
 
 def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict[str, Any]:
@@ -40,14 +41,21 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = False) ->
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise RecipeError(f"model.name: timm has no model '{cfg.name}'. Similar names: {', '.join(close) or 'none'}.")
-    kwargs = model_kwargs(cfg, num_classes)
-    try:
-        model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
-    except TypeError as exc:
-        raise RecipeError(
-            f"model '{cfg.name}' does not accept one of the overrides {sorted(kwargs)}: {exc}. "
-            "Remove the override from the model section (e.g. Swin takes no 'depth')."
-        ) from exc
+    kwargs = {**model_kwargs(cfg, num_classes), **cfg.kwargs}
+    while True:
+        try:
+            model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
+            break
+        except TypeError as exc:
+            # CNN teachers and baselines take any input size and have no attention: drop those settings.
+            droppable = [k for k in _TRANSFORMER_ONLY if k in kwargs and f"'{k}'" in str(exc)]
+            if droppable and (droppable[0] == "img_size" or not kwargs[droppable[0]]):
+                kwargs.pop(droppable[0])
+                continue
+            raise RecipeError(
+                f"model '{cfg.name}' does not accept one of the settings {sorted(kwargs)}: {exc}. "
+                "Remove it from the model section (e.g. Swin takes no 'depth', a ResNet no 'patch_size')."
+            ) from exc
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)  # type: ignore[operator]
     return model

@@ -1,0 +1,71 @@
+"""The `vitkit` command as a user runs it: real subprocesses, exit codes and messages."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+
+
+def vitkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "vitkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def test_recipes_list_names_every_shipped_recipe():
+    out = vitkit("recipes", "list")
+    assert out.returncode == 0
+    for name in ("deit-tiny", "deit-small", "deit-base", "vit-plain", "small-data", "quickstart"):
+        assert name in out.stdout
+
+
+def test_recipes_show_resolved_gives_the_scaled_lr():
+    out = vitkit("recipes", "show", "deit-tiny", "--resolved", "--set", "train.batch_size=1024")
+    assert out.returncode == 0
+    assert "peak_lr: 0.001" in out.stdout and "batch_per_update: 1024" in out.stdout
+
+
+def test_help_is_generated_from_recipe_fields():
+    out = vitkit("train", "--help")
+    assert out.returncode == 0
+    assert "optim.weight_decay" in out.stdout and "Decoupled weight decay" in out.stdout
+    assert "augment.mix_switch_prob" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "optim.lrr=1"], "Did you mean 'optim.lr'"),
+        (["train", "--recipe", "deit-tiyn"], "Did you mean 'deit-tiny'"),
+        (["train", "--data", "/no/such/folder", "--recipe", "deit-tiny"], "no such file or folder"),
+        (["train", "--set", "train.precision=fp16"], "fp16 needs a CUDA GPU"),
+        (["evaluate", "/no/such/run"], "not a vitkit run folder"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_path: Path):
+    out = vitkit(*args, "--out", str(tmp_path / "r")) if args[0] == "train" else vitkit(*args)
+    assert out.returncode == 2, out.stderr
+    assert message in " ".join(out.stderr.split())
+    assert "Traceback" not in out.stderr
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path: Path):
+    sets = [arg for o in TINY_OVERRIDES for arg in ("--set", o)]
+    run = tmp_path / "cli-run"
+    out = vitkit("train", "--recipe", "quickstart", "--out", str(run), *sets)
+    assert out.returncode == 0, out.stderr
+    assert "run folder:" in out.stdout and "val top1" in out.stdout
+    report = json.loads((run / "eval.json").read_text())
+    assert 0.0 <= report["metrics"]["accuracy.top1"] <= 1.0 and report["metrics"]["images"] == 40
+    assert "calibration.ece" in report["metrics"]
+    # not a terminal: plain progress lines instead of a live bar
+    assert "epoch 1 step" in out.stdout
+    again = vitkit("evaluate", str(run))
+    assert again.returncode == 0
+    assert json.loads((run / "eval.json").read_text())["metrics"] == report["metrics"]
