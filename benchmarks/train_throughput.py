@@ -5,7 +5,7 @@ model FLOPs utilisation (MFU) against this machine's measured fp32 and bf16 matm
 to benchmarks/results/train_throughput.jsonl. A second table sweeps the loader's worker count on a smaller model,
 where data work is a larger share of a step.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 12] [--skip-workers]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--repeats 3] [--skip-workers]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from datetime import date
@@ -110,6 +111,7 @@ def record(row: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (median reported)")
     parser.add_argument("--skip-workers", action="store_true", help="skip the worker-count sweep")
     args = parser.parse_args()
     console = Console()
@@ -131,20 +133,37 @@ def main() -> None:
             (f"bare loop, {default_precision} (default)", "bare", deit),
             ("bare loop, fp32", "bare", load_recipe("deit-tiny", [*VIT_TINY, "train.precision=fp32"])),
         ]
+        # Repeats are interleaved so that a slow spell of the machine touches every configuration alike.
+        samples: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        for repeat in range(args.repeats):
+            for name, kind, cfg in configs:
+                precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
+                if kind == "trainer":
+                    ips = trainer(cfg, data_dir, args.steps)
+                else:
+                    ips = bare_loop(cfg, precision, args.steps)
+                samples[name].append(ips)
+                console.print(f"repeat {repeat}: {name}: {ips:.1f} img/s")
         rows = []
-        for name, kind, cfg in configs:
+        for name, _, cfg in configs:
             precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
-            ips = trainer(cfg, data_dir, args.steps) if kind == "trainer" else bare_loop(cfg, precision, args.steps)
             peak = peak16 if precision == "bf16" else peak32
-            row = {"config": name, "precision": precision, "img_per_s": ips, "mfu": ips * flops / peak}
+            ips = statistics.median(samples[name])
+            row = {
+                "config": name,
+                "precision": precision,
+                "img_per_s": ips,
+                "mfu": ips * flops / peak,
+                "samples": samples[name],
+            }
             rows.append(row)
             record({"date": str(date.today()), "machine": machine, "table": "vit-tiny", **row})
-            console.print(f"{name}: {ips:.1f} img/s, MFU {row['mfu']:.1%}")
 
         console.print(f"\nViT-Tiny, img 32, patch 4, batch 128; {flops / 1e9:.2f} GFLOP per image per step\n")
-        console.print("| configuration | precision | img/s | MFU |\n|---|---|---|---|")
+        console.print("| configuration | precision | img/s (median) | runs | MFU |\n|---|---|---|---|---|")
         for r in rows:
-            console.print(f"| {r['config']} | {r['precision']} | {r['img_per_s']:.1f} | {r['mfu']:.1%} |")
+            runs = ", ".join(f"{s:.1f}" for s in r["samples"])
+            console.print(f"| {r['config']} | {r['precision']} | {r['img_per_s']:.1f} | {runs} | {r['mfu']:.1%} |")
         ratio = rows[1]["img_per_s"] / rows[3]["img_per_s"]
         console.print(f"\ntrainer / bare loop, fp32 like-for-like: {ratio:.1%}")
 
@@ -155,7 +174,7 @@ def main() -> None:
             for workers in (0, 1, 2):
                 cfg = quick.model_copy(deep=True)
                 cfg.data.num_workers = workers
-                ips = trainer(cfg, data_dir, args.steps * 3)
+                ips = statistics.median(trainer(cfg, data_dir, args.steps * 3) for _ in range(args.repeats))
                 record(
                     {
                         "date": str(date.today()),

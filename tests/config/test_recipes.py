@@ -75,6 +75,9 @@ def test_impossible_values_are_refused():
         load_recipe("deit-tiny", ["model.embed_dim=100", "model.num_heads=3"])
     with pytest.raises(RecipeError, match="warmup_epochs"):
         load_recipe("deit-tiny", ["schedule.epochs=3"])
+    with pytest.raises(RecipeError, match="must be even when Mixup"):
+        load_recipe("deit-tiny", ["train.batch_size=31"])
+    assert load_recipe("vit-plain", ["train.batch_size=31"]).train.batch_size == 31
     with pytest.raises(RecipeError, match=r"augment\.hflip"):
         load_recipe("deit-tiny", ["augment.hflip=1.5"])
 

@@ -144,6 +144,12 @@ class Recipe(Section):
             raise ValueError(f"model.img_size={m.img_size} must be a multiple of model.patch_size={m.patch_size}")
         if self.augment.rrc_scale[0] > self.augment.rrc_scale[1]:
             raise ValueError(f"augment.rrc_scale={self.augment.rrc_scale} must be (low, high) with low <= high")
+        a = self.augment
+        if a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0) and self.train.batch_size % 2:
+            raise ValueError(
+                f"train.batch_size={self.train.batch_size} must be even when Mixup/CutMix is on (images are mixed "
+                "with the batch reversed); use an even batch size or set augment.mixup=0 and augment.cutmix=0"
+            )
         if self.schedule.warmup_epochs >= self.schedule.epochs:
             raise ValueError(
                 f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below schedule.epochs="
