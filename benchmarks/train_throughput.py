@@ -138,10 +138,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, kind, cfg in configs:
                 precision = resolve_precision(cfg.train.precision, torch.device("cpu"))
-                if kind == "trainer":
-                    ips = trainer(cfg, data_dir, args.steps)
-                else:
-                    ips = bare_loop(cfg, precision, args.steps)
+                bare = kind == "bare"
+                ips = bare_loop(cfg, precision, args.steps) if bare else trainer(cfg, data_dir, args.steps)
                 samples[name].append(ips)
                 console.print(f"repeat {repeat}: {name}: {ips:.1f} img/s")
         rows = []
