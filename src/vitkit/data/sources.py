@@ -332,7 +332,9 @@ def load_source(
 ) -> DataSplits:
     """Turn a `--data` string into train/val splits."""
     if not source:
-        raise DataError("no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|torchvision:NAME|builtin:shapes.")
+        raise DataError(
+            "no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|torchvision:NAME|builtin:shapes."
+        )
     if source.startswith("builtin:"):
         if source != "builtin:shapes":
             raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
