@@ -146,3 +146,15 @@ def test_fp16_on_cpu_is_refused_before_training(tmp_path: Path):
 def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path):
     with pytest.raises(VitkitError, match="larger than the training set"):
         train(tiny_recipe("train.batch_size=512"), tmp_path / "big", console=QUIET)
+
+
+def test_compile_and_channels_last_train_like_eager(tmp_path: Path):
+    """torch.compile (inductor, on CPU) and channels-last inputs change speed, not what is learned."""
+    common = [*PLAIN, "train.max_steps=3", "schedule.epochs=2", "ema.enabled=false"]
+    train(tiny_recipe(*common), tmp_path / "eager", console=QUIET)
+    train(tiny_recipe(*common, "model.compile=true", "model.channels_last=true"), tmp_path / "fast", console=QUIET)
+    eager = load_weights(tmp_path / "eager" / "checkpoints" / "last" / "model.safetensors")
+    fast = load_weights(tmp_path / "fast" / "checkpoints" / "last" / "model.safetensors")
+    assert eager.keys() == fast.keys()
+    for key in eager:
+        torch.testing.assert_close(fast[key], eager[key], atol=1e-4, rtol=1e-3)
