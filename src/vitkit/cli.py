@@ -29,7 +29,7 @@ def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tup
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows += recipe_fields(annotation, f"{prefix}{name}.")
         else:
-            rows.append((f"{prefix}{name}", field.description or "", field.default))
+            rows.append((f"{prefix}{name}", field.description or "", field.get_default(call_default_factory=True)))
     return rows
 
 
@@ -165,9 +165,34 @@ def recipes_show(
     sys.stdout.write(text + yaml.safe_dump(effective, sort_keys=False))
 
 
+def fields_markdown() -> str:
+    """The recipe reference (docs/recipe-reference.md), generated from the schema."""
+    lines = [
+        "# Recipe reference",
+        "",
+        "Generated from the recipe schema by `vitkit recipes fields --markdown`; every field can be set in a recipe",
+        "YAML file or with `--set SECTION.FIELD=VALUE`.",
+    ]
+    section = ""
+    for name, desc, default in recipe_fields():
+        if "." not in name:
+            continue
+        head = name.split(".")[0]
+        if head != section:
+            section = head
+            lines += ["", f"## {section}", "", "| field | default | description |", "|---|---|---|"]
+        lines.append(f"| `{name}` | `{default}` | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
 @recipes_app.command("fields", epilog=_fields_help())
-def recipes_fields() -> None:
+def recipes_fields(
+    markdown: Annotated[bool, typer.Option(help="Print the Markdown recipe reference instead of a table.")] = False,
+) -> None:
     """Every recipe field with its default and description."""
+    if markdown:
+        sys.stdout.write(fields_markdown())
+        return
     table = Table("field", "default", "description")
     for name, desc, default in recipe_fields():
         if "." in name:

@@ -69,3 +69,10 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path):
     again = vitkit("evaluate", str(run))
     assert again.returncode == 0
     assert json.loads((run / "eval.json").read_text())["metrics"] == report["metrics"]
+
+
+def test_recipe_reference_in_docs_is_generated_from_the_schema():
+    from vitkit.cli import fields_markdown
+
+    committed = (Path(__file__).parents[2] / "docs" / "recipe-reference.md").read_text()
+    assert committed == fields_markdown(), "regenerate: vitkit recipes fields --markdown > docs/recipe-reference.md"
