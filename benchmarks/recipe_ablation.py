@@ -69,7 +69,31 @@ REGULARISATION = [
     "optim.weight_decay=0.05",
     "ema.enabled=true",
 ]
-RESNET = ["model.name=resnet10t", "model.kwargs={channels: [24, 48, 96, 192]}"]
+RESNET = [
+    "model.name=resnet10t",
+    "model.kwargs={channels: [24, 48, 96, 192]}",
+    "model.patch_size=null",
+    "model.embed_dim=null",
+    "model.depth=null",
+    "model.num_heads=null",
+]
+
+# The first guess at small-data, measured before the trick groups (kept to show what the measurements changed).
+SMALL_DATA_V0 = [
+    "model.drop_path_rate=0.05",
+    "augment.rrc_scale=[0.35, 1.0]",
+    "augment.rrc_ratio=[0.75, 1.3333]",
+    "augment.hflip=0.5",
+    "augment.randaugment=rand-m5-mstd0.5-inc1",
+    "augment.random_erasing=0.1",
+    "augment.crop_pct=0.875",
+    "augment.mixup=0.2",
+    "augment.mix_prob=0.5",
+    "optim.weight_decay=0.05",
+    "train.label_smoothing=0.1",
+    "ema.enabled=true",
+    "ema.decay=0.999",
+]
 
 CONFIGS: dict[str, tuple[str, list[str], str]] = {
     "vit-plain": ("vit-plain", [], "no tricks"),
@@ -77,6 +101,7 @@ CONFIGS: dict[str, tuple[str, list[str], str]] = {
     "+augmentation": ("vit-plain", AUGMENTATION, "vit-plain + RRC, flip, RandAugment, erasing, repeated aug"),
     "+mixup-cutmix": ("vit-plain", MIXING, "vit-plain + Mixup 0.8 / CutMix 1.0"),
     "+regularisation": ("vit-plain", REGULARISATION, "vit-plain + drop path, smoothing, weight decay, EMA"),
+    "small-data-v0": ("vit-plain", SMALL_DATA_V0, "first guess at small-data, before the measurements"),
     "small-data": ("small-data", [], "the shipped small-data recipe"),
     "resnet": ("small-data", RESNET, "ResNet-10t (channels 24-192) with the small-data recipe"),
 }

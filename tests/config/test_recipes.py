@@ -99,5 +99,5 @@ def test_unknown_recipe_suggests_closest():
 def test_base_chain_merges_sections():
     r = load_recipe("quickstart")
     assert r.model.img_size == 32  # from quickstart
-    assert r.augment.random_erasing == 0.1  # from small-data
+    assert r.optim.weight_decay == 0.05  # from deit-tiny
     assert r.schedule.warmup_lr == 1e-6  # from deit-tiny
