@@ -36,6 +36,11 @@ class TrainDisplay:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
 
+    def advance(self, step: int) -> None:
+        """Move the bar every step; the figures are refreshed by `step` at logging steps."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step)
+
     def step(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=step, epoch=epoch, loss=loss, lr=lr, ips=images_per_s)

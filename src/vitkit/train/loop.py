@@ -201,9 +201,9 @@ def train(
                 break
             model.train()
             sampler.set_epoch(epoch)
-            epoch_loss, epoch_batches = 0.0, 0
+            epoch_loss, epoch_batches = torch.zeros((), device=device), 0
             window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-            grad_norm = float("nan")
+            grad_norm: torch.Tensor | float = float("nan")
             batches = iter(train_loader)
             for _ in range(steps_per_epoch):
                 if step >= total_steps:
@@ -219,7 +219,7 @@ def train(
                     loss = criterion(forward(x), targets)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), clip))
+                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if accelerator.sync_gradients:
@@ -228,12 +228,13 @@ def train(
                     if ema is not None:
                         ema.update(raw_model, step=progress.updates)
                 step += 1
-                loss_value = float(loss.detach())
-                epoch_loss += loss_value
+                epoch_loss += loss.detach()  # a device tensor: reading it each step would sync a GPU
                 epoch_batches += 1
                 window_images += len(images)
                 images_seen += len(images)
+                display.advance(step)
                 if step % t.log_every == 0 or step == total_steps:
+                    loss_value = float(loss.detach())
                     elapsed = time.perf_counter() - window_start
                     ips = window_images / max(elapsed, 1e-9)
                     lr = optimizer.param_groups[0]["lr"]
@@ -243,7 +244,7 @@ def train(
                         epoch=epoch,
                         loss=loss_value,
                         lr=lr,
-                        grad_norm=grad_norm,
+                        grad_norm=float(grad_norm),
                         img_per_s=ips,
                         data_wait=window_wait / max(elapsed, 1e-9),
                     )
@@ -252,7 +253,7 @@ def train(
             del batches
 
             progress.epoch = epoch + 1
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": epoch_loss / max(epoch_batches, 1)}
+            record: dict[str, Any] = {"epoch": epoch, "train_loss": float(epoch_loss) / max(epoch_batches, 1)}
             finished = progress.epoch == cfg.schedule.epochs or step >= total_steps
             meta: dict[str, Any] = {"num_classes": data.num_classes, "best_source": "raw"}
             if progress.epoch % t.eval_every == 0 or finished:
