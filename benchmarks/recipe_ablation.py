@@ -95,6 +95,18 @@ SMALL_DATA_V0 = [
     "ema.decay=0.999",
 ]
 
+# The second guess, after the trick groups at the short budget: mild crops and flips plus regularisation.
+SMALL_DATA_V1 = [
+    "model.drop_path_rate=0.1",
+    "augment.rrc_scale=[0.5, 1.0]",
+    "augment.rrc_ratio=[0.75, 1.3333]",
+    "augment.hflip=0.5",
+    "optim.weight_decay=0.05",
+    "train.label_smoothing=0.1",
+    "ema.enabled=true",
+    "ema.decay=0.9998",
+]
+
 CONFIGS: dict[str, tuple[str, list[str], str]] = {
     "vit-plain": ("vit-plain", [], "no tricks"),
     "deit": ("deit-tiny", [], "published DeiT settings"),
@@ -102,8 +114,14 @@ CONFIGS: dict[str, tuple[str, list[str], str]] = {
     "+mixup-cutmix": ("vit-plain", MIXING, "vit-plain + Mixup 0.8 / CutMix 1.0"),
     "+regularisation": ("vit-plain", REGULARISATION, "vit-plain + drop path, smoothing, weight decay, EMA"),
     "small-data-v0": ("vit-plain", SMALL_DATA_V0, "first guess at small-data, before the measurements"),
+    "small-data-v1": ("vit-plain", SMALL_DATA_V1, "second guess: RRC 0.5-1, flip, regularisation"),
     "small-data": ("small-data", [], "the shipped small-data recipe"),
     "resnet": ("small-data", RESNET, "ResNet-10t (channels 24-192) with the small-data recipe"),
+    "resnet-v0": (
+        "vit-plain",
+        [*SMALL_DATA_V0, *RESNET],
+        "ResNet-10t (channels 24-192) with the small-data-v0 settings",
+    ),
 }
 LONG = ("vit-plain", "deit", "small-data", "resnet")
 
