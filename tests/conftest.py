@@ -6,8 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
+from safetensors.torch import save_file
+from torch import nn
 
 from vitkit.config import load_recipe
 from vitkit.config.schema import Recipe
@@ -50,3 +53,19 @@ def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog", "fo
             pixels[..., i % 3] += 180
             Image.fromarray(pixels).save(root / name / f"{j}.png")
     return root
+
+
+TINY_VIT = {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_vit(num_classes: int = 10, seed: int = 0, name: str = "vit_tiny_patch16_224", **kwargs: object) -> nn.Module:
+    """A seeded tiny timm ViT with the same architecture as `tiny_recipe()`'s model."""
+    torch.manual_seed(seed)
+    return timm.create_model(name, num_classes=num_classes, **{**TINY_VIT, **kwargs}).eval()
+
+
+def save_tiny_pretrained(path: Path, num_classes: int = 10, seed: int = 0) -> tuple[Path, nn.Module]:
+    """A tiny ViT saved as a .safetensors file, standing in for downloaded pretrained weights."""
+    model = tiny_vit(num_classes, seed)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path, model

@@ -14,6 +14,7 @@ import typer
 import yaml
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitkit.config.loader import load_raw, load_recipe, recipe_to_yaml, shipped_recipes
@@ -47,6 +48,8 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="List, show and explain recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
+advise_app = typer.Typer(help="Advisors: settings sized to your data and model.", no_args_is_help=True)
+app.add_typer(advise_app, name="advise")
 console = Console()
 
 SetOption = Annotated[
@@ -62,6 +65,13 @@ def train(
         typer.Option(help="Image folder, manifest.csv, hf:PATH, torchvision:NAME or builtin:shapes."),
     ] = None,
     data_root: Annotated[str | None, typer.Option(help="Folder for torchvision:NAME files.")] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from these weights: a timm name (vit_small_patch16_224.augreg_in21k, hf-hub:ORG/NAME), a "
+            "transformers checkpoint folder, a .safetensors file or a vitkit run folder."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default runs/RECIPE).")] = None,
     set_: SetOption = None,
     resume: Annotated[
@@ -80,6 +90,8 @@ def train(
         overrides = list(set_ or [])
         if data_root is not None:
             overrides.append(f"data.root={data_root}")
+        if pretrained is not None:
+            overrides.append(f"finetune.pretrained={pretrained}")
         cfg = load_recipe(recipe, overrides, source=data)
         run_dir = out or Path("runs") / Path(recipe).stem
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
@@ -126,6 +138,53 @@ def evaluate(
 ) -> None:
     """Evaluate a run's best checkpoint (accuracy and calibration); writes eval.json into the run folder."""
     _evaluate_and_print(run, data)
+
+
+@app.command("merge-lora")
+def merge_lora_command(
+    run: Annotated[Path, typer.Argument(help="A LoRA run folder written by vitkit train.")],
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN/merged).")] = None,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
+) -> None:
+    """Merge a LoRA run's adapters into its base model and write a plain timm model folder (model.safetensors +
+    config.json), loadable with timm.create_model("local-dir:OUT", pretrained=True) or --pretrained OUT."""
+    from vitkit.config.loader import recipe_from_yaml_file
+    from vitkit.models.run_model import export_plain_model
+
+    if not (run / "recipe.yaml").exists():
+        raise VitkitError(f"{run} is not a vitkit run folder (no recipe.yaml). Pass the folder given to --out.")
+    if recipe_from_yaml_file(run / "recipe.yaml").finetune.strategy != "lora":
+        raise VitkitError(f"{run} was not trained with finetune.strategy=lora: its weights are already plain.")
+    model, folder = export_plain_model(run, out or run / "merged", checkpoint)
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"merged model ({params / 1e6:.2f}M parameters) written to {folder.resolve()}", highlight=False)
+
+
+@advise_app.command("freeze")
+def advise_freeze_command(
+    train_size: Annotated[int, typer.Option(help="Labelled training images.")],
+    similarity: Annotated[
+        str, typer.Option(help="How close your images are to the pretraining data: high, medium or low.")
+    ],
+    model: Annotated[str | None, typer.Option(help="timm model name, to count trainable parameters.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of your task (for the head size).")] = 10,
+) -> None:
+    """Recommend a fine-tuning strategy (head, lora, partial, full) with its settings and the reasons."""
+    from vitkit.plan.freeze import advise_freeze
+
+    advice = advise_freeze(train_size, similarity, model, num_classes)
+    table = Table(title="fine-tuning advice", show_header=False, title_justify="left")
+    table.add_row("strategy", advice.strategy)
+    table.add_row("settings", escape(" ".join(f"--set {o}" for o in advice.overrides()) or "(recipe defaults)"))
+    for i, reason in enumerate(advice.reasons + advice.notes):
+        table.add_row("why" if i == 0 else "", reason)
+    if advice.trainable is not None and advice.total:
+        share = advice.trainable / advice.total
+        table.add_row("trainable", f"{advice.trainable:,} of {advice.total:,} parameters ({share:.2%})")
+    console.print(table)
+    sets = "".join(f" --set {o}" for o in advice.overrides())
+    command = f"vitkit train --recipe finetune-{advice.strategy} --pretrained SOURCE --data DIR{sets}"
+    console.print(command, highlight=False, markup=False, soft_wrap=True)
 
 
 @recipes_app.command("list")

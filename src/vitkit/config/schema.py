@@ -9,6 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class Section(BaseModel):
     """Base for recipe sections: unknown keys are errors, so typos never pass silently."""
@@ -37,6 +40,9 @@ class ModelConfig(Section):
     attn_impl: Literal["auto", "fused", "math"] = Field(
         "auto", description="Attention kernel: fused SDPA, explicit math, or auto (fastest for device and tokens)."
     )
+    norm_eps: float | None = Field(
+        None, gt=0.0, description="LayerNorm epsilon override (transformers ViTs use 1e-12); None keeps timm's."
+    )
     grad_checkpointing: bool = Field(False, description="Recompute block activations in backward to save memory.")
     channels_last: bool = Field(False, description="Use channels-last memory format for the input and convs.")
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
@@ -60,8 +66,17 @@ class DataConfig(Section):
     )
     synthetic_train_size: int = Field(6000, ge=10, description="Training images of builtin:shapes.")
     synthetic_val_size: int = Field(1000, ge=10, description="Validation images of builtin:shapes.")
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean (RGB).")
-    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std (RGB).")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="Normalisation mean (RGB); None takes the pretrained weights' values, else ImageNet's."
+    )
+    std: tuple[float, float, float] | None = Field(
+        None, description="Normalisation std (RGB); None takes the pretrained weights' values, else ImageNet's."
+    )
+
+    def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The mean and std to use: the recipe's, or ImageNet's where unset (pretrained values are filled in
+        by the trainer before this is read)."""
+        return self.mean or IMAGENET_MEAN, self.std or IMAGENET_STD
 
 
 class AugmentConfig(Section):
@@ -123,6 +138,36 @@ class EmaConfig(Section):
     warmup: bool = Field(True, description="Ramp the decay up early in training (timm ModelEmaV3 warmup).")
 
 
+LoraTarget = Literal["q", "k", "v", "proj", "fc1", "fc2"]
+
+
+class FinetuneConfig(Section):
+    pretrained: str | None = Field(
+        None,
+        description="Weights to start from: a timm name (vit_small_patch16_224.augreg_in21k, hf-hub:org/name), a "
+        "transformers checkpoint folder, a .safetensors file or a vitkit run folder; usually set by --pretrained.",
+    )
+    strategy: Literal["full", "partial", "head", "lora"] = Field(
+        "full",
+        description="What trains: full (all, optionally with layer_decay), partial (blocks from freeze_blocks "
+        "on + head), head (linear probe on a frozen backbone), lora (PEFT LoRA adapters + head).",
+    )
+    layer_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="Layer-wise LR decay (full/partial): layer i gets lr x decay^(L+1-i)."
+    )
+    freeze_blocks: int = Field(7, ge=0, description="partial: patch embedding and blocks 0..freeze_blocks-1 frozen.")
+    cache_features: bool = Field(
+        False, description="head: compute backbone features once (no augmentation) and train the head on them."
+    )
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha; the update is scaled by alpha / r.")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    lora_targets: list[LoraTarget] = Field(
+        default_factory=lambda: list[LoraTarget](["q", "v"]),
+        description="Linears that get adapters: q, k, v (split out of timm's fused qkv), proj, fc1, fc2.",
+    )
+
+
 class Recipe(Section):
     """A complete training recipe. YAML files may name a `base` recipe and override any field."""
 
@@ -134,6 +179,7 @@ class Recipe(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Recipe:
@@ -154,6 +200,18 @@ class Recipe(Section):
             raise ValueError(
                 f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below schedule.epochs="
                 f"{self.schedule.epochs}"
+            )
+        f = self.finetune
+        if f.layer_decay is not None and f.strategy not in ("full", "partial"):
+            raise ValueError(
+                f"finetune.layer_decay applies to strategies full and partial, not '{f.strategy}'; remove it"
+            )
+        if f.cache_features and f.strategy != "head":
+            raise ValueError("finetune.cache_features=true needs finetune.strategy=head (only the head trains)")
+        if f.cache_features and (self.ema.enabled or (a.mix_prob > 0 and (a.mixup > 0 or a.cutmix > 0))):
+            raise ValueError(
+                "finetune.cache_features=true trains the head on fixed features: set ema.enabled=false, "
+                "augment.mixup=0 and augment.cutmix=0 (or turn cache_features off)"
             )
         return self
 

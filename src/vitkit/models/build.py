@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from torch import nn
 
 from vitkit.config.schema import ModelConfig
-from vitkit.errors import RecipeError
+from vitkit.errors import RecipeError, VitkitError
+
+if TYPE_CHECKING:
+    from vitkit.models.pretrained import PretrainedWeights
 
 # Largest token count for which the explicit math attention beats fused SDPA under bf16 on CPU. Reported for a
 # ViT-Tiny at 65 tokens (fused backward took 44% of a step; math was ~1.6x faster); fused wins in fp32 on CPU
@@ -36,15 +39,18 @@ def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """`timm.create_model` with the recipe's overrides; unknown names and unsupported overrides get a clear error."""
-    if not timm.is_model(cfg.name):
+def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeights | None = None) -> nn.Module:
+    """`timm.create_model` with the recipe's overrides, optionally on pretrained weights (whose architecture
+    `cfg` must already carry, see `with_architecture`); unknown names and unsupported overrides get a clear error."""
+    hub = cfg.name.startswith(("hf-hub:", "local-dir:"))
+    if not hub and not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise RecipeError(f"model.name: timm has no model '{cfg.name}'. Similar names: {', '.join(close) or 'none'}.")
     kwargs = {**model_kwargs(cfg, num_classes), **cfg.kwargs}
+    load = pretrained.create_kwargs() if pretrained is not None else {}
     while True:
         try:
-            model = timm.create_model(cfg.name, pretrained=pretrained, **kwargs)
+            model = timm.create_model(cfg.name, **load, **kwargs)
             break
         except TypeError as exc:
             # CNN teachers and baselines take any input size and have no attention: drop those settings.
@@ -56,6 +62,18 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: bool = False) ->
                 f"model '{cfg.name}' does not accept one of the settings {sorted(kwargs)}: {exc}. "
                 "Remove it from the model section (e.g. Swin takes no 'depth', a ResNet no 'patch_size')."
             ) from exc
+        except (OSError, RuntimeError, ValueError) as exc:
+            if not (hub or load):
+                raise
+            # hub weights not in the local cache and no network, or weights that do not fit the architecture
+            raise VitkitError(
+                f"could not load the pretrained weights for '{cfg.name}': {exc}. Without network access the files "
+                "must already be in the Hugging Face cache (HF_HOME); or pass a local .safetensors file or folder."
+            ) from exc
+    if cfg.norm_eps is not None:
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = cfg.norm_eps
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)  # type: ignore[operator]
     return model

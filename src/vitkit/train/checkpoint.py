@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.models.lora import model_state_dict
 
 
 @dataclass
@@ -61,8 +62,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors refuses shared storage (e.g. tied weights): store contiguous copies.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    # safetensors refuses shared storage (e.g. tied weights): store contiguous copies. A LoRA model stores only
+    # its adapters and head (model_state_dict).
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state_dict(module).items()}
 
 
 def save_checkpoint(

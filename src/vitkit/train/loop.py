@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from rich.console import Console
+from rich.table import Table
 from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
@@ -41,6 +42,9 @@ from vitkit.errors import VitkitError
 from vitkit.evaluate.metrics import run_evaluators
 from vitkit.evaluate.predict import predict
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
+from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, parameter_table, set_train_mode
+from vitkit.models.lora import load_model_state
+from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -55,6 +59,7 @@ from vitkit.train.display import TrainDisplay
 from vitkit.train.logging import MetricsLogger
 from vitkit.train.optim import build_optimizer, build_scheduler
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
+from vitkit.train.probe import evaluate_head, extract_features, train_head_epoch
 
 
 @dataclass
@@ -116,10 +121,18 @@ def train(
 ) -> RunResult:
     """Train `recipe` into `run_dir`, or continue the run there when `resume` (see `resume_recipe`)."""
     console = console or Console()
+    cfg = recipe.model_copy(deep=True)  # pretrained architecture and normalisation are filled in below
+    t = cfg.train
+    if cfg.finetune.strategy != "full" and not cfg.finetune.pretrained:
+        raise VitkitError(
+            f"finetune.strategy={cfg.finetune.strategy} keeps pretrained weights fixed, but no weights are given: "
+            "pass --pretrained SOURCE (a timm name, a transformers folder, a .safetensors file or a run folder)."
+        )
+    weights = resolve_pretrained(cfg.finetune.pretrained, cfg.model) if cfg.finetune.pretrained else None
+    if weights is not None:
+        cfg.model = with_architecture(cfg.model, weights)
     if not resume:
         prepare_run_dir(run_dir, overwrite)
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    cfg, t = recipe, recipe.train
     seed_everything(t.seed)
 
     # --- device and precision --------------------------------------------------------------------------
@@ -154,20 +167,28 @@ def train(
     updates_per_epoch = steps_per_epoch // t.accumulation_steps
 
     # --- model, optimizer, schedule, EMA ---------------------------------------------------------------
-    model = build_model(cfg.model, data.num_classes)
-    attention = choose_attention(cfg.model.attn_impl, device, precision, num_tokens(model))
+    model = build_model(cfg.model, data.num_classes, pretrained=weights)
+    if cfg.data.mean is None or cfg.data.std is None:
+        norm = pretrained_normalization(model, weights) if weights is not None else None
+        mean, std = norm or cfg.data.normalization()
+        cfg.data.mean, cfg.data.std = cfg.data.mean or mean, cfg.data.std or std
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
+    tokens = num_tokens(model)
+    attention = choose_attention(cfg.model.attn_impl, device, precision, tokens)
     set_attention(model, attention)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = apply_strategy(model, cfg.finetune)
     peak_lr = cfg.effective_lr(accelerator.num_processes)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr, layer_decay=cfg.finetune.layer_decay)
+    groups = parameter_table(model, optimizer, peak_lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, updates_per_epoch, peak_lr)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     ema = ModelEmaV3(raw_model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
     forward = torch.compile(model) if cfg.model.compile else model
     criterion = SoftTargetCrossEntropy()
-    batch_aug = BatchAugment(cfg.augment, cfg.data.mean, cfg.data.std, data.num_classes, t.label_smoothing, device)
+    batch_aug = BatchAugment(cfg.augment, *cfg.data.normalization(), data.num_classes, t.label_smoothing, device)
 
     progress = Progress()
     if resume:
@@ -177,16 +198,19 @@ def train(
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps * t.accumulation_steps)
-    n_params = sum(p.numel() for p in raw_model.parameters())
+    n_trainable, n_params = count_parameters(raw_model)
     console.print(
-        f"[bold]vitkit train[/bold] {cfg.model.name} ({n_params / 1e6:.2f}M params, {num_tokens(raw_model)} tokens) "
+        f"[bold]vitkit train[/bold] {cfg.model.name} ({n_params / 1e6:.2f}M params, {tokens} tokens) "
         f"on {data.description}\n  device {device}, precision {precision}, attention {attention}, "
         f"batch {t.batch_size} x {t.accumulation_steps} accumulation, peak lr {peak_lr:.2e}, workers {workers}, "
         f"{steps_per_epoch} steps/epoch, {cfg.schedule.epochs} epochs",
         highlight=False,
     )
-    for note in data.notes:
+    for note in data.notes + (weights.notes if weights is not None else []):
         console.print(f"  note: {note}", highlight=False)
+    if weights is not None:
+        console.print(f"  pretrained: {weights.source}, strategy {cfg.finetune.strategy}", highlight=False)
+    console.print(_groups_table(groups))
 
     logger = MetricsLogger(run_dir)
     amp_dtype = autocast_dtype(precision)
@@ -195,85 +219,162 @@ def train(
     images_seen = 0
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
     display = TrainDisplay(total_steps, console, t.log_every)
-    with display:
-        for epoch in range(progress.epoch, cfg.schedule.epochs):
-            if step >= total_steps:
-                break
-            model.train()
-            sampler.set_epoch(epoch)
-            epoch_loss, epoch_batches = torch.zeros((), device=device), 0
-            window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-            grad_norm: torch.Tensor | float = float("nan")
-            batches = iter(train_loader)
-            for _ in range(steps_per_epoch):
+    strategy = cfg.finetune.strategy
+    if cfg.finetune.cache_features:
+        images_seen = _fit_cached_head(
+            cfg,
+            raw_model,
+            optimizer,
+            scheduler,
+            train_images,
+            val_loader,
+            device,
+            amp_dtype,
+            progress,
+            logger,
+            run_dir,
+            data.num_classes,
+            console,
+        )
+    else:
+        with display:
+            for epoch in range(progress.epoch, cfg.schedule.epochs):
                 if step >= total_steps:
                     break
-                wait_start = time.perf_counter()
-                images, labels = next(batches)
-                window_wait += time.perf_counter() - wait_start
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                x, targets = batch_aug(images, labels)
-                if cfg.model.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with accelerator.accumulate(model):
-                    loss = criterion(forward(x), targets)
-                    accelerator.backward(loss)
+                set_train_mode(model, cfg.finetune.strategy)
+                sampler.set_epoch(epoch)
+                epoch_loss, epoch_batches = torch.zeros((), device=device), 0
+                window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+                grad_norm: torch.Tensor | float = float("nan")
+                batches = iter(train_loader)
+                for _ in range(steps_per_epoch):
+                    if step >= total_steps:
+                        break
+                    wait_start = time.perf_counter()
+                    images, labels = next(batches)
+                    window_wait += time.perf_counter() - wait_start
+                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    x, targets = batch_aug(images, labels)
+                    if cfg.model.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with accelerator.accumulate(model):
+                        loss = criterion(forward(x), targets)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                     if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    progress.updates += 1
-                    scheduler.step_update(progress.updates)
-                    if ema is not None:
-                        ema.update(raw_model, step=progress.updates)
-                step += 1
-                epoch_loss += loss.detach()  # a device tensor: reading it each step would sync a GPU
-                epoch_batches += 1
-                window_images += len(images)
-                images_seen += len(images)
-                display.advance(step)
-                if step % t.log_every == 0 or step == total_steps:
-                    loss_value = float(loss.detach())
-                    elapsed = time.perf_counter() - window_start
-                    ips = window_images / max(elapsed, 1e-9)
-                    lr = optimizer.param_groups[0]["lr"]
-                    logger.log(
-                        "step",
-                        step,
-                        epoch=epoch,
-                        loss=loss_value,
-                        lr=lr,
-                        grad_norm=float(grad_norm),
-                        img_per_s=ips,
-                        data_wait=window_wait / max(elapsed, 1e-9),
-                    )
-                    display.step(step, epoch, loss_value, lr, ips)
-                    window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-            del batches
+                        progress.updates += 1
+                        scheduler.step_update(progress.updates)
+                        if ema is not None:
+                            ema.update(raw_model, step=progress.updates)
+                    step += 1
+                    epoch_loss += loss.detach()  # a device tensor: reading it each step would sync a GPU
+                    epoch_batches += 1
+                    window_images += len(images)
+                    images_seen += len(images)
+                    display.advance(step)
+                    if step % t.log_every == 0 or step == total_steps:
+                        loss_value = float(loss.detach())
+                        elapsed = time.perf_counter() - window_start
+                        ips = window_images / max(elapsed, 1e-9)
+                        lr = optimizer.param_groups[0]["lr"]
+                        logger.log(
+                            "step",
+                            step,
+                            epoch=epoch,
+                            loss=loss_value,
+                            lr=lr,
+                            grad_norm=float(grad_norm),
+                            img_per_s=ips,
+                            data_wait=window_wait / max(elapsed, 1e-9),
+                        )
+                        display.step(step, epoch, loss_value, lr, ips)
+                        window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
+                del batches
 
-            progress.epoch = epoch + 1
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": float(epoch_loss) / max(epoch_batches, 1)}
-            finished = progress.epoch == cfg.schedule.epochs or step >= total_steps
-            meta: dict[str, Any] = {"num_classes": data.num_classes, "best_source": "raw"}
-            if progress.epoch % t.eval_every == 0 or finished:
-                record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
-                score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
-                source = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
-                meta = {"num_classes": data.num_classes, "best_source": source}
-                if score > progress.best_metric:
-                    progress.best_metric, progress.best_epoch = score, epoch
-                    _save(run_dir / "checkpoints" / "best", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
-            logger.log("epoch", step, **record)
-            progress.history.append(record)
-            display.message(_epoch_line(record))
-            _save(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
+                progress.epoch = epoch + 1
+                record: dict[str, Any] = {"epoch": epoch, "train_loss": float(epoch_loss) / max(epoch_batches, 1)}
+                finished = progress.epoch == cfg.schedule.epochs or step >= total_steps
+                meta: dict[str, Any] = {"num_classes": data.num_classes, "best_source": "raw", "strategy": strategy}
+                if progress.epoch % t.eval_every == 0 or finished:
+                    record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
+                    score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
+                    source = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
+                    meta = {"num_classes": data.num_classes, "best_source": source, "strategy": strategy}
+                    if score > progress.best_metric:
+                        progress.best_metric, progress.best_epoch = score, epoch
+                        _save(
+                            run_dir / "checkpoints" / "best", raw_model, ema, optimizer, scheduler, progress, cfg, meta
+                        )
+                logger.log("epoch", step, **record)
+                progress.history.append(record)
+                display.message(_epoch_line(record))
+                _save(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
     logger.close()
 
     wall = time.perf_counter() - start_time
     summary = _summary(progress, wall, images_seen, data, precision, attention, n_params)
+    summary |= {"trainable_parameters": n_trainable, "strategy": strategy, "pretrained": cfg.finetune.pretrained}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return RunResult(run_dir, summary)
+
+
+def _fit_cached_head(
+    cfg: Recipe,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_images: Any,
+    val_loader: Any,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    progress: Progress,
+    logger: MetricsLogger,
+    run_dir: Path,
+    num_classes: int,
+    console: Console,
+) -> int:
+    """The head strategy with cached features (train.probe): features once, then epochs over the head only."""
+    norm = cfg.data.normalization()
+    plain = make_loader(
+        ImageDataset(train_images, eval_transform(cfg.augment, cfg.model.img_size)), cfg.train.batch_size
+    )
+    train_feats, train_labels = extract_features(model, plain, device, norm, amp_dtype)
+    val_feats, val_labels = extract_features(model, val_loader, device, norm, amp_dtype)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+
+    def on_update() -> None:
+        progress.updates += 1
+        scheduler.step_update(progress.updates)
+
+    max_updates = cfg.train.max_steps or math.inf
+    for epoch in range(progress.epoch, cfg.schedule.epochs):
+        if progress.updates >= max_updates:
+            break
+        loss = train_head_epoch(
+            model,
+            train_feats.to(device),
+            train_labels.to(device),
+            batch_size=cfg.train.batch_size,
+            smoothing=cfg.train.label_smoothing,
+            num_classes=num_classes,
+            optimizer=optimizer,
+            on_update=on_update,
+            generator=generator,
+        )
+        progress.epoch = epoch + 1
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}
+        meta = {"num_classes": num_classes, "best_source": "raw", "strategy": "head"}
+        if record["val_top1"] > progress.best_metric:
+            progress.best_metric, progress.best_epoch = record["val_top1"], epoch
+            _save(run_dir / "checkpoints" / "best", model, None, optimizer, scheduler, progress, cfg, meta)
+        logger.log("epoch", progress.updates, **record)
+        progress.history.append(record)
+        console.print(_epoch_line(record), highlight=False)
+        _save(run_dir / "checkpoints" / "last", model, None, optimizer, scheduler, progress, cfg, meta)
+    return len(train_labels) * progress.epoch
 
 
 def _evaluate(
@@ -289,13 +390,23 @@ def _evaluate(
     if ema is not None:
         candidates.append(("ema_", ema.module))
     for prefix, net in candidates:
-        logits, labels = predict(net, loader, device, cfg.data.mean, cfg.data.std, amp_dtype)
+        logits, labels = predict(net, loader, device, *cfg.data.normalization(), amp_dtype)
         metrics = run_evaluators(logits, labels)
         out[f"{prefix}val_top1"] = metrics["accuracy.top1"]
         if "accuracy.top5" in metrics:
             out[f"{prefix}val_top5"] = metrics["accuracy.top5"]
         out[f"{prefix}val_loss"] = metrics["accuracy.nll"]
     return out
+
+
+def _groups_table(rows: list[GroupRow]) -> Table:
+    table = Table(title="parameters by optimizer group", title_justify="left")
+    for column in ("group", "parameters", "share", "peak lr", "weight decay"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for r in rows:
+        lr = f"{r.lr:.2e}" if r.group != "frozen" else "-"
+        table.add_row(r.group, f"{r.params:,}", f"{r.share:.2%}", lr, f"{r.weight_decay:g}")
+    return table
 
 
 def _epoch_line(record: dict[str, Any]) -> str:
@@ -332,9 +443,9 @@ def _restore(
 ) -> Progress:
     if not folder.exists():
         raise VitkitError(f"nothing to resume: {folder} does not exist (the run stopped before its first epoch).")
-    model.load_state_dict(load_weights(folder / "model.safetensors"))
+    load_model_state(model, load_weights(folder / "model.safetensors"))
     if ema is not None and (folder / "ema.safetensors").exists():
-        ema.module.load_state_dict(load_weights(folder / "ema.safetensors"))
+        load_model_state(ema.module, load_weights(folder / "ema.safetensors"))
     state = load_training_state(folder)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

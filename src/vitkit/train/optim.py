@@ -12,12 +12,15 @@ from torch import nn
 from vitkit.config.schema import OptimConfig, ScheduleConfig
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, lr: float, layer_decay: float | None = None
+) -> torch.optim.Optimizer:
     """AdamW (or SGD) through timm, which puts norms, biases and `model.no_weight_decay()` names
-    (position embedding, class and distillation tokens) in a group without weight decay."""
+    (position embedding, class and distillation tokens) in a group without weight decay, leaves frozen
+    parameters out, and with `layer_decay` gives layer i the LR scale decay^(L+1-i) (see models.finetune)."""
     extra = {"betas": tuple(cfg.betas), "eps": cfg.eps} if cfg.name == "adamw" else {"momentum": cfg.momentum}
     opt = "momentum" if cfg.name == "sgd" else cfg.name  # timm's "sgd" means Nesterov; ours is plain momentum
-    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=cfg.weight_decay, **extra)
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=cfg.weight_decay, layer_decay=layer_decay, **extra)
 
 
 def no_decay_parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> set[str]:

@@ -1,0 +1,225 @@
+"""Pretrained weights from timm names and the hub, transformers checkpoints, safetensors files and vitkit runs.
+
+Every source ends in timm's own loader (`timm.create_model(pretrained=True)`): hub names go there directly, and
+the other sources hand it a timm-format state dict through `pretrained_cfg_overlay`. timm then replaces the
+classifier when the class count differs, resamples position (and patch) embeddings when the image size or patch
+grid changes, and adapts the first convolution to the input channels, so vitkit re-implements none of that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from vitkit.config.schema import ModelConfig
+from vitkit.errors import MissingExtraError, RecipeError, VitkitError
+
+ARCHITECTURE_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "kwargs", "norm_eps")
+Norm = tuple[float, float, float]
+
+
+@dataclass
+class PretrainedWeights:
+    """Where weights come from, the architecture they fit, and the normalisation they were trained with."""
+
+    source: str
+    kind: str  # timm (name, hf-hub:, local-dir:), file, run, transformers
+    architecture: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] | None = None
+    num_classes: int | None = None  # rows of the stored classifier
+    mean: Norm | None = None
+    std: Norm | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def create_kwargs(self) -> dict[str, Any]:
+        """Extra `timm.create_model` arguments that load these weights."""
+        if self.state_dict is None:
+            return {"pretrained": True}
+        overlay: dict[str, Any] = {"state_dict": self.state_dict}
+        if self.num_classes is not None:
+            overlay["num_classes"] = self.num_classes
+        return {"pretrained": True, "pretrained_cfg_overlay": overlay}
+
+
+def resolve_pretrained(source: str, cfg: ModelConfig) -> PretrainedWeights:
+    """Identify `source` and read what is needed to build the model on it (weights are read now, except hub ones)."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise VitkitError(
+                f"--pretrained {source}: only .safetensors weight files are loaded (pickle files can run code). "
+                "Convert it with safetensors.torch.save_file, or pass a timm name, a transformers folder or a run."
+            )
+        return _from_safetensors(path, cfg)
+    if path.is_dir():
+        if (path / "recipe.yaml").exists() or (path / "meta.json").exists():
+            return _from_run(path)
+        config = _read_json(path / "config.json")
+        if "architecture" in config:  # timm's own folder format (save_for_hf / merge-lora)
+            return _timm_source(f"local-dir:{path}")
+        if "model_type" in config:
+            return _from_transformers(path, config)
+        raise VitkitError(
+            f"--pretrained {source}: the folder is not a vitkit run, a timm model folder or a transformers "
+            "checkpoint (no recipe.yaml, and no config.json with 'architecture' or 'model_type')."
+        )
+    if source.startswith(("hf-hub:", "local-dir:")) or timm.is_model(source):
+        return _timm_source(source)
+    if "/" in source or source.endswith(".safetensors"):
+        raise VitkitError(f"--pretrained {source}: no such file or folder. Check the path.")
+    close = timm.list_models(f"*{source.split('_')[0]}*", pretrained=True)[:6]
+    raise VitkitError(
+        f"--pretrained {source}: not a file, a folder or a timm model name. Timm names with weights look like: "
+        f"{', '.join(close) or 'vit_small_patch16_224.augreg_in21k'}; hub models are hf-hub:ORG/NAME."
+    )
+
+
+def with_architecture(cfg: ModelConfig, weights: PretrainedWeights) -> ModelConfig:
+    """The recipe's model section with the architecture fixed by the weights; image size and regularisation
+    stay the recipe's (position embeddings are resampled to the recipe's image size)."""
+    return cfg.model_copy(update=weights.architecture)
+
+
+def _timm_source(name: str) -> PretrainedWeights:
+    architecture = {"name": name, "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None}
+    return PretrainedWeights(name, "timm", architecture | {"kwargs": {}, "norm_eps": None})
+
+
+def _from_safetensors(path: Path, cfg: ModelConfig) -> PretrainedWeights:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    arch = {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}
+    return PretrainedWeights(str(path), "file", arch, state, _classifier_rows(state))
+
+
+def _from_run(path: Path) -> PretrainedWeights:
+    from vitkit.models.run_model import load_run_model
+
+    if (path / "meta.json").exists() and not (path / "recipe.yaml").exists():  # a checkpoint folder of a run
+        model, recipe, info = load_run_model(path.parent.parent, path.name)
+    else:
+        model, recipe, info = load_run_model(path)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    arch = {k: getattr(recipe.model, k) for k in ARCHITECTURE_FIELDS}
+    weights = PretrainedWeights(str(path), "run", arch, state, int(info["num_classes"]))
+    weights.mean, weights.std = recipe.data.normalization()
+    weights.notes.append(f"weights from {info['checkpoint']} ({info['weights']})")
+    return weights
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VitkitError(f"{path} is not valid JSON ({exc}).") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _classifier_rows(state: dict[str, torch.Tensor]) -> int | None:
+    head = state.get("head.weight")
+    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
+
+
+# --- transformers (ViTForImageClassification, DeiTForImageClassification[WithTeacher]) -------------------------
+
+# transformers key (after the vit./deit. prefix) -> timm key; both the v5 names and the v4 names on disk.
+_HF_BLOCK_KEYS = {
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "attention.o_proj": "attn.proj",
+    "attention.output.dense": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_HF_QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "query": 0, "key": 1, "value": 2}
+_HF_TOP_KEYS = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.distillation_token": "dist_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+}
+_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
+
+
+def transformers_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a transformers ViT/DeiT state dict to timm's names, fusing query/key/value into one qkv."""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+    block = re.compile(r"^(?:vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+    for key, value in state.items():
+        if match := block.match(key):
+            index, inner, kind = int(match[1]), match[2], match[3]
+            part = inner.rsplit(".", 1)[-1]
+            if part in _HF_QKV and inner.startswith("attention."):
+                qkv.setdefault((index, kind), {})[_HF_QKV[part]] = value
+            elif inner in _HF_BLOCK_KEYS:
+                out[f"blocks.{index}.{_HF_BLOCK_KEYS[inner]}.{kind}"] = value
+            else:
+                raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
+            continue
+        prefix, _, rest = key.partition(".")
+        if prefix in ("vit", "deit") and rest in _HF_TOP_KEYS:
+            out[_HF_TOP_KEYS[rest]] = value
+        elif prefix in _HF_HEADS:
+            out[f"{_HF_HEADS[prefix]}.{rest}"] = value
+        elif not rest.startswith("pooler"):  # ViTModel's pooler is unused by image classification
+            raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
+    for (index, kind), parts in qkv.items():
+        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
+    return out
+
+
+def _from_transformers(path: Path, config: dict[str, Any]) -> PretrainedWeights:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MissingExtraError("transformers", "hf", f"loading the transformers checkpoint {path}") from exc
+    model_type = config.get("model_type")
+    if model_type not in ("vit", "deit"):
+        raise VitkitError(f"--pretrained {path}: transformers model_type '{model_type}'; vitkit converts vit and deit.")
+    if config.get("hidden_act", "gelu") != "gelu":
+        raise VitkitError(f"--pretrained {path}: hidden_act '{config['hidden_act']}' has no timm ViT equivalent.")
+    hf_model = transformers.AutoModelForImageClassification.from_pretrained(str(path))
+    state = transformers_to_timm(hf_model.state_dict())
+    distilled = "dist_token" in state
+    hidden = int(config["hidden_size"])
+    arch = {
+        "name": "deit_base_distilled_patch16_224" if distilled else "vit_base_patch16_224",
+        "patch_size": int(config["patch_size"]),
+        "embed_dim": hidden,
+        "depth": int(config["num_hidden_layers"]),
+        "num_heads": int(config["num_attention_heads"]),
+        "kwargs": {"mlp_ratio": int(config["intermediate_size"]) / hidden, "qkv_bias": bool(config.get("qkv_bias", 1))},
+        "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+    }
+    weights = PretrainedWeights(str(path), "transformers", arch, state, _classifier_rows(state))
+    processor = _read_json(path / "preprocessor_config.json")
+    if "image_mean" in processor and "image_std" in processor:
+        weights.mean, weights.std = tuple(processor["image_mean"]), tuple(processor["image_std"])
+    if int(config.get("num_channels", 3)) != 3:
+        raise RecipeError(f"--pretrained {path}: {config['num_channels']}-channel checkpoints are not supported.")
+    return weights
+
+
+def pretrained_normalization(model: torch.nn.Module, weights: PretrainedWeights) -> tuple[Norm, Norm] | None:
+    """The mean/std the weights were trained with: stated by the source, else timm's pretrained config."""
+    if weights.mean is not None and weights.std is not None:
+        return weights.mean, weights.std
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "mean" in cfg and "std" in cfg:
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return None

@@ -1,0 +1,70 @@
+"""Rebuild the model of a vitkit run folder from its recipe and checkpoint, and export it as a plain timm model.
+
+A LoRA run stores only its adapters and head; its model is the pretrained base (from the recipe's
+`finetune.pretrained`) with those adapters merged in, so everything downstream sees a plain timm model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitkit.config.loader import recipe_from_yaml_file
+from vitkit.config.schema import Recipe
+from vitkit.errors import VitkitError
+from vitkit.models.build import build_model
+from vitkit.models.lora import apply_lora, load_model_state, merge_lora
+from vitkit.train.checkpoint import load_weights
+
+
+def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recipe, dict[str, Any]]:
+    """The model of a run folder, with the better of its raw and EMA weights from the `which` checkpoint."""
+    recipe_path, summary_path = run_dir / "recipe.yaml", run_dir / "summary.json"
+    if not recipe_path.exists():
+        raise VitkitError(f"{run_dir} is not a vitkit run folder (no recipe.yaml). Pass the folder given to --out.")
+    recipe = recipe_from_yaml_file(recipe_path)
+    folder = run_dir / "checkpoints" / which
+    if not folder.exists() and which == "best" and (run_dir / "checkpoints" / "last").exists():
+        folder = run_dir / "checkpoints" / "last"
+    if not folder.exists():
+        raise VitkitError(f"{run_dir} has no '{which}' checkpoint yet: has its first epoch finished?")
+    meta = json.loads((folder / "meta.json").read_text())
+    use_ema = meta.get("best_source") == "ema" and (folder / "ema.safetensors").exists()
+    weights = "ema.safetensors" if use_ema else "model.safetensors"
+    model = build_run_architecture(recipe, int(meta["num_classes"]))
+    load_model_state(model, load_weights(folder / weights))
+    if recipe.finetune.strategy == "lora":
+        model = merge_lora(model)
+    info = {"checkpoint": str(folder), "weights": weights, **meta}
+    if summary_path.exists():
+        info["classes"] = json.loads(summary_path.read_text()).get("classes")
+    return model.eval(), recipe, info
+
+
+def build_run_architecture(recipe: Recipe, num_classes: int) -> nn.Module:
+    """The untrained module a run's checkpoint fits: the plain model, or for LoRA the base with empty adapters."""
+    if recipe.finetune.strategy != "lora":
+        return build_model(recipe.model, num_classes)
+    from vitkit.models.pretrained import resolve_pretrained
+
+    if not recipe.finetune.pretrained:
+        raise VitkitError("this LoRA run names no finetune.pretrained base model, so its adapters cannot be applied.")
+    base = resolve_pretrained(recipe.finetune.pretrained, recipe.model)
+    return apply_lora(build_model(recipe.model, num_classes, pretrained=base), recipe.finetune)
+
+
+def export_plain_model(run_dir: Path, out: Path, which: str = "best") -> tuple[nn.Module, Path]:
+    """Write the run's model (LoRA merged) as a timm model folder: model.safetensors and config.json, loadable with
+    `timm.create_model("local-dir:OUT", pretrained=True)` or `--pretrained OUT`."""
+    from timm.models._hub import save_for_hf
+
+    model, recipe, info = load_run_model(run_dir, which)
+    mean, std = recipe.data.normalization()
+    size = recipe.model.img_size
+    data_config = {"input_size": (3, size, size), "mean": mean, "std": std, "crop_pct": recipe.augment.crop_pct}
+    model_config: dict[str, Any] = {"label_names": info["classes"]} if info.get("classes") else {}
+    save_for_hf(model, str(out), model_config=model_config, safe_serialization=True, data_config=data_config)
+    return model, out

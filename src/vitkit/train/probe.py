@@ -1,0 +1,81 @@
+"""Linear probe on cached features: the frozen backbone runs once per image, then only the head trains.
+
+With `finetune.strategy=head` the backbone never changes, so with `cache_features` its pooled features are
+computed once (eval transform, no augmentation) and every epoch afterwards costs only the head's matmul. The
+loss, targets, optimizer and schedule are the ones the image loop uses; checkpoints hold the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from vitkit.data.pipeline import smooth_targets
+from vitkit.evaluate.metrics import run_evaluators
+from vitkit.evaluate.predict import predict
+
+
+class PooledFeatures(nn.Module):
+    """The backbone up to the classifier input (timm's `forward_head(pre_logits=True)`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+
+
+def extract_features(
+    model: nn.Module, loader: Any, device: torch.device, norm: tuple[Any, Any], amp: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (float32) and labels of every image in `loader`, with the backbone in eval mode."""
+    with torch.inference_mode():
+        feats, labels = predict(PooledFeatures(model), loader, device, *norm, amp)
+    return feats.clone(), labels.clone()  # leave inference mode: the head trains on these
+
+
+def classifier_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Features -> logits through the model's own head dropout and classifier."""
+    head_drop = getattr(model, "head_drop", nn.Identity())
+    classifier = model.get_classifier()  # type: ignore[operator]
+    return lambda f: classifier(head_drop(f))
+
+
+def train_head_epoch(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    smoothing: float,
+    num_classes: int,
+    optimizer: torch.optim.Optimizer,
+    on_update: Callable[[], None],
+    generator: torch.Generator,
+) -> float:
+    """One epoch over shuffled cached features (full batches only, like the image loader); mean loss."""
+    model.train()
+    forward, criterion = classifier_forward(model), SoftTargetCrossEntropy()
+    order = torch.randperm(len(labels), generator=generator)
+    total, steps = 0.0, len(labels) // batch_size
+    for i in range(steps):
+        idx = order[i * batch_size : (i + 1) * batch_size]
+        loss = criterion(forward(features[idx]), smooth_targets(labels[idx], num_classes, smoothing))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        on_update()
+        total += float(loss.detach())
+    return total / max(steps, 1)
+
+
+def evaluate_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    with torch.no_grad():
+        metrics = run_evaluators(classifier_forward(model)(features).float(), labels)
+    return {"val_top1": metrics["accuracy.top1"], "val_loss": metrics["accuracy.nll"]}
