@@ -363,6 +363,7 @@ def _fit_cached_head(
             optimizer=optimizer,
             on_update=on_update,
             generator=generator,
+            max_updates=max_updates - progress.updates,
         )
         progress.epoch = epoch + 1
         record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}

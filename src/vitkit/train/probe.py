@@ -57,12 +57,14 @@ def train_head_epoch(
     optimizer: torch.optim.Optimizer,
     on_update: Callable[[], None],
     generator: torch.Generator,
+    max_updates: float = float("inf"),
 ) -> float:
-    """One epoch over shuffled cached features (full batches only, like the image loader); mean loss."""
+    """One epoch over shuffled cached features (full batches only, like the image loader; at most
+    `max_updates`); mean loss."""
     model.train()
     forward, criterion = classifier_forward(model), SoftTargetCrossEntropy()
     order = torch.randperm(len(labels), generator=generator)
-    total, steps = 0.0, len(labels) // batch_size
+    total, steps = 0.0, int(min(len(labels) // batch_size, max_updates))
     for i in range(steps):
         idx = order[i * batch_size : (i + 1) * batch_size]
         loss = criterion(forward(features[idx]), smooth_targets(labels[idx], num_classes, smoothing))

@@ -1,0 +1,71 @@
+"""Fine-tuning as a user runs it: pretrain, fine-tune with --pretrained, merge LoRA, ask the freeze advisor."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from rich.console import Console
+
+from tests.conftest import TINY_OVERRIDES, save_tiny_pretrained, tiny_recipe, write_image_folder
+from tests.e2e.test_cli import vitkit
+from vitkit.models.run_model import load_run_model
+from vitkit.train.loop import train
+
+FEW_STEPS = ["train.max_steps=6", "schedule.epochs=1", "schedule.warmup_epochs=0", "ema.enabled=false"]
+
+
+def test_pretrained_start_beats_scratch_for_the_same_few_steps(tmp_path: Path):
+    """Pretrain on colour-coded classes; the downstream task has new classes (a new head) whose colours the
+    pretrained features already separate, so a few steps suffice from the pretrained start but not from scratch."""
+    quiet = Console(quiet=True)
+    upstream = write_image_folder(tmp_path / "up", ("red", "green", "blue"), per_class=40)
+    pretrain = tiny_recipe(f"data.source={upstream}", "schedule.epochs=6", "schedule.warmup_epochs=0")
+    source = train(pretrain, tmp_path / "pretrain", console=quiet)
+    assert source.summary["best_val_top1"] > 0.9
+    downstream = write_image_folder(tmp_path / "down", ("r", "g"), per_class=24)
+    few = [*FEW_STEPS, f"data.source={downstream}", "train.seed=7", "data.val_fraction=0.5"]
+    scratch = train(tiny_recipe(*few), tmp_path / "scratch", console=quiet)
+    tuned = train(tiny_recipe(*few, f"finetune.pretrained={source.run_dir}"), tmp_path / "tuned", console=quiet)
+    print(f"scratch {scratch.summary['best_val_top1']:.2%}, from pretrained {tuned.summary['best_val_top1']:.2%}")
+    assert tuned.summary["best_val_top1"] > scratch.summary["best_val_top1"] + 0.15
+
+
+def test_cli_lora_fine_tune_then_merge(tmp_path: Path):
+    weights, _ = save_tiny_pretrained(tmp_path / "pre.safetensors")
+    sets = [arg for o in [*TINY_OVERRIDES, *FEW_STEPS, "model.num_classes=10"] for arg in ("--set", o)]
+    run = tmp_path / "lora"
+    out = vitkit("train", "--recipe", "finetune-lora", "--pretrained", str(weights), "--out", str(run), *sets)
+    assert out.returncode == 0, out.stderr
+    assert "parameters by optimizer group" in out.stdout and "LoRA adapters (8 tensors)" in out.stdout
+    assert "frozen" in out.stdout
+
+    merged = vitkit("merge-lora", str(run))
+    assert merged.returncode == 0, merged.stderr
+    plain = timm.create_model(f"local-dir:{run / 'merged'}", pretrained=True).eval()
+    model, _, _ = load_run_model(run)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), model(x), atol=1e-5, rtol=1e-5)
+
+    again = vitkit("merge-lora", str(tmp_path))
+    assert again.returncode == 2 and "not a vitkit run folder" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("size", "similarity", "strategy"),
+    [("300", "high", "head"), ("300", "medium", "lora"), ("5000", "medium", "partial"), ("50000", "low", "full")],
+)
+def test_advise_freeze_follows_the_decision_table(size: str, similarity: str, strategy: str):
+    out = vitkit(
+        "advise", "freeze", "--train-size", size, "--similarity", similarity, "--model", "vit_small_patch16_224"
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"--recipe finetune-{strategy} " in out.stdout and "trainable" in out.stdout
+    if strategy == "partial":
+        assert "finetune.freeze_blocks=7" in out.stdout  # 7 of ViT-S's 12 blocks
+
+
+def test_advise_freeze_rejects_unknown_similarity():
+    out = vitkit("advise", "freeze", "--train-size", "100", "--similarity", "close")
+    assert out.returncode == 2 and "use high, medium or low" in out.stderr
