@@ -28,10 +28,9 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_ablation import CACHE, CLASSES, SMALL_VIT, prepare_data  # noqa: E402
-
-from vitkit.config import load_recipe  # noqa: E402
-from vitkit.train.loop import train  # noqa: E402
+from recipe_ablation import CACHE, CLASSES, SMALL_VIT, prepare_data
+from vitkit.config import load_recipe
+from vitkit.train.loop import train
 
 RESULTS = Path(__file__).parent / "results" / "finetune_strategies.jsonl"
 WORK = CACHE.parent / "finetune_benchmark"
