@@ -102,10 +102,12 @@ def _short_name(name: str) -> str:
 
 
 def _describe(names: list[str]) -> str:
-    if names and all("lora_" in n for n in names):
-        return f"LoRA adapters ({len(names)} tensors)"
-    prefixes: list[str] = []
+    """A short label for a group: LoRA adapters counted, other parameters by module (blocks.3, head, ...)."""
+    adapters = [n for n in names if "lora_" in n]
+    prefixes: list[str] = [f"LoRA adapters ({len(adapters)} tensors)"] if adapters else []
     for name in names:
+        if "lora_" in name:
+            continue
         parts = name.split(".")
         prefix = ".".join(parts[:2]) if parts[0] in ("blocks", "layers", "stages") and len(parts) > 2 else parts[0]
         if prefix not in prefixes:
