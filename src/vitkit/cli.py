@@ -149,6 +149,7 @@ def merge_lora_command(
     """Merge a LoRA run's adapters into its base model and write a plain timm model folder (model.safetensors +
     config.json), loadable with timm.create_model("local-dir:OUT", pretrained=True) or --pretrained OUT."""
     from vitkit.config.loader import recipe_from_yaml_file
+    from vitkit.models.finetune import count_parameters
     from vitkit.models.run_model import export_plain_model
 
     if not (run / "recipe.yaml").exists():
@@ -156,7 +157,7 @@ def merge_lora_command(
     if recipe_from_yaml_file(run / "recipe.yaml").finetune.strategy != "lora":
         raise VitkitError(f"{run} was not trained with finetune.strategy=lora: its weights are already plain.")
     model, folder = export_plain_model(run, out or run / "merged", checkpoint)
-    params = sum(p.numel() for p in model.parameters())
+    _, params = count_parameters(model)
     console.print(f"merged model ({params / 1e6:.2f}M parameters) written to {folder.resolve()}", highlight=False)
 
 

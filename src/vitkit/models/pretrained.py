@@ -87,8 +87,9 @@ def with_architecture(cfg: ModelConfig, weights: PretrainedWeights) -> ModelConf
 
 
 def _timm_source(name: str) -> PretrainedWeights:
-    architecture = {"name": name, "patch_size": None, "embed_dim": None, "depth": None, "num_heads": None}
-    return PretrainedWeights(name, "timm", architecture | {"kwargs": {}, "norm_eps": None})
+    # the hub/registry config fixes the architecture: clear every recipe override of it
+    architecture: dict[str, Any] = {k: None for k in ARCHITECTURE_FIELDS} | {"name": name, "kwargs": {}}
+    return PretrainedWeights(name, "timm", architecture)
 
 
 def _from_safetensors(path: Path, cfg: ModelConfig) -> PretrainedWeights:

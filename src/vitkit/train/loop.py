@@ -355,8 +355,8 @@ def _fit_cached_head(
             break
         loss = train_head_epoch(
             model,
-            train_feats.to(device),
-            train_labels.to(device),
+            train_feats,
+            train_labels,
             batch_size=cfg.train.batch_size,
             smoothing=cfg.train.label_smoothing,
             num_classes=num_classes,

@@ -33,10 +33,11 @@ class PooledFeatures(nn.Module):
 def extract_features(
     model: nn.Module, loader: Any, device: torch.device, norm: tuple[Any, Any], amp: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled features (float32) and labels of every image in `loader`, with the backbone in eval mode."""
+    """Pooled features (float32) and labels of every image in `loader`, with the backbone in eval mode; both are
+    returned on `device`, where the head trains on them every epoch."""
     with torch.inference_mode():
         feats, labels = predict(PooledFeatures(model), loader, device, *norm, amp)
-    return feats.clone(), labels.clone()  # leave inference mode: the head trains on these
+    return feats.to(device).clone(), labels.to(device).clone()  # clone: leave inference mode
 
 
 def classifier_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -79,5 +80,5 @@ def train_head_epoch(
 def evaluate_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        metrics = run_evaluators(classifier_forward(model)(features).float(), labels)
+        metrics = run_evaluators(classifier_forward(model)(features).float().cpu(), labels.cpu())
     return {"val_top1": metrics["accuracy.top1"], "val_loss": metrics["accuracy.nll"]}
