@@ -72,6 +72,13 @@ def train(
             "transformers checkpoint folder, a .safetensors file or a vitkit run folder."
         ),
     ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Distil from this teacher: a vitkit run folder (e.g. of --recipe cnn-teacher), a timm name or a "
+            "model folder. Turns on hard distillation (DeiT's choice) if the recipe has distill.type none."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default runs/RECIPE).")] = None,
     set_: SetOption = None,
     resume: Annotated[
@@ -92,7 +99,12 @@ def train(
             overrides.append(f"data.root={data_root}")
         if pretrained is not None:
             overrides.append(f"finetune.pretrained={pretrained}")
+        if teacher is not None:
+            overrides.append(f"distill.teacher={teacher}")
         cfg = load_recipe(recipe, overrides, source=data)
+        if teacher is not None and cfg.distill.type == "none":
+            cfg.distill.type = "hard"
+            console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
         run_dir = out or Path("runs") / Path(recipe).stem
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
     _evaluate_and_print(result.run_dir)
@@ -119,6 +131,9 @@ def _evaluate_and_print(run_dir: Path, data: str | None = None) -> dict[str, Any
     for key in ("accuracy.top1", "accuracy.top5"):
         if key in metrics:
             table.add_row(f"val {key.split('.')[1]}", f"{metrics[key]:.2%}")
+    for head in ("cls_head", "dist_head"):  # a distilled DeiT: the averaged heads above, each head here
+        if f"{head}.accuracy.top1" in metrics:
+            table.add_row(f"val top1, {head.replace('_', ' ')} only", f"{metrics[f'{head}.accuracy.top1']:.2%}")
     table.add_row("val NLL", f"{metrics['accuracy.nll']:.4f}")
     table.add_row("ECE (15 bins)", f"{metrics['calibration.ece']:.4f}")
     table.add_row("mean confidence", f"{metrics['calibration.mean_confidence']:.2%}")

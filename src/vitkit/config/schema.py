@@ -168,6 +168,26 @@ class FinetuneConfig(Section):
     )
 
 
+class DistillConfig(Section):
+    type: Literal["none", "soft", "hard"] = Field(
+        "none",
+        description="Knowledge distillation from a teacher: soft (KL to the teacher's softened probabilities), hard "
+        "(cross-entropy to the teacher's argmax, DeiT's choice) or none.",
+    )
+    teacher: str | None = Field(
+        None,
+        description="The teacher: a vitkit run folder (e.g. of recipe cnn-teacher), a timm model name or "
+        "hf-hub:org/name, or a timm/transformers model folder; usually set by --teacher.",
+    )
+    teacher_checkpoint: str | None = Field(
+        None, description="Weights file (.safetensors or .pth) for the timm architecture named by teacher."
+    )
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weight of the distillation term: (1 - alpha) x CE(labels) + alpha x distill."
+    )
+    tau: float = Field(1.0, gt=0.0, description="Softmax temperature of soft distillation (its KL is scaled by tau^2).")
+
+
 class Recipe(Section):
     """A complete training recipe. YAML files may name a `base` recipe and override any field."""
 
@@ -180,6 +200,7 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ema: EmaConfig = Field(default_factory=EmaConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Recipe:
@@ -212,6 +233,11 @@ class Recipe(Section):
             raise ValueError(
                 "finetune.cache_features=true trains the head on fixed features: set ema.enabled=false, "
                 "augment.mixup=0 and augment.cutmix=0 (or turn cache_features off)"
+            )
+        if self.distill.type != "none" and f.cache_features:
+            raise ValueError(
+                "distill.type needs the backbone to see every image, but finetune.cache_features=true trains the head "
+                "on fixed features: turn one of them off"
             )
         return self
 

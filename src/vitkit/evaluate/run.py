@@ -10,7 +10,7 @@ from torch import nn
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import ImageDataset, eval_transform, make_loader, maybe_cache
 from vitkit.evaluate.metrics import run_evaluators
-from vitkit.evaluate.predict import predict
+from vitkit.evaluate.predict import predict_outputs
 from vitkit.models.run_model import load_run_model
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 
@@ -26,5 +26,9 @@ def evaluate_model(model: nn.Module, recipe: Recipe, images: Any) -> dict[str, f
     loader = make_loader(dataset, recipe.train.batch_size)
     model = model.to(device)
     with torch.inference_mode():
-        logits, labels = predict(model, loader, device, *recipe.data.normalization(), autocast_dtype(precision))
-    return {"images": float(len(labels)), **run_evaluators(logits, labels)}
+        amp = autocast_dtype(precision)
+        outputs, labels = predict_outputs(model, loader, device, *recipe.data.normalization(), amp)
+    metrics = {"images": float(len(labels)), **run_evaluators(outputs.pop("logits"), labels)}
+    for head, logits in outputs.items():  # a distilled DeiT: each head on its own as well as their average
+        metrics |= {f"{head}.{key}": value for key, value in run_evaluators(logits, labels).items()}
+    return metrics

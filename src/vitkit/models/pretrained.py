@@ -9,7 +9,6 @@ grid changes, and adapts the first convolution to the input channels, so vitkit 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,13 @@ import torch
 
 from vitkit.config.schema import ModelConfig
 from vitkit.errors import MissingExtraError, RecipeError, VitkitError
+from vitkit.models.convert import (
+    WEIGHT_SUFFIXES,
+    classifier_rows,
+    read_state_file,
+    to_timm_layout,
+    transformers_to_timm,
+)
 
 ARCHITECTURE_FIELDS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "kwargs", "norm_eps")
 Norm = tuple[float, float, float]
@@ -51,12 +57,7 @@ def resolve_pretrained(source: str, cfg: ModelConfig) -> PretrainedWeights:
     """Identify `source` and read what is needed to build the model on it (weights are read now, except hub ones)."""
     path = Path(source).expanduser()
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise VitkitError(
-                f"--pretrained {source}: only .safetensors weight files are loaded (pickle files can run code). "
-                "Convert it with safetensors.torch.save_file, or pass a timm name, a transformers folder or a run."
-            )
-        return _from_safetensors(path, cfg)
+        return _from_file(path, cfg)
     if path.is_dir():
         if (path / "recipe.yaml").exists() or (path / "meta.json").exists():
             return _from_run(path)
@@ -71,7 +72,7 @@ def resolve_pretrained(source: str, cfg: ModelConfig) -> PretrainedWeights:
         )
     if source.startswith(("hf-hub:", "local-dir:")) or timm.is_model(source):
         return _timm_source(source)
-    if "/" in source or source.endswith(".safetensors"):
+    if "/" in source or source.endswith(WEIGHT_SUFFIXES):
         raise VitkitError(f"--pretrained {source}: no such file or folder. Check the path.")
     close = timm.list_models(f"*{source.split('_')[0]}*", pretrained=True)[:6]
     raise VitkitError(
@@ -92,12 +93,11 @@ def _timm_source(name: str) -> PretrainedWeights:
     return PretrainedWeights(name, "timm", architecture)
 
 
-def _from_safetensors(path: Path, cfg: ModelConfig) -> PretrainedWeights:
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
+def _from_file(path: Path, cfg: ModelConfig) -> PretrainedWeights:
+    """A weight file for the architecture named by `cfg` (foreign layouts are renamed to timm's first)."""
+    state = to_timm_layout(read_state_file(path), cfg.name)
     arch = {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}
-    return PretrainedWeights(str(path), "file", arch, state, _classifier_rows(state))
+    return PretrainedWeights(str(path), "file", arch, state, classifier_rows(state, cfg.name))
 
 
 def _from_run(path: Path) -> PretrainedWeights:
@@ -125,63 +125,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _classifier_rows(state: dict[str, torch.Tensor]) -> int | None:
-    head = state.get("head.weight")
-    return int(head.shape[0]) if head is not None and head.ndim == 2 else None
-
-
 # --- transformers (ViTForImageClassification, DeiTForImageClassification[WithTeacher]) -------------------------
-
-# transformers key (after the vit./deit. prefix) -> timm key; both the v5 names and the v4 names on disk.
-_HF_BLOCK_KEYS = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.o_proj": "attn.proj",
-    "attention.output.dense": "attn.proj",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-}
-_HF_QKV = {"q_proj": 0, "k_proj": 1, "v_proj": 2, "query": 0, "key": 1, "value": 2}
-_HF_TOP_KEYS = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.distillation_token": "dist_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-}
-_HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
-
-
-def transformers_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a transformers ViT/DeiT state dict to timm's names, fusing query/key/value into one qkv."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
-    block = re.compile(r"^(?:vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
-    for key, value in state.items():
-        if match := block.match(key):
-            index, inner, kind = int(match[1]), match[2], match[3]
-            part = inner.rsplit(".", 1)[-1]
-            if part in _HF_QKV and inner.startswith("attention."):
-                qkv.setdefault((index, kind), {})[_HF_QKV[part]] = value
-            elif inner in _HF_BLOCK_KEYS:
-                out[f"blocks.{index}.{_HF_BLOCK_KEYS[inner]}.{kind}"] = value
-            else:
-                raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
-            continue
-        prefix, _, rest = key.partition(".")
-        if prefix in ("vit", "deit") and rest in _HF_TOP_KEYS:
-            out[_HF_TOP_KEYS[rest]] = value
-        elif prefix in _HF_HEADS:
-            out[f"{_HF_HEADS[prefix]}.{rest}"] = value
-        elif not rest.startswith("pooler"):  # ViTModel's pooler is unused by image classification
-            raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
-    for (index, kind), parts in qkv.items():
-        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
-    return out
 
 
 def _from_transformers(path: Path, config: dict[str, Any]) -> PretrainedWeights:
@@ -207,7 +151,7 @@ def _from_transformers(path: Path, config: dict[str, Any]) -> PretrainedWeights:
         "kwargs": {"mlp_ratio": int(config["intermediate_size"]) / hidden, "qkv_bias": bool(config.get("qkv_bias", 1))},
         "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
     }
-    weights = PretrainedWeights(str(path), "transformers", arch, state, _classifier_rows(state))
+    weights = PretrainedWeights(str(path), "transformers", arch, state, classifier_rows(state, str(arch["name"])))
     processor = _read_json(path / "preprocessor_config.json")
     if "image_mean" in processor and "image_std" in processor:
         weights.mean, weights.std = tuple(processor["image_mean"]), tuple(processor["image_std"])

@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from rich.console import Console
 from rich.table import Table
-from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 
 from vitkit.config.loader import load_recipe, recipe_to_yaml
@@ -40,11 +39,12 @@ from vitkit.data.pipeline import (
 from vitkit.data.sources import DataSplits, load_source
 from vitkit.errors import VitkitError
 from vitkit.evaluate.metrics import run_evaluators
-from vitkit.evaluate.predict import predict
+from vitkit.evaluate.predict import predict_outputs
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
 from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, parameter_table, set_train_mode
 from vitkit.models.lora import load_model_state
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
+from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -57,6 +57,7 @@ from vitkit.train.checkpoint import (
 )
 from vitkit.train.display import TrainDisplay
 from vitkit.train.logging import MetricsLogger
+from vitkit.train.losses import training_loss
 from vitkit.train.optim import build_optimizer, build_scheduler
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.train.probe import evaluate_head, extract_features, train_head_epoch
@@ -128,6 +129,7 @@ def train(
             f"finetune.strategy={cfg.finetune.strategy} keeps pretrained weights fixed, but no weights are given: "
             "pass --pretrained SOURCE (a timm name, a transformers folder, a .safetensors file or a run folder)."
         )
+    _check_distill_settings(cfg)
     weights = resolve_pretrained(cfg.finetune.pretrained, cfg.model) if cfg.finetune.pretrained else None
     if weights is not None:
         cfg.model = with_architecture(cfg.model, weights)
@@ -165,9 +167,12 @@ def train(
             f"training set ({len(train_ds)} images). Lower the batch size."
         )
     updates_per_epoch = steps_per_epoch // t.accumulation_steps
+    teacher = _load_teacher(cfg, data.classes)
 
     # --- model, optimizer, schedule, EMA ---------------------------------------------------------------
     model = build_model(cfg.model, data.num_classes, pretrained=weights)
+    if teacher is not None and hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(True)  # type: ignore[operator]  # a distilled DeiT: class and distillation heads get their own terms
     if cfg.data.mean is None or cfg.data.std is None:
         norm = pretrained_normalization(model, weights) if weights is not None else None
         mean, std = norm or cfg.data.normalization()
@@ -187,8 +192,10 @@ def train(
     raw_model = accelerator.unwrap_model(model)
     ema = ModelEmaV3(raw_model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
     forward = torch.compile(model) if cfg.model.compile else model
-    criterion = SoftTargetCrossEntropy()
     batch_aug = BatchAugment(cfg.augment, *cfg.data.normalization(), data.num_classes, t.label_smoothing, device)
+    student_norm = [torch.tensor(v, device=device).view(1, -1, 1, 1) for v in cfg.data.normalization()]
+    if teacher is not None:
+        teacher.module.to(device)
 
     progress = Progress()
     if resume:
@@ -210,6 +217,13 @@ def train(
         console.print(f"  note: {note}", highlight=False)
     if weights is not None:
         console.print(f"  pretrained: {weights.source}, strategy {cfg.finetune.strategy}", highlight=False)
+    if teacher is not None:
+        d = cfg.distill
+        heads = "distillation token" if hasattr(raw_model, "head_dist") else "the single head (logit distillation)"
+        console.print(
+            f"  teacher: {teacher.description}; {d.type} distillation on {heads}, alpha {d.alpha}, tau {d.tau}",
+            highlight=False,
+        )
     console.print(_groups_table(groups))
 
     logger = MetricsLogger(run_dir)
@@ -258,7 +272,14 @@ def train(
                     if cfg.model.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with accelerator.accumulate(model):
-                        loss = criterion(forward(x), targets)
+                        outputs = forward(x)
+                        teacher_logits = None
+                        if teacher is not None:  # the teacher sees the same (mixed) images, in the same precision
+                            with accelerator.autocast():
+                                teacher_logits = teacher.logits(x, *student_norm)
+                        d = cfg.distill
+                        parts = training_loss(outputs, targets, teacher_logits, d.type, d.alpha, d.tau)
+                        loss = parts.total
                         accelerator.backward(loss)
                         if accelerator.sync_gradients:
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
@@ -280,6 +301,9 @@ def train(
                         elapsed = time.perf_counter() - window_start
                         ips = window_images / max(elapsed, 1e-9)
                         lr = optimizer.param_groups[0]["lr"]
+                        extra = {}
+                        if parts.distill is not None:
+                            extra = {"task_loss": float(parts.task.detach()), "distill_loss": float(parts.distill.detach())}
                         logger.log(
                             "step",
                             step,
@@ -289,6 +313,7 @@ def train(
                             grad_norm=float(grad_norm),
                             img_per_s=ips,
                             data_wait=window_wait / max(elapsed, 1e-9),
+                            **extra,
                         )
                         display.step(step, epoch, loss_value, lr, ips)
                         window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
@@ -317,6 +342,8 @@ def train(
     wall = time.perf_counter() - start_time
     summary = _summary(progress, wall, images_seen, data, precision, attention, n_params)
     summary |= {"trainable_parameters": n_trainable, "strategy": strategy, "pretrained": cfg.finetune.pretrained}
+    if teacher is not None:
+        summary["distill"] = {"type": cfg.distill.type, "teacher": teacher.description, "alpha": cfg.distill.alpha}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return RunResult(run_dir, summary)
 
@@ -391,13 +418,43 @@ def _evaluate(
     if ema is not None:
         candidates.append(("ema_", ema.module))
     for prefix, net in candidates:
-        logits, labels = predict(net, loader, device, *cfg.data.normalization(), amp_dtype)
-        metrics = run_evaluators(logits, labels)
+        outputs, labels = predict_outputs(net, loader, device, *cfg.data.normalization(), amp_dtype)
+        metrics = run_evaluators(outputs["logits"], labels)
         out[f"{prefix}val_top1"] = metrics["accuracy.top1"]
         if "accuracy.top5" in metrics:
             out[f"{prefix}val_top5"] = metrics["accuracy.top5"]
         out[f"{prefix}val_loss"] = metrics["accuracy.nll"]
+        for head in ("cls_head", "dist_head"):  # a distilled DeiT: each head alone, next to their average above
+            if head in outputs:
+                out[f"{prefix}val_top1_{head}"] = run_evaluators(outputs[head], labels)["accuracy.top1"]
     return out
+
+
+def _check_distill_settings(cfg: Recipe) -> None:
+    """Distillation needs a type and a teacher together; paths are made absolute so a resumed run finds them."""
+    d = cfg.distill
+    if d.type != "none" and not d.teacher:
+        raise VitkitError(
+            f"distill.type={d.type} needs a teacher: pass --teacher RUN_FOLDER (train one with --recipe cnn-teacher "
+            "on the same data) or set distill.teacher."
+        )
+    if d.teacher and d.type == "none":
+        raise VitkitError(
+            f"distill.teacher={d.teacher} is set but distill.type is none: set distill.type=hard or soft, or remove "
+            "the teacher."
+        )
+    for field in ("teacher", "teacher_checkpoint"):
+        value = getattr(d, field)
+        if value and Path(value).expanduser().exists():
+            setattr(d, field, str(Path(value).expanduser().resolve()))
+
+
+def _load_teacher(cfg: Recipe, classes: list[str]) -> Teacher | None:
+    if cfg.distill.type == "none" or not cfg.distill.teacher:
+        return None
+    teacher = load_teacher(cfg.distill.teacher, cfg.distill.teacher_checkpoint, cfg.model.img_size)
+    check_teacher_classes(teacher, classes)
+    return teacher
 
 
 def _groups_table(rows: list[GroupRow]) -> Table:
