@@ -7,7 +7,16 @@ from vitkit.config.loader import apply_overrides
 from vitkit.config.schema import Recipe, scaled_lr
 from vitkit.errors import RecipeError
 
-EXPECTED = {"deit-tiny", "deit-small", "deit-base", "vit-plain", "quickstart", "small-data"}
+EXPECTED = {
+    "deit-tiny",
+    "deit-small",
+    "deit-base",
+    "vit-plain",
+    "quickstart",
+    "small-data",
+    "cnn-teacher",
+    "deit-tiny-distilled",
+}
 
 
 def test_every_shipped_recipe_loads_and_validates():
@@ -31,6 +40,19 @@ def test_deit_recipes_carry_the_paper_settings():
         assert a.randaugment == "rand-m9-mstd0.5-inc1"
         assert (a.random_erasing, a.repeated_aug, a.rrc_scale) == (0.25, 3, (0.08, 1.0))
         assert r.model.drop_path_rate == 0.1
+
+
+def test_deit_tiny_distilled_is_deit_tiny_with_a_token_and_hard_distillation():
+    distilled, plain = load_recipe("deit-tiny-distilled"), load_recipe("deit-tiny")
+    assert distilled.model.name == "deit_tiny_distilled_patch16_224"
+    assert (distilled.distill.type, distilled.distill.alpha, distilled.distill.teacher) == ("hard", 0.5, None)
+    assert distilled.augment == plain.augment and distilled.optim == plain.optim
+    assert load_recipe("cnn-teacher").distill.type == "none"
+
+
+def test_distillation_with_cached_features_is_refused():
+    with pytest.raises(RecipeError, match="cache_features"):
+        load_recipe("finetune-head", ["distill.type=soft"])
 
 
 def test_vit_plain_turns_every_trick_off():

@@ -130,10 +130,15 @@ def test_bad_sources_get_clear_messages(source: str, message: str):
         resolve_pretrained(source, ModelConfig())
 
 
-def test_pickle_weight_files_are_refused(tmp_path: Path):
-    torch.save({"a": torch.zeros(1)}, tmp_path / "w.pth")
-    with pytest.raises(VitkitError, match=r"only \.safetensors"):
-        resolve_pretrained(str(tmp_path / "w.pth"), ModelConfig())
+def test_pytorch_weight_files_load_like_safetensors(tmp_path: Path):
+    _, model = save_tiny_pretrained(tmp_path / "w.safetensors")
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "w.pth")  # a training checkpoint's usual wrapper
+    cfg = ModelConfig(**TINY_VIT)
+    from_pth, from_st = (resolve_pretrained(str(tmp_path / f), cfg) for f in ("w.pth", "w.safetensors"))
+    assert from_pth.state_dict is not None and from_st.state_dict is not None
+    assert from_pth.state_dict.keys() == from_st.state_dict.keys() and from_pth.num_classes == 10
+    for key, value in from_st.state_dict.items():
+        assert torch.equal(from_pth.state_dict[key], value)
 
 
 def test_grayscale_images_fine_tune_an_rgb_pretrained_model(tmp_path: Path):

@@ -53,8 +53,9 @@ class PretrainedWeights:
         return {"pretrained": True, "pretrained_cfg_overlay": overlay}
 
 
-def resolve_pretrained(source: str, cfg: ModelConfig) -> PretrainedWeights:
-    """Identify `source` and read what is needed to build the model on it (weights are read now, except hub ones)."""
+def resolve_pretrained(source: str, cfg: ModelConfig, option: str = "--pretrained") -> PretrainedWeights:
+    """Identify `source` and read what is needed to build the model on it (weights are read now, except hub ones);
+    `option` names the setting in error messages."""
     path = Path(source).expanduser()
     if path.is_file():
         return _from_file(path, cfg)
@@ -67,16 +68,16 @@ def resolve_pretrained(source: str, cfg: ModelConfig) -> PretrainedWeights:
         if "model_type" in config:
             return _from_transformers(path, config)
         raise VitkitError(
-            f"--pretrained {source}: the folder is not a vitkit run, a timm model folder or a transformers "
+            f"{option} {source}: the folder is not a vitkit run, a timm model folder or a transformers "
             "checkpoint (no recipe.yaml, and no config.json with 'architecture' or 'model_type')."
         )
     if source.startswith(("hf-hub:", "local-dir:")) or timm.is_model(source):
         return _timm_source(source)
     if "/" in source or source.endswith(WEIGHT_SUFFIXES):
-        raise VitkitError(f"--pretrained {source}: no such file or folder. Check the path.")
+        raise VitkitError(f"{option} {source}: no such file or folder. Check the path.")
     close = timm.list_models(f"*{source.split('_')[0]}*", pretrained=True)[:6]
     raise VitkitError(
-        f"--pretrained {source}: not a file, a folder or a timm model name. Timm names with weights look like: "
+        f"{option} {source}: not a file, a folder or a timm model name. Timm names with weights look like: "
         f"{', '.join(close) or 'vit_small_patch16_224.augreg_in21k'}; hub models are hf-hub:ORG/NAME."
     )
 

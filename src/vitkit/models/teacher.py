@@ -55,9 +55,9 @@ def load_teacher(source: str, checkpoint: str | None = None, img_size: int = 224
             raise VitkitError(
                 f"distill.teacher_checkpoint={checkpoint}: no such weights file (.safetensors or .pth). Check the path."
             )
-        weights = resolve_pretrained(str(file), cfg)
+        weights = resolve_pretrained(str(file), cfg, option="distill.teacher_checkpoint")
     else:
-        weights = resolve_pretrained(source, cfg)
+        weights = resolve_pretrained(source, cfg, option="--teacher")
     cfg = with_architecture(cfg, weights)
     num_classes = weights.num_classes or _hub_classes(cfg.name)
     model = build_model(cfg, num_classes, pretrained=weights)

@@ -150,6 +150,7 @@ def train(
 
     # --- data ------------------------------------------------------------------------------------------
     data = load_data(cfg)
+    teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
     train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
     val_images, _ = maybe_cache(data.val, cfg.data, cfg.model.img_size)
     workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
@@ -167,7 +168,6 @@ def train(
             f"training set ({len(train_ds)} images). Lower the batch size."
         )
     updates_per_epoch = steps_per_epoch // t.accumulation_steps
-    teacher = _load_teacher(cfg, data.classes)
 
     # --- model, optimizer, schedule, EMA ---------------------------------------------------------------
     model = build_model(cfg.model, data.num_classes, pretrained=weights)
@@ -303,7 +303,8 @@ def train(
                         lr = optimizer.param_groups[0]["lr"]
                         extra = {}
                         if parts.distill is not None:
-                            extra = {"task_loss": float(parts.task.detach()), "distill_loss": float(parts.distill.detach())}
+                            task_value, distill_value = float(parts.task.detach()), float(parts.distill.detach())
+                            extra = {"task_loss": task_value, "distill_loss": distill_value}
                         logger.log(
                             "step",
                             step,
