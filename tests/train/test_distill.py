@@ -131,6 +131,32 @@ def test_teacher_stays_frozen_with_mixup_accumulation_and_ema(data, teacher_run,
     assert "ema_val_top1_dist_head" in result.summary["final"]
 
 
+def test_teacher_runs_in_the_students_precision(data, teacher_run, tmp_path: Path, monkeypatch):
+    dtypes: list[torch.dtype] = []
+    original = Teacher.logits
+
+    def recording_logits(self: Teacher, *args: torch.Tensor) -> torch.Tensor:
+        logits = original(self, *args)
+        dtypes.append(logits.dtype)
+        return logits
+
+    monkeypatch.setattr(Teacher, "logits", recording_logits)
+    recipe = [*PLAIN, DISTILLED_VIT, f"data.source={data['clean']}", f"distill.teacher={teacher_run}"]
+    train(
+        tiny_recipe(*recipe, "distill.type=soft", "train.precision=bf16", "train.max_steps=2"),
+        tmp_path / "bf16",
+        console=QUIET,
+    )
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    dtypes.clear()
+    train(
+        tiny_recipe(*recipe, "distill.type=soft", "train.precision=fp32", "train.max_steps=2"),
+        tmp_path / "fp32",
+        console=QUIET,
+    )
+    assert dtypes == [torch.float32, torch.float32]
+
+
 def test_resume_with_distillation_matches_the_uninterrupted_run(data, teacher_run, tmp_path: Path):
     recipe = [DISTILLED_VIT, f"data.source={data['clean']}", f"distill.teacher={teacher_run}", "distill.type=hard"]
     train(tiny_recipe(*recipe, "schedule.epochs=2"), tmp_path / "full", console=QUIET)
