@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 import vitkit.train.loop as loop
 from tests.conftest import tiny_recipe, tiny_vit
+from vitkit.data.pipeline import BatchAugment
 from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_model
 from vitkit.models.teacher import Teacher, load_teacher
@@ -110,6 +111,21 @@ def test_teacher_stays_frozen_with_mixup_accumulation_and_ema(data, teacher_run,
         return teacher
 
     monkeypatch.setattr(loop, "load_teacher", recording_load)
+    student_inputs: list[torch.Tensor] = []
+    teacher_inputs: list[torch.Tensor] = []
+    augment, logits = BatchAugment.__call__, Teacher.logits
+
+    def recording_augment(self: BatchAugment, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, targets = augment(self, *args)
+        student_inputs.append(x.clone())
+        return x, targets
+
+    def recording_logits(self: Teacher, x: torch.Tensor, *norm: torch.Tensor) -> torch.Tensor:
+        teacher_inputs.append(x.clone())
+        return logits(self, x, *norm)
+
+    monkeypatch.setattr(BatchAugment, "__call__", recording_augment)
+    monkeypatch.setattr(Teacher, "logits", recording_logits)
     recipe = tiny_recipe(
         DISTILLED_VIT,
         f"data.source={data['clean']}",
@@ -129,6 +145,9 @@ def test_teacher_stays_frozen_with_mixup_accumulation_and_ema(data, teacher_run,
     assert not teacher.module.training and not any(p.requires_grad for p in teacher.module.parameters())
     assert result.summary["updates"] == 4 and result.summary["distill"]["type"] == "soft"
     assert "ema_val_top1_dist_head" in result.summary["final"]
+    # the teacher saw exactly the student's mixed batches (Mixup/CutMix at probability 1 mixes every batch)
+    assert len(teacher_inputs) == len(student_inputs) == 8
+    assert all(torch.equal(s, t) for s, t in zip(student_inputs, teacher_inputs, strict=True))
 
 
 def test_teacher_runs_in_the_students_precision(data, teacher_run, tmp_path: Path, monkeypatch):
