@@ -82,17 +82,32 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run folder to write (default runs/RECIPE).")] = None,
     set_: SetOption = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this folder (--set applies to its recipe).")
+        str | None,
+        typer.Option(
+            help="Continue the run in this folder (--set applies to its recipe), from its newest undamaged "
+            "checkpoint. 'auto': continue the --out folder if it has a checkpoint, else start it (for jobs that "
+            "are rerun after preemption)."
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
 ) -> None:
     """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary."""
+    from vitkit.train.checkpoint import newest_valid_checkpoint
     from vitkit.train.loop import resume_recipe
     from vitkit.train.loop import train as run_training
 
+    run_dir = out or Path("runs") / Path(recipe).stem
+    if resume == "auto":
+        folder, _ = newest_valid_checkpoint(run_dir)
+        if folder is not None:
+            resume = str(run_dir)
+        else:
+            console.print(f"--resume auto: no checkpoint in {run_dir} yet, starting the run", highlight=False)
+            overwrite = overwrite or (run_dir / "recipe.yaml").exists()  # only ever replace a vitkit run folder
+            resume = None
     if resume is not None:
-        cfg = resume_recipe(resume, list(set_ or []))
-        result = run_training(cfg, resume, resume=True, console=console)
+        cfg = resume_recipe(Path(resume), list(set_ or []))
+        result = run_training(cfg, Path(resume), resume=True, console=console)
     else:
         overrides = list(set_ or [])
         if data_root is not None:
@@ -105,7 +120,6 @@ def train(
         if teacher is not None and cfg.distill.type == "none":
             cfg.distill.type = "hard"
             console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
-        run_dir = out or Path("runs") / Path(recipe).stem
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
     _evaluate_and_print(result.run_dir)
 

@@ -45,7 +45,8 @@ def test_run_folder_holds_recipe_metrics_tensorboard_checkpoints_summary(finishe
     assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
     for which in ("last", "best"):
         folder = finished_run / "checkpoints" / which
-        assert {p.name for p in folder.iterdir()} == {"model.safetensors", "ema.safetensors", "state.pt", "meta.json"}
+        files = {"model.safetensors", "ema.safetensors", "state.pt", "meta.json", "checksums.json"}
+        assert {p.name for p in folder.iterdir()} == files
 
 
 def test_lr_in_the_log_follows_the_schedule(finished_run: Path):

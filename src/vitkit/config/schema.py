@@ -130,6 +130,9 @@ class TrainConfig(Section):
     log_every: int = Field(20, ge=1, description="Write step metrics every this many steps.")
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
+    keep_last: int = Field(
+        2, ge=1, description="Checkpoints kept besides best: checkpoints/last, last.1, ... (resume skips damaged ones)."
+    )
 
 
 class EmaConfig(Section):

@@ -17,7 +17,7 @@ from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 from vitkit.models.build import build_model
 from vitkit.models.lora import apply_lora, load_model_state, merge_lora
-from vitkit.train.checkpoint import load_weights
+from vitkit.train.checkpoint import load_weights, verify_checkpoint
 
 
 def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recipe, dict[str, Any]]:
@@ -31,6 +31,7 @@ def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recip
         folder = run_dir / "checkpoints" / "last"
     if not folder.exists():
         raise VitkitError(f"{run_dir} has no '{which}' checkpoint yet: has its first epoch finished?")
+    verify_checkpoint(folder)
     meta = json.loads((folder / "meta.json").read_text())
     use_ema = meta.get("best_source") == "ema" and (folder / "ema.safetensors").exists()
     weights = "ema.safetensors" if use_ema else "model.safetensors"

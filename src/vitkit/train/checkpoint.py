@@ -1,14 +1,18 @@
 """Checkpoints: weights in safetensors, training state (optimizer, schedule, counters, RNG) loaded weights-only.
 
-A checkpoint is a folder: `model.safetensors`, `ema.safetensors` (when EMA is on), `state.pt` and `meta.json`.
-It is written to a temporary folder first and then renamed into place, so a crash mid-save leaves the
-previous checkpoint intact.
+A checkpoint is a folder: `model.safetensors`, `ema.safetensors` (when EMA is on), `state.pt`, `meta.json` and
+`checksums.json` (SHA-256 of each file, verified on load). It is written to a temporary folder, every file
+flushed to disk, then renamed into place, so a process killed mid-save, or a failed write (disk full), leaves the
+previous checkpoint intact. Older checkpoints are kept as `last.1`, `last.2`, ... (`train.keep_last`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,28 +71,132 @@ def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state_dict(module).items()}
 
 
+CHECKSUMS = "checksums.json"
+_CHECKPOINT_NAME = re.compile(r"^(last(\.\d+)?|best)$")  # not the .tmp/.old folders of a save in progress
+
+
+class CheckpointWriteError(VitkitError):
+    """A checkpoint could not be written; the previous one is untouched."""
+
+
 def save_checkpoint(
     folder: Path,
     model: nn.Module,
     ema: nn.Module | None,
     training_state: dict[str, Any],
     meta: dict[str, Any],
+    keep: int = 1,
 ) -> None:
-    """Write a checkpoint folder atomically (temporary folder, then rename)."""
+    """Write a checkpoint folder atomically: temporary folder, files flushed, checksums, then rename. With
+    `keep` > 1 the previous checkpoints are kept as FOLDER.1 (newest) ... FOLDER.(keep-1)."""
     tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(_state_dict_cpu(ema), str(tmp / "ema.safetensors"))
-    torch.save(training_state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(_state_dict_cpu(model), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_state_dict_cpu(ema), str(tmp / "ema.safetensors"))
+        torch.save(training_state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = f"the previous checkpoint {folder} is intact" if folder.exists() else "no earlier checkpoint exists"
+        raise CheckpointWriteError(
+            f"could not write the checkpoint {folder} ({exc}); {previous}. Free disk space or fix the folder's "
+            "permissions, then continue with --resume."
+        ) from exc
+    _rotate(folder, keep)
     tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    _fsync(folder.parent)
+
+
+def _rotate(folder: Path, keep: int) -> None:
+    """Shift FOLDER -> FOLDER.1 -> ... -> FOLDER.(keep-1), dropping the oldest; each step is one rename."""
+    older = [folder.with_name(f"{folder.name}.{i}") for i in range(1, max(keep, 1))]
+    chain = [folder, *older]
+    if older:
+        shutil.rmtree(older[-1], ignore_errors=True)
+        for src, dst in zip(reversed(chain[:-1]), reversed(chain[1:]), strict=True):
+            if src.exists():
+                src.rename(dst)
+    elif folder.exists():
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete, undamaged checkpoint, or None when every file matches its checksum."""
+    sums_path = folder / CHECKSUMS
+    if not folder.is_dir():
+        return "missing"
+    if not sums_path.exists():
+        return f"no {CHECKSUMS} (an interrupted save, or written by an older vitkit)"
+    try:
+        sums = json.loads(sums_path.read_text())
+    except json.JSONDecodeError:
+        return f"{CHECKSUMS} is damaged"
+    for name, expected in sums.items():
+        path = folder / name
+        if not path.exists():
+            return f"{name} is missing"
+        if _sha256(path) != expected:
+            return f"{name} does not match its checksum (damaged or changed after saving)"
+    return None
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise a clear error unless `folder` is a complete, undamaged checkpoint."""
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise VitkitError(f"checkpoint {folder} cannot be used: {problem}.")
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Every checkpoint folder of a run: last, last.1, ... and best."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _CHECKPOINT_NAME.match(p.name))
+
+
+def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The resumable checkpoint with the most updates, skipping damaged ones (each named in a warning)."""
+    best: tuple[int, Path] | None = None
+    warnings = []
+    for folder in checkpoint_candidates(run_dir):
+        if not (folder / "state.pt").exists() and not (folder / CHECKSUMS).exists():
+            continue
+        problem = checkpoint_problem(folder)
+        if problem is not None:
+            warnings.append(f"skipping checkpoint {folder}: {problem}")
+            continue
+        updates = int(json.loads((folder / "meta.json").read_text()).get("updates", 0))
+        if best is None or updates > best[0] or (updates == best[0] and folder.name == "last"):
+            best = (updates, folder)
+    return (best[1] if best else None), warnings
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -49,11 +49,13 @@ from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
     load_weights,
+    newest_valid_checkpoint,
     progress_from_dict,
     progress_to_dict,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    verify_checkpoint,
 )
 from vitkit.train.display import TrainDisplay
 from vitkit.train.logging import MetricsLogger
@@ -199,8 +201,18 @@ def train(
 
     progress = Progress()
     if resume:
-        progress = _restore(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler)
-        console.print(f"resuming {run_dir} at epoch {progress.epoch} (update {progress.updates})", highlight=False)
+        folder, warnings = newest_valid_checkpoint(run_dir)
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        if folder is None:
+            raise VitkitError(
+                f"nothing to resume in {run_dir}: no undamaged checkpoint (the run stopped before its first save)."
+            )
+        progress = _restore(folder, raw_model, ema, optimizer, scheduler)
+        console.print(
+            f"resuming {run_dir} from {folder.name} at epoch {progress.epoch} (update {progress.updates})",
+            highlight=False,
+        )
 
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if t.max_steps is not None:
@@ -337,7 +349,17 @@ def train(
                 logger.log("epoch", step, **record)
                 progress.history.append(record)
                 display.message(_epoch_line(record))
-                _save(run_dir / "checkpoints" / "last", raw_model, ema, optimizer, scheduler, progress, cfg, meta)
+                _save(
+                    run_dir / "checkpoints" / "last",
+                    raw_model,
+                    ema,
+                    optimizer,
+                    scheduler,
+                    progress,
+                    cfg,
+                    meta,
+                    t.keep_last,
+                )
     logger.close()
 
     wall = time.perf_counter() - start_time
@@ -402,7 +424,17 @@ def _fit_cached_head(
         logger.log("epoch", progress.updates, **record)
         progress.history.append(record)
         console.print(_epoch_line(record), highlight=False)
-        _save(run_dir / "checkpoints" / "last", model, None, optimizer, scheduler, progress, cfg, meta)
+        _save(
+            run_dir / "checkpoints" / "last",
+            model,
+            None,
+            optimizer,
+            scheduler,
+            progress,
+            cfg,
+            meta,
+            cfg.train.keep_last,
+        )
     return len(train_labels) * progress.epoch
 
 
@@ -486,6 +518,7 @@ def _save(
     progress: Progress,
     cfg: Recipe,
     extra_meta: dict[str, Any],
+    keep: int = 1,
 ) -> None:
     state = {
         "optimizer": optimizer.state_dict(),
@@ -494,14 +527,13 @@ def _save(
         "rng": rng_state(),
     }
     meta = {"model": cfg.model.name, "epoch": progress.epoch, "updates": progress.updates, **extra_meta}
-    save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta)
+    save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta, keep)
 
 
 def _restore(
     folder: Path, model: torch.nn.Module, ema: ModelEmaV3 | None, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> Progress:
-    if not folder.exists():
-        raise VitkitError(f"nothing to resume: {folder} does not exist (the run stopped before its first epoch).")
+    verify_checkpoint(folder)
     load_model_state(model, load_weights(folder / "model.safetensors"))
     if ema is not None and (folder / "ema.safetensors").exists():
         load_model_state(ema.module, load_weights(folder / "ema.safetensors"))

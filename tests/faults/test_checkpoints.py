@@ -1,0 +1,173 @@
+"""Checkpoints survive crashes, damage and failed writes: checksums, rotation, SIGKILL mid-save, disk full."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import vitkit.train.checkpoint as checkpoint
+from tests.conftest import tiny_recipe
+from tests.e2e.test_cli import vitkit
+from vitkit.errors import VitkitError
+from vitkit.models.run_model import load_run_model
+from vitkit.train.checkpoint import CheckpointWriteError, checkpoint_problem, newest_valid_checkpoint, verify_checkpoint
+from vitkit.train.logging import read_metrics
+from vitkit.train.loop import resume_recipe, train
+
+QUIET = Console(quiet=True)
+THREE_EPOCHS = ("schedule.epochs=3", "train.keep_last=2")
+
+
+def _meta(folder: Path) -> dict:
+    return json.loads((folder / "meta.json").read_text())
+
+
+def _damage(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def three_epochs(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    train(tiny_recipe(*THREE_EPOCHS), run, console=QUIET)
+    return run
+
+
+def test_the_last_n_checkpoints_are_kept_with_checksums(three_epochs: Path):
+    root = three_epochs / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["best", "last", "last.1"]
+    assert (_meta(root / "last")["epoch"], _meta(root / "last.1")["epoch"]) == (3, 2)
+    for folder in root.iterdir():
+        assert checkpoint_problem(folder) is None
+        sums = json.loads((folder / "checksums.json").read_text())
+        assert {"model.safetensors", "state.pt", "meta.json"} <= sums.keys()
+
+
+def test_a_damaged_checkpoint_is_refused_on_load_and_skipped_on_resume(three_epochs: Path, tmp_path: Path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(three_epochs, run)
+    _damage(run / "checkpoints" / "last" / "model.safetensors")
+    assert "does not match its checksum" in checkpoint_problem(run / "checkpoints" / "last")
+    with pytest.raises(VitkitError, match=r"model\.safetensors does not match its checksum"):
+        load_run_model(run, "last")
+    assert _meta(run / "checkpoints" / "best")["epoch"] == 3  # as new as last, and undamaged: resume may use it
+    assert newest_valid_checkpoint(run)[0] == run / "checkpoints" / "best"
+    (run / "checkpoints" / "best" / "state.pt").write_bytes(b"truncated")
+    folder, warnings = newest_valid_checkpoint(run)
+    assert folder == run / "checkpoints" / "last.1" and len(warnings) == 2
+    assert all(w.startswith("skipping checkpoint") for w in warnings)
+    # resuming continues from last.1 (epoch 2) and re-runs the third epoch
+    train(resume_recipe(run), run, resume=True, console=QUIET)
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2, 2]
+    assert checkpoint_problem(run / "checkpoints" / "last") is None
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path: Path, monkeypatch):
+    calls = {"n": 0}
+    real_save = checkpoint.save_file
+
+    def disk_full_on_third_save(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] >= 5:  # epoch 1 wrote best + last (2 files each with EMA); the next save fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full_on_third_save)
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*previous checkpoint .* is intact"):
+        train(tiny_recipe("schedule.epochs=3"), run, console=QUIET)
+    last = run / "checkpoints" / "last"
+    verify_checkpoint(last)
+    assert _meta(last)["epoch"] == 1
+    assert not any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
+
+
+CHILD = """
+import os, sys, time
+from pathlib import Path
+import torch
+from rich.console import Console
+sys.path.insert(0, {root!r})
+import vitkit.train.checkpoint as checkpoint
+from tests.conftest import tiny_recipe
+from vitkit.train.loop import train
+
+real_save = torch.save
+saves = {{"n": 0}}
+
+def slow_save(obj, path, *args, **kwargs):
+    saves["n"] += 1
+    real_save(obj, path, *args, **kwargs)
+    if saves["n"] == 3:  # epoch 1 saved best and last; hang in the middle of epoch 2's save
+        Path({marker!r}).write_text("saving")
+        time.sleep(60)
+
+checkpoint.torch.save = slow_save
+train(tiny_recipe("schedule.epochs=3", "ema.enabled=false"), Path({run!r}), console=Console(quiet=True))
+"""
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path: Path):
+    run, marker = tmp_path / "run", tmp_path / "saving"
+    root = str(Path(__file__).resolve().parents[2])
+    script = CHILD.format(root=root, marker=str(marker), run=str(run))
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=root)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert child.poll() is None, "the training process ended before the save under test"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    folders = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.tmp" in folders  # the interrupted save
+    folder, warnings = newest_valid_checkpoint(run)
+    assert folder is not None and _meta(folder)["epoch"] == 1 and not warnings
+    model, _, _ = load_run_model(run, "last")
+    assert isinstance(model(torch.zeros(1, 3, 16, 16)), torch.Tensor)
+    result = train(resume_recipe(run), run, resume=True, console=QUIET)
+    # the epoch whose save was killed is trained again from the epoch-1 checkpoint
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")][-2:] == [1, 2]
+    assert result.summary["epochs"] == 3
+
+
+def test_resume_auto_starts_then_continues_the_same_command(tmp_path: Path):
+    run = tmp_path / "run"
+    sets = [
+        a
+        for o in (
+            "data.synthetic_train_size=96",
+            "data.synthetic_val_size=40",
+            "train.batch_size=16",
+            "model.img_size=16",
+            "model.patch_size=4",
+            "model.embed_dim=32",
+            "model.depth=2",
+            "model.num_heads=2",
+            "schedule.warmup_epochs=0",
+        )
+        for a in ("--set", o)
+    ]
+    first = vitkit("train", "--out", str(run), "--resume", "auto", *sets, "--set", "schedule.epochs=1")
+    assert first.returncode == 0, first.stderr
+    assert "no checkpoint" in " ".join(first.stdout.split())
+    again = vitkit("train", "--out", str(run), "--resume", "auto", *sets, "--set", "schedule.epochs=2")
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1]
