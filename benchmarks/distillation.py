@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_ablation import CACHE, EPOCHS, RESNET, SMALL_VIT, prepare_data
+from recipe_ablation import CACHE, EPOCHS, RESNET, SMALL_VIT, append_row, prepare_data, read_rows
 from vitkit.config import load_recipe
 from vitkit.models.teacher import load_teacher
 from vitkit.train.loop import train
@@ -104,13 +104,11 @@ def run_student(name: str, data: Path, teacher_row: dict[str, object]) -> dict[s
 
 
 def recorded() -> set[str]:
-    if not RESULTS.exists():
-        return set()
-    return {json.loads(line)["student"] for line in RESULTS.read_text().splitlines() if line.strip()}
+    return {r["student"] for r in read_rows(RESULTS)}
 
 
 def table() -> str:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.exists() else []
+    rows = read_rows(RESULTS)
     pct = lambda v: f"{v:.2%}" if v is not None else "-"  # noqa: E731
     lines = [
         "| student | test top-1 (heads averaged) | class head | distillation head | EMA | wall | s/step |",
@@ -146,9 +144,7 @@ def main() -> None:
             print(f"{name} already recorded; --force to run again")
             continue
         row = run_student(name, data, teacher_row)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(RESULTS, row)
         print(json.dumps(row))
     print(table())
 

@@ -28,7 +28,7 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_ablation import CACHE, CLASSES, SMALL_VIT, prepare_data
+from recipe_ablation import CACHE, CLASSES, SMALL_VIT, append_row, prepare_data, read_rows
 from vitkit.config import load_recipe
 from vitkit.train.loop import train
 
@@ -112,12 +112,11 @@ def run_one(strategy: str, per_class: int) -> dict[str, object]:
 
 
 def recorded() -> set[tuple[str, int]]:
-    rows = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()] if RESULTS.exists() else []
-    return {(r["strategy"], r["per_class"]) for r in rows}
+    return {(r["strategy"], r["per_class"]) for r in read_rows(RESULTS)}
 
 
 def table() -> str:
-    rows = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()] if RESULTS.exists() else []
+    rows = read_rows(RESULTS)
     lines = [
         "| labels per class | strategy | test top-1 | wall | peak RSS | train state | trainable parameters |",
         "|---|---|---|---|---|---|---|",
@@ -159,9 +158,7 @@ def main() -> None:
                 print(f"{strategy} at {per_class}/class failed:\n{child.stderr[-3000:]}")
                 continue
             row = child.stdout.strip().splitlines()[-1]
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            with RESULTS.open("a") as fh:
-                fh.write(row + "\n")
+            append_row(RESULTS, json.loads(row))
             print(row)
     print(table())
 

@@ -26,6 +26,7 @@ import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,11 +159,20 @@ def prepare_data() -> Path:
     return CACHE
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of a results file (none when it does not exist yet)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one result as a JSON line, so a long benchmark keeps what it finished if it is stopped."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
 def recorded() -> set[tuple[str, str]]:
-    if not RESULTS.exists():
-        return set()
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-    return {(r["config"], r["budget"]) for r in rows}
+    return {(r["config"], r["budget"]) for r in read_rows(RESULTS)}
 
 
 def run(name: str, budget: str, data: Path) -> dict[str, object]:
@@ -190,7 +200,7 @@ def run(name: str, budget: str, data: Path) -> dict[str, object]:
 
 
 def table() -> str:
-    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()] if RESULTS.exists() else []
+    rows = read_rows(RESULTS)
     lines = [
         "| configuration | budget | epochs | test top-1 | EMA test top-1 | wall | img/s |",
         "|---|---|---|---|---|---|---|",
@@ -227,9 +237,7 @@ def main() -> None:
             print(f"{name} ({args.budget}) already recorded; --force to run again")
             continue
         row = run(name, args.budget, data)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_row(RESULTS, row)
         print(json.dumps(row))
     print(table())
 

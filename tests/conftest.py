@@ -32,6 +32,20 @@ TINY_OVERRIDES = [
     "augment.repeated_aug=1",
 ]
 
+# Every augmentation, mixing and regularisation trick off: runs whose outcome the tests compare exactly.
+PLAIN = [
+    "augment.rrc_scale=[1, 1]",
+    "augment.rrc_ratio=[1, 1]",
+    "augment.hflip=0",
+    "augment.randaugment=null",
+    "augment.color_jitter=0",
+    "augment.random_erasing=0",
+    "augment.mixup=0",
+    "augment.cutmix=0",
+    "model.drop_path_rate=0",
+    "schedule.warmup_epochs=0",
+]
+
 
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:

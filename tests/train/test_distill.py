@@ -9,6 +9,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 import vitkit.train.loop as loop
+from tests.conftest import PLAIN as BASE_PLAIN
 from tests.conftest import tiny_recipe, tiny_vit
 from vitkit.data.pipeline import BatchAugment
 from vitkit.errors import VitkitError
@@ -20,16 +21,7 @@ from vitkit.train.loop import resume_recipe, train
 
 QUIET = Console(quiet=True)
 PLAIN = [
-    "augment.rrc_scale=[1, 1]",
-    "augment.rrc_ratio=[1, 1]",
-    "augment.hflip=0",
-    "augment.randaugment=null",
-    "augment.color_jitter=0",
-    "augment.random_erasing=0",
-    "augment.mixup=0",
-    "augment.cutmix=0",
-    "model.drop_path_rate=0",
-    "schedule.warmup_epochs=0",
+    *BASE_PLAIN,
     "ema.enabled=false",
     "train.label_smoothing=0",
     "optim.lr=1e-3",

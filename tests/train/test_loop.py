@@ -6,25 +6,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from tests.conftest import tiny_recipe
+from tests.conftest import PLAIN, tiny_recipe
 from vitkit.errors import RecipeError, VitkitError
 from vitkit.train.checkpoint import load_weights
 from vitkit.train.logging import read_metrics
 from vitkit.train.loop import resume_recipe, train
 
 QUIET = Console(quiet=True)
-PLAIN = [
-    "augment.rrc_scale=[1, 1]",
-    "augment.rrc_ratio=[1, 1]",
-    "augment.hflip=0",
-    "augment.randaugment=null",
-    "augment.color_jitter=0",
-    "augment.random_erasing=0",
-    "augment.mixup=0",
-    "augment.cutmix=0",
-    "model.drop_path_rate=0",
-    "schedule.warmup_epochs=0",
-]
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,8 @@ def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], architecture: s
             if index >= len(position):
                 raise VitkitError(f"weight {key} has no block in '{architecture}' ({len(position)} blocks).")
             stage, i = position[index]
-            names = _EFFNET_DS if stage == 0 and "_expand_conv.weight" not in _block_keys(state, index) else _EFFNET_IR
+            expands = f"_blocks.{index}._expand_conv.weight" in state
+            names = _EFFNET_DS if stage == 0 and not expands else _EFFNET_IR
             if inner not in names:
                 raise VitkitError(f"unexpected efficientnet_pytorch weight {key}.")
             new = f"blocks.{stage}.{i}.{names[inner]}.{kind}"
@@ -107,11 +108,6 @@ def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], architecture: s
             )
         out[new] = value
     return out
-
-
-def _block_keys(state: dict[str, torch.Tensor], index: int) -> set[str]:
-    prefix = f"_blocks.{index}."
-    return {k.removeprefix(prefix) for k in state if k.startswith(prefix)}
 
 
 # --- transformers (ViTForImageClassification, DeiTForImageClassification[WithTeacher]) -------------------------

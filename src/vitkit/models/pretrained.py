@@ -102,12 +102,9 @@ def _from_file(path: Path, cfg: ModelConfig) -> PretrainedWeights:
 
 
 def _from_run(path: Path) -> PretrainedWeights:
-    from vitkit.models.run_model import load_run_model
+    from vitkit.models.run_model import load_run_or_checkpoint
 
-    if (path / "meta.json").exists() and not (path / "recipe.yaml").exists():  # a checkpoint folder of a run
-        model, recipe, info = load_run_model(path.parent.parent, path.name)
-    else:
-        model, recipe, info = load_run_model(path)
+    model, recipe, info = load_run_or_checkpoint(path)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     arch = {k: getattr(recipe.model, k) for k in ARCHITECTURE_FIELDS}
     weights = PretrainedWeights(str(path), "run", arch, state, int(info["num_classes"]))

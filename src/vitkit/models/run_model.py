@@ -45,6 +45,13 @@ def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recip
     return model.eval(), recipe, info
 
 
+def load_run_or_checkpoint(path: Path) -> tuple[nn.Module, Recipe, dict[str, Any]]:
+    """`load_run_model` for a run folder, or for one of its checkpoint folders (RUN/checkpoints/NAME)."""
+    if (path / "meta.json").exists() and not (path / "recipe.yaml").exists():
+        return load_run_model(path.parent.parent, path.name)
+    return load_run_model(path)
+
+
 def build_run_architecture(recipe: Recipe, num_classes: int) -> nn.Module:
     """The untrained module a run's checkpoint fits: the plain model, or for LoRA the base with empty adapters."""
     if recipe.finetune.strategy != "lora":

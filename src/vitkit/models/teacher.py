@@ -67,12 +67,9 @@ def load_teacher(source: str, checkpoint: str | None = None, img_size: int = 224
 
 
 def _from_run(path: Path) -> Teacher:
-    from vitkit.models.run_model import load_run_model
+    from vitkit.models.run_model import load_run_or_checkpoint
 
-    if (path / "meta.json").exists() and not (path / "recipe.yaml").exists():  # a checkpoint folder of a run
-        model, recipe, info = load_run_model(path.parent.parent, path.name)
-    else:
-        model, recipe, info = load_run_model(path)
+    model, recipe, info = load_run_or_checkpoint(path)
     mean, std = recipe.data.normalization()
     label = f"{path} ({recipe.model.name}, {info['checkpoint']})"
     return _wrap(model, mean, std, int(info["num_classes"]), info.get("classes"), label)

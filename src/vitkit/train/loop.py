@@ -55,7 +55,6 @@ from vitkit.train.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
-    verify_checkpoint,
 )
 from vitkit.train.display import TrainDisplay
 from vitkit.train.logging import MetricsLogger
@@ -533,7 +532,7 @@ def _save(
 def _restore(
     folder: Path, model: torch.nn.Module, ema: ModelEmaV3 | None, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> Progress:
-    verify_checkpoint(folder)
+    # `folder` comes from newest_valid_checkpoint, which has just verified its checksums
     load_model_state(model, load_weights(folder / "model.safetensors"))
     if ema is not None and (folder / "ema.safetensors").exists():
         load_model_state(ema.module, load_weights(folder / "ema.safetensors"))
