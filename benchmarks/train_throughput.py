@@ -80,7 +80,7 @@ def bare_loop(recipe: Recipe, precision: str, steps: int, warmup: int = 3) -> fl
 
 
 def trainer(recipe: Recipe, data_dir: Path, steps: int, warmup: int = 3) -> float:
-    """img/s of `vitkit train` over the steps after `warmup`, from its own metrics.jsonl."""
+    """img/s of `vitkit train` over the steps after `warmup`, from its own timing.jsonl."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = recipe.model_copy(deep=True)
         cfg.data.source = str(data_dir)
@@ -89,7 +89,7 @@ def trainer(recipe: Recipe, data_dir: Path, steps: int, warmup: int = 3) -> floa
         cfg.schedule.epochs, cfg.schedule.warmup_epochs = 100, 1
         run = Path(tmp) / "run"
         train(cfg, run, console=Console(quiet=True))
-        rows = read_metrics(run / "metrics.jsonl", "step")[warmup:]
+        rows = read_metrics(run / "timing.jsonl")[warmup:]
         return len(rows) * cfg.train.batch_size / sum(cfg.train.batch_size / r["img_per_s"] for r in rows)
 
 

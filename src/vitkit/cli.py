@@ -290,12 +290,13 @@ def recipes_fields(
 
 
 def main() -> None:
-    """Entry point: user errors print a one-paragraph message (no traceback) and exit with status 2."""
+    """Entry point: user errors print a one-paragraph message (no traceback) and exit with status 2; a preempted
+    run exits with 75 (resume it), a diverged one with 3."""
     try:
         app(standalone_mode=False)
     except VitkitError as exc:
         Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None

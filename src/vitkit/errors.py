@@ -4,6 +4,8 @@
 class VitkitError(Exception):
     """Base class for errors caused by user input (recipes, data, paths, settings)."""
 
+    exit_code = 2  # what the CLI exits with; subclasses that mean "try again" or "diverged" use their own
+
 
 class RecipeError(VitkitError):
     """A recipe or an override is invalid."""

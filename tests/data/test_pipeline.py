@@ -114,3 +114,40 @@ def test_decode_all_caps_the_shorter_side(tmp_path):
     Image.fromarray(np.zeros((100, 60, 3), dtype=np.uint8)).save(path)
     decoded = decode_all(ImageSet([path], np.array([0])), max_side=30)
     assert decoded.items[0].shape == (50, 30, 3)
+
+
+def _epoch_batches(images: ImageSet, start: int, workers: int) -> list[torch.Tensor]:
+    from vitkit.data.pipeline import ImageDataset, make_loader, train_sampler
+
+    aug = AugmentConfig(randaugment="rand-m9-mstd0.5", color_jitter=0.4)
+    sampler = train_sampler(len(images), repeats=1, seed=3)
+    sampler.set_epoch(1, start=start)
+    loader = make_loader(ImageDataset(images, train_transform(aug, 16)), 4, sampler=sampler, workers=workers)
+    return [x for x, _ in loader]
+
+
+def test_augmentations_depend_on_the_position_alone_so_a_loader_can_start_mid_epoch():
+    rng = np.random.default_rng(0)
+    images = ImageSet(rng.integers(0, 256, (24, 20, 20, 3), dtype=np.uint8), np.arange(24) % 3)
+    whole = _epoch_batches(images, start=0, workers=0)
+    torch.manual_seed(123)  # the caller's RNG state must not matter ...
+    tail = _epoch_batches(images, start=8, workers=0)
+    in_workers = _epoch_batches(images, start=8, workers=2)  # ... nor which process runs the transform
+    assert len(whole) == 6 and len(tail) == 4
+    for a, b, c in zip(whole[2:], tail, in_workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_per_image_seeding_leaves_the_callers_rngs_untouched():
+    import random
+
+    from vitkit.data.pipeline import seeded_rngs
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    with seeded_rngs(99):
+        inside = (random.random(), np.random.rand(), torch.rand(1))
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+    with seeded_rngs(99):
+        assert (random.random(), np.random.rand(), torch.rand(1)) == inside

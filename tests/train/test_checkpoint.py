@@ -32,7 +32,7 @@ def test_rng_state_round_trip_through_a_weights_only_file(tmp_path: Path):
 
 def test_checkpoint_folder_is_replaced_whole(tmp_path: Path):
     model = torch.nn.Linear(3, 2)
-    progress = Progress(epoch=2, updates=10, history=[{"epoch": 1, "val_top1": 0.5}])
+    progress = Progress(epoch=2, updates=10, history=[{"epoch": 1, "val_top1": 0.5}], last_grad_norm=1.5)
     folder = tmp_path / "last"
     save_checkpoint(folder, model, None, {"progress": progress_to_dict(progress)}, {"epoch": 2})
     with torch.no_grad():

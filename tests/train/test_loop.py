@@ -26,8 +26,10 @@ def test_run_folder_holds_recipe_metrics_tensorboard_checkpoints_summary(finishe
     assert (finished_run / "recipe.yaml").exists() and (finished_run / "summary.json").exists()
     steps = read_metrics(finished_run / "metrics.jsonl", "step")
     epochs = read_metrics(finished_run / "metrics.jsonl", "epoch")
-    assert {"loss", "lr", "grad_norm", "img_per_s", "data_wait", "epoch"} <= set(steps[0])
-    assert all(0.0 <= s["data_wait"] <= 1.0 and s["img_per_s"] > 0 for s in steps)
+    timing = read_metrics(finished_run / "timing.jsonl")
+    assert {"loss", "lr", "grad_norm", "epoch"} <= set(steps[0])
+    assert [t["step"] for t in timing] == [s["step"] for s in steps]  # throughput beside each logged step
+    assert all(0.0 <= t["data_wait"] <= 1.0 and t["img_per_s"] > 0 for t in timing)
     assert [e["epoch"] for e in epochs] == [0, 1, 2]
     assert {"val_top1", "val_top5", "val_loss", "ema_val_top1", "ema_val_top5", "train_loss"} <= set(epochs[-1])
     assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))

@@ -64,6 +64,19 @@ class DataConfig(Section):
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader worker processes; auto picks from the CPU count and the cache mode."
     )
+    classes: list[str] | None = Field(
+        None,
+        description="Class names in label order; a label not in this list is an error. None takes them from the "
+        "data (folder names, sorted manifest labels).",
+    )
+    bad_images: Literal["skip", "fail"] = Field(
+        "skip",
+        description="Unreadable image files (truncated, empty, not an image, too large, missing): skip them (listed "
+        "in bad_images.jsonl and the summary) or fail before training, listing them.",
+    )
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="Images with more pixels are treated as bad (decompression-bomb guard)."
+    )
     synthetic_train_size: int = Field(6000, ge=10, description="Training images of builtin:shapes.")
     synthetic_val_size: int = Field(1000, ge=10, description="Validation images of builtin:shapes.")
     mean: tuple[float, float, float] | None = Field(
@@ -132,6 +145,20 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     keep_last: int = Field(
         2, ge=1, description="Checkpoints kept besides best: checkpoints/last, last.1, ... (resume skips damaged ones)."
+    )
+    deterministic: bool = Field(
+        False,
+        description="Deterministic algorithms only (torch.use_deterministic_algorithms); with the seeds, two runs "
+        "write identical metrics.jsonl. Set by --deterministic.",
+    )
+    nonfinite: Literal["skip", "rollback", "stop"] = Field(
+        "skip",
+        description="On a NaN/inf loss or gradient: skip (drop that update), rollback (back to the state at the "
+        "start of the epoch, lr x rollback_lr_factor) or stop (keep the last checkpoint and exit).",
+    )
+    rollback_lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="LR multiplier applied at each rollback.")
+    nonfinite_limit: int = Field(
+        10, ge=1, description="Stop after this many non-finite updates in a row, or this many rollbacks in all."
     )
 
 

@@ -8,8 +8,10 @@ data sent between processes 4x smaller and does the float work where it is cheap
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,11 @@ patch_timm_posterize()  # must run before timm builds its RandAugment ops (see d
 
 
 class ImageDataset(Dataset[tuple[Any, int]]):
-    """Applies a per-image transform to the items of an `ImageSet`."""
+    """Applies a per-image transform to the items of an `ImageSet`.
+
+    The key is an index, or `(index, sample_seed)` from a `PositionSeededSampler`: then the transform's random
+    draws come from that seed alone, whichever process or worker runs it, and the caller's RNGs are untouched.
+    """
 
     def __init__(self, images: ImageSet, transform: Callable[[Image.Image], Any]) -> None:
         self.images, self.transform = images, transform
@@ -38,8 +44,31 @@ class ImageDataset(Dataset[tuple[Any, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        return self.transform(to_pil(self.images.items[index])), int(self.images.labels[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        if isinstance(key, tuple):
+            index, sample_seed = key
+            with seeded_rngs(sample_seed):
+                return self.transform(to_pil(self.images.items[index])), int(self.images.labels[index])
+        return self.transform(to_pil(self.images.items[key])), int(self.images.labels[key])
+
+
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seed python, numpy and torch (CPU) for the body, then put their previous states back.
+
+    timm's and torchvision's per-image transforms draw from all three global RNGs, so this is what makes one
+    image's augmentation a function of its seed.
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 # --- decode once -------------------------------------------------------------------------------------------
@@ -210,9 +239,40 @@ class RepeatedAugSampler(RepeatAugSampler):
         super().set_epoch(self.seed * 100_003 + epoch)  # timm seeds the shuffle with the epoch alone
 
 
-def train_sampler(size: int, repeats: int, seed: int) -> EpochShuffleSampler | RepeatedAugSampler:
-    """Seeded per-epoch shuffle, or DeiT's repeated-augmentation sampler when repeats > 1; call set_epoch."""
-    sampler = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the image at `position` of `epoch`'s order (well mixed by numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed % 2**32, epoch, position]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class PositionSeededSampler(Sampler[tuple[int, int]]):
+    """Yields `(index, sample_seed)` from a per-epoch order, starting at any position.
+
+    Because each image's augmentation depends only on (run seed, epoch, position), a run resumed in the middle of
+    an epoch sees exactly the images and augmentations the uninterrupted run would have, with any number of
+    loader workers. `start` skips the positions already trained on.
+    """
+
+    def __init__(self, order: EpochShuffleSampler | RepeatedAugSampler, seed: int) -> None:
+        self.order, self.seed, self.epoch, self.start = order, seed, 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.order.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return len(self.order) - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.order):
+            if position >= self.start:
+                yield int(index), sample_seed(self.seed, self.epoch, position)
+
+
+def train_sampler(size: int, repeats: int, seed: int) -> PositionSeededSampler:
+    """Seeded per-epoch shuffle, or DeiT's repeated-augmentation sampler when repeats > 1, each image with its own
+    augmentation seed; call set_epoch(epoch, start)."""
+    order = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
+    sampler = PositionSeededSampler(order, seed)
     sampler.set_epoch(0)
     return sampler
 
@@ -221,7 +281,7 @@ def make_loader(
     dataset: Dataset[Any],
     batch_size: int,
     *,
-    sampler: Sampler[int] | None = None,
+    sampler: Sampler[Any] | None = None,
     workers: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
@@ -235,4 +295,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,  # keep workers across epochs: forking them again costs seconds
+        # each new iterator draws a worker base seed; from its own generator, it leaves the global RNG (which
+        # drives dropout, Mixup and Random Erasing) as it was, so a resumed run draws the same numbers
+        generator=torch.Generator().manual_seed(0),
     )

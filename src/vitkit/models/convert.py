@@ -174,3 +174,45 @@ def classifier_rows(state: dict[str, torch.Tensor], architecture: str) -> int | 
     first = names[0] if isinstance(names, tuple | list) else names
     weight = state.get(f"{first}.weight")
     return int(weight.shape[0]) if weight is not None and weight.ndim >= 2 else None
+
+
+def _shape_facts(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Depth, width and class count read off a timm ViT/CNN state dict, where they can be told."""
+    facts: dict[str, int] = {}
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if blocks:
+        facts["depth"] = max(blocks) + 1
+    for key in ("cls_token", "pos_embed"):
+        if key in state:
+            facts["embed dim"] = int(state[key].shape[-1])
+            break
+    for key in ("head.weight", "head.fc.weight", "fc.weight", "classifier.weight"):
+        if key in state and state[key].ndim == 2:
+            facts["classes"] = int(state[key].shape[0])
+            break
+    return facts
+
+
+def describe_mismatch(model_state: dict[str, torch.Tensor], stored: dict[str, torch.Tensor]) -> str | None:
+    """How a stored state dict differs from a model's (architecture, width, depth, class count), or None."""
+    missing = [k for k in model_state if k not in stored]
+    unexpected = [k for k in stored if k not in model_state]
+    reshaped = [
+        f"{k} {tuple(stored[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if k in stored and stored[k].shape != v.shape
+    ]
+    if not (missing or unexpected or reshaped):
+        return None
+    ours, theirs = _shape_facts(model_state), _shape_facts(stored)
+    differences = [
+        f"{name} {theirs[name]} vs {ours[name]}" for name in ours if theirs.get(name, ours[name]) != ours[name]
+    ]
+    parts = [("differs in " + ", ".join(differences) + " (stored vs model)") if differences else "another architecture"]
+    if reshaped:
+        parts.append(f"{len(reshaped)} tensors of other shape, e.g. {'; '.join(reshaped[:3])}")
+    if missing:
+        parts.append(f"{len(missing)} model tensors not stored, e.g. {', '.join(missing[:3])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} stored tensors the model lacks, e.g. {', '.join(unexpected[:3])}")
+    return "; ".join(parts)

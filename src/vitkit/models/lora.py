@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from vitkit.config.schema import FinetuneConfig
+from vitkit.errors import VitkitError
+from vitkit.models.convert import describe_mismatch
 
 # Where each LoRA target sits inside a timm block (names after split_qkv).
 TARGET_PATTERNS = {
@@ -148,13 +150,20 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Inverse of `model_state_dict`; every stored tensor must find its place."""
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], where: str = "the checkpoint") -> None:
+    """Inverse of `model_state_dict`; every stored tensor must find its place, else a message says what differs."""
+    fix = "Load it into the recipe it was trained with (the run's recipe.yaml), or pick the matching checkpoint."
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
-        unexpected = getattr(set_peft_model_state_dict(model, state), "unexpected_keys", [])
+        try:
+            unexpected = getattr(set_peft_model_state_dict(model, state), "unexpected_keys", [])
+        except RuntimeError as exc:  # a size mismatch: another rank, width or class count
+            raise VitkitError(f"{where} does not fit this LoRA model ({exc}). {fix}") from None
         if unexpected:
-            raise KeyError(f"adapter weights that fit no module: {unexpected[:5]}")
+            raise VitkitError(f"{where} has adapter weights that fit no module of this model: {unexpected[:5]}. {fix}")
         return
+    problem = describe_mismatch(model.state_dict(), state)
+    if problem is not None:
+        raise VitkitError(f"{where} does not fit the model: {problem}. {fix}")
     model.load_state_dict(state)

@@ -36,7 +36,7 @@ def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recip
     use_ema = meta.get("best_source") == "ema" and (folder / "ema.safetensors").exists()
     weights = "ema.safetensors" if use_ema else "model.safetensors"
     model = build_run_architecture(recipe, int(meta["num_classes"]))
-    load_model_state(model, load_weights(folder / weights))
+    load_model_state(model, load_weights(folder / weights), where=f"checkpoint {folder / weights}")
     if recipe.finetune.strategy == "lora":
         model = merge_lora(model)
     info = {"checkpoint": str(folder), "weights": weights, **meta}

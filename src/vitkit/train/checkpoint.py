@@ -29,15 +29,22 @@ from vitkit.models.lora import model_state_dict
 
 @dataclass
 class Progress:
-    """Where training stands; enough to continue a run (epoch, step in epoch, updates, best metric)."""
+    """Where training stands; enough to continue a run exactly, also from the middle of an epoch."""
 
     epoch: int = 0
-    step_in_epoch: int = 0
+    step_in_epoch: int = 0  # batches of `epoch` already trained on
     global_step: int = 0
     updates: int = 0
     best_metric: float = float("-inf")
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0  # the running train loss of the current epoch (an fp32 value: exact as a float)
+    epoch_batches: int = 0
+    last_grad_norm: float = float("nan")  # the step log repeats the last update's norm between updates
+    lr_factor: float = 1.0  # lowered by each non-finite rollback
+    nonfinite_skipped: int = 0
+    nonfinite_in_a_row: int = 0
+    rollbacks: int = 0
 
 
 def rng_state() -> dict[str, Any]:
@@ -221,4 +228,5 @@ def progress_to_dict(progress: Progress) -> dict[str, Any]:
 
 
 def progress_from_dict(data: dict[str, Any]) -> Progress:
-    return Progress(**data)
+    known = Progress.__dataclass_fields__
+    return Progress(**{k: v for k, v in data.items() if k in known})

@@ -7,12 +7,17 @@ schedule -> EMA -> log, then per epoch evaluate raw and EMA models and checkpoin
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ from vitkit.evaluate.metrics import run_evaluators
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
 from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, parameter_table, set_train_mode
-from vitkit.models.lora import load_model_state
+from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
 from vitkit.train.checkpoint import (
@@ -57,6 +62,7 @@ from vitkit.train.checkpoint import (
     set_rng_state,
 )
 from vitkit.train.display import TrainDisplay
+from vitkit.train.faults import TrainingDiverged, TrainingPreempted, nonfinite_action, stop_on_signals
 from vitkit.train.logging import MetricsLogger
 from vitkit.train.losses import training_loss
 from vitkit.train.optim import build_optimizer, build_scheduler
@@ -120,8 +126,13 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     console: Console | None = None,
+    should_stop: Callable[[Progress], bool] | None = None,
 ) -> RunResult:
-    """Train `recipe` into `run_dir`, or continue the run there when `resume` (see `resume_recipe`)."""
+    """Train `recipe` into `run_dir`, or continue the run there when `resume` (see `resume_recipe`).
+
+    A stop asked for by SIGTERM/SIGINT, or by `should_stop` (called after each optimizer update), saves a
+    checkpoint at that step and raises `TrainingPreempted`; `resume=True` then continues exactly where it stopped.
+    """
     console = console or Console()
     cfg = recipe.model_copy(deep=True)  # pretrained architecture and normalisation are filled in below
     t = cfg.train
@@ -136,6 +147,36 @@ def train(
         cfg.model = with_architecture(cfg.model, weights)
     if not resume:
         prepare_run_dir(run_dir, overwrite)
+    with deterministic_algorithms(t.deterministic):
+        return _train(cfg, run_dir, weights, resume, console, should_stop)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """torch's deterministic kernels (and cuBLAS's fixed workspace) for the body, then the previous setting."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS matmuls
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+def _train(
+    cfg: Recipe,
+    run_dir: Path,
+    weights: Any,
+    resume: bool,
+    console: Console,
+    should_stop: Callable[[Progress], bool] | None,
+) -> RunResult:
+    t = cfg.train
     seed_everything(t.seed)
 
     # --- device and precision --------------------------------------------------------------------------
@@ -207,21 +248,20 @@ def train(
             raise VitkitError(
                 f"nothing to resume in {run_dir}: no undamaged checkpoint (the run stopped before its first save)."
             )
-        progress = _restore(folder, raw_model, ema, optimizer, scheduler)
-        console.print(
-            f"resuming {run_dir} from {folder.name} at epoch {progress.epoch} (update {progress.updates})",
-            highlight=False,
-        )
+        progress = _restore(folder, raw_model, ema, optimizer, scheduler, accelerator)
+        where = f"epoch {progress.epoch}" + (f", step {progress.step_in_epoch}" if progress.step_in_epoch else "")
+        console.print(f"resuming {run_dir} from {folder.name} at {where} (update {progress.updates})", highlight=False)
 
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if t.max_steps is not None:
         total_steps = min(total_steps, t.max_steps * t.accumulation_steps)
     n_trainable, n_params = count_parameters(raw_model)
+    _check_disk_space(run_dir, raw_model, ema is not None, cfg)
     console.print(
         f"[bold]vitkit train[/bold] {cfg.model.name} ({n_params / 1e6:.2f}M params, {tokens} tokens) "
         f"on {data.description}\n  device {device}, precision {precision}, attention {attention}, "
         f"batch {t.batch_size} x {t.accumulation_steps} accumulation, peak lr {peak_lr:.2e}, workers {workers}, "
-        f"{steps_per_epoch} steps/epoch, {cfg.schedule.epochs} epochs",
+        f"{steps_per_epoch} steps/epoch, {cfg.schedule.epochs} epochs" + (", deterministic" if t.deterministic else ""),
         highlight=False,
     )
     for note in data.notes + (weights.notes if weights is not None else []):
@@ -237,51 +277,61 @@ def train(
         )
     console.print(_groups_table(groups))
 
-    logger = MetricsLogger(run_dir)
+    step = progress.epoch * steps_per_epoch + progress.step_in_epoch
+    logger = MetricsLogger(run_dir, resume_step=step if resume else None)
     amp_dtype = autocast_dtype(precision)
-    step = progress.epoch * steps_per_epoch
     start_time = time.perf_counter()
     images_seen = 0
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
     display = TrainDisplay(total_steps, console, t.log_every)
     strategy = cfg.finetune.strategy
-    if cfg.finetune.cache_features:
-        images_seen = _fit_cached_head(
-            cfg,
-            raw_model,
-            optimizer,
-            scheduler,
-            train_images,
-            val_loader,
-            device,
-            amp_dtype,
-            progress,
-            logger,
-            run_dir,
-            data.num_classes,
-            console,
-        )
-    else:
-        with display:
-            for epoch in range(progress.epoch, cfg.schedule.epochs):
-                if step >= total_steps:
-                    break
+    saver = partial(_save, model=raw_model, ema=ema, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
+    try:
+        if cfg.finetune.cache_features:
+            images_seen = _fit_cached_head(
+                cfg,
+                raw_model,
+                optimizer,
+                scheduler,
+                train_images,
+                val_loader,
+                device,
+                amp_dtype,
+                progress,
+                logger,
+                run_dir,
+                data.num_classes,
+                console,
+                partial(saver, ema=None),
+            )
+        with display, stop_on_signals(console) as signalled:
+
+            def stop_requested() -> bool:
+                return signalled() or (should_stop is not None and should_stop(progress))
+
+            epoch = progress.epoch
+            while epoch < cfg.schedule.epochs and step < total_steps and not cfg.finetune.cache_features:
+                # the last good state a rollback returns to: where this epoch (or the resumed run) starts
+                snapshot = (
+                    _snapshot(raw_model, ema, optimizer, scheduler, progress) if t.nonfinite == "rollback" else None
+                )
                 set_train_mode(model, cfg.finetune.strategy)
-                sampler.set_epoch(epoch)
-                epoch_loss, epoch_batches = torch.zeros((), device=device), 0
-                window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-                grad_norm: torch.Tensor | float = float("nan")
+                sampler.set_epoch(epoch, start=progress.step_in_epoch * t.batch_size)
                 batches = iter(train_loader)
-                for _ in range(steps_per_epoch):
-                    if step >= total_steps:
-                        break
+                epoch_loss = torch.tensor(progress.epoch_loss_sum, dtype=torch.float32, device=device)
+                window_loss, window_batches = torch.zeros((), device=device), 0
+                window_finite = torch.ones((), dtype=torch.bool, device=device)
+                timing_start, timing_images, timing_wait = time.perf_counter(), 0, 0.0
+                grad_norm: torch.Tensor | float = progress.last_grad_norm
+                while progress.step_in_epoch < steps_per_epoch and step < total_steps:
                     wait_start = time.perf_counter()
                     images, labels = next(batches)
-                    window_wait += time.perf_counter() - wait_start
+                    timing_wait += time.perf_counter() - wait_start
                     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                     x, targets = batch_aug(images, labels)
                     if cfg.model.channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
+                    update_ok = True
                     with accelerator.accumulate(model):
                         outputs = forward(x)
                         teacher_logits = None
@@ -292,78 +342,131 @@ def train(
                         parts = training_loss(outputs, targets, teacher_logits, d.type, d.alpha, d.tau)
                         loss = parts.total
                         accelerator.backward(loss)
+                        window_loss += loss.detach()  # device tensors: reading them each step would sync a GPU
+                        window_batches += 1
+                        window_finite &= torch.isfinite(loss.detach())
                         if accelerator.sync_gradients:
                             grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-                        optimizer.step()
+                            # one host sync per update; fp16's loss scaler handles its own overflows in step()
+                            update_ok = bool(window_finite & torch.isfinite(torch.as_tensor(grad_norm)))
+                            if update_ok or accelerator.scaler is not None:
+                                optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
-                    if accelerator.sync_gradients:
-                        progress.updates += 1
-                        scheduler.step_update(progress.updates)
-                        if ema is not None:
-                            ema.update(raw_model, step=progress.updates)
                     step += 1
-                    epoch_loss += loss.detach()  # a device tensor: reading it each step would sync a GPU
-                    epoch_batches += 1
-                    window_images += len(images)
+                    progress.step_in_epoch += 1
                     images_seen += len(images)
+                    timing_images += len(images)
                     display.advance(step)
+                    if accelerator.sync_gradients:
+                        if update_ok:
+                            progress.updates += 1
+                            progress.nonfinite_in_a_row = 0
+                            _set_lr(scheduler, optimizer, progress)
+                            if ema is not None:
+                                ema.update(raw_model, step=progress.updates)
+                            epoch_loss += window_loss
+                            progress.epoch_batches += window_batches
+                        else:
+                            progress.nonfinite_in_a_row += 1
+                            action = nonfinite_action(
+                                t.nonfinite, progress.nonfinite_in_a_row, progress.rollbacks, t.nonfinite_limit
+                            )
+                            logger.log(
+                                "nonfinite",
+                                step,
+                                epoch=epoch,
+                                update=progress.updates,
+                                loss=float(loss.detach()),
+                                grad_norm=float(grad_norm),
+                                action=action,
+                            )
+                            display.message(f"non-finite loss or gradient at step {step}: {action}")
+                            if action == "stop":
+                                raise _diverged(run_dir, step, progress, t.nonfinite)
+                            if action == "skip":
+                                progress.nonfinite_skipped += 1
+                            if action == "rollback" and snapshot is not None:
+                                progress = _rollback(snapshot, raw_model, ema, optimizer, scheduler, progress, t)
+                                step = epoch * steps_per_epoch + progress.step_in_epoch
+                                display.message(f"rolled back to step {step}; lr x {progress.lr_factor:g} from here")
+                                break  # restart the epoch's batches from the snapshot's position
+                        window_loss, window_batches = torch.zeros((), device=device), 0
+                        window_finite = torch.ones((), dtype=torch.bool, device=device)
                     if step % t.log_every == 0 or step == total_steps:
-                        loss_value = float(loss.detach())
-                        elapsed = time.perf_counter() - window_start
-                        ips = window_images / max(elapsed, 1e-9)
-                        lr = optimizer.param_groups[0]["lr"]
+                        loss_value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]
                         extra = {}
                         if parts.distill is not None:
                             task_value, distill_value = float(parts.task.detach()), float(parts.distill.detach())
                             extra = {"task_loss": task_value, "distill_loss": distill_value}
                         logger.log(
-                            "step",
-                            step,
-                            epoch=epoch,
-                            loss=loss_value,
-                            lr=lr,
-                            grad_norm=float(grad_norm),
-                            img_per_s=ips,
-                            data_wait=window_wait / max(elapsed, 1e-9),
-                            **extra,
+                            "step", step, epoch=epoch, loss=loss_value, lr=lr, grad_norm=float(grad_norm), **extra
                         )
+                        elapsed = max(time.perf_counter() - timing_start, 1e-9)
+                        ips = timing_images / elapsed
+                        logger.log_timing(step, img_per_s=ips, data_wait=timing_wait / elapsed)
                         display.step(step, epoch, loss_value, lr, ips)
-                        window_start, window_images, window_wait = time.perf_counter(), 0, 0.0
-                del batches
-
-                progress.epoch = epoch + 1
-                record: dict[str, Any] = {"epoch": epoch, "train_loss": float(epoch_loss) / max(epoch_batches, 1)}
-                finished = progress.epoch == cfg.schedule.epochs or step >= total_steps
-                meta: dict[str, Any] = {"num_classes": data.num_classes, "best_source": "raw", "strategy": strategy}
-                if progress.epoch % t.eval_every == 0 or finished:
-                    record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
-                    score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
-                    source = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
-                    meta = {"num_classes": data.num_classes, "best_source": source, "strategy": strategy}
-                    if score > progress.best_metric:
-                        progress.best_metric, progress.best_epoch = score, epoch
-                        _save(
-                            run_dir / "checkpoints" / "best", raw_model, ema, optimizer, scheduler, progress, cfg, meta
+                        timing_start, timing_images, timing_wait = time.perf_counter(), 0, 0.0
+                    mid_epoch = progress.step_in_epoch < steps_per_epoch and step < total_steps
+                    if accelerator.sync_gradients and mid_epoch and stop_requested():
+                        progress.epoch_loss_sum = float(epoch_loss)
+                        progress.global_step, progress.last_grad_norm = step, float(grad_norm)
+                        saver(
+                            run_dir / "checkpoints" / "last",
+                            progress=progress,
+                            cfg=cfg,
+                            extra_meta={"num_classes": data.num_classes, "best_source": "raw", "strategy": strategy},
+                            keep=t.keep_last,
                         )
-                logger.log("epoch", step, **record)
-                progress.history.append(record)
-                display.message(_epoch_line(record))
-                _save(
-                    run_dir / "checkpoints" / "last",
-                    raw_model,
-                    ema,
-                    optimizer,
-                    scheduler,
-                    progress,
-                    cfg,
-                    meta,
-                    t.keep_last,
-                )
-    logger.close()
+                        raise _preempted(run_dir, epoch, progress)
+                else:  # the epoch's batches ran out (or max_steps was reached): evaluate and checkpoint
+                    del batches
+                    complete = progress.step_in_epoch == steps_per_epoch
+                    record: dict[str, Any] = {
+                        "epoch": epoch,
+                        "train_loss": float(epoch_loss) / max(progress.epoch_batches, 1),
+                    }
+                    if not complete:
+                        record["partial"] = True  # max_steps ended the run inside this epoch
+                    finished = epoch + 1 == cfg.schedule.epochs or step >= total_steps
+                    progress.global_step, progress.last_grad_norm = step, float(grad_norm)
+                    if complete:
+                        progress.epoch, progress.step_in_epoch = epoch + 1, 0
+                        progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
+                    else:
+                        progress.epoch_loss_sum = float(epoch_loss)
+                    meta: dict[str, Any] = {
+                        "num_classes": data.num_classes,
+                        "best_source": "raw",
+                        "strategy": strategy,
+                    }
+                    if (epoch + 1) % t.eval_every == 0 or finished:
+                        record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
+                        score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
+                        meta["best_source"] = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
+                        if score > progress.best_metric:
+                            progress.best_metric, progress.best_epoch = score, epoch
+                            saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
+                    logger.log("epoch", step, **record)
+                    progress.history.append(record)
+                    display.message(_epoch_line(record))
+                    saver(
+                        run_dir / "checkpoints" / "last", progress=progress, cfg=cfg, extra_meta=meta, keep=t.keep_last
+                    )
+                    epoch = progress.epoch
+                    if not finished and stop_requested():
+                        raise _preempted(run_dir, epoch, progress)
+    finally:
+        logger.close()
 
     wall = time.perf_counter() - start_time
     summary = _summary(progress, wall, images_seen, data, precision, attention, n_params)
     summary |= {"trainable_parameters": n_trainable, "strategy": strategy, "pretrained": cfg.finetune.pretrained}
+    summary["nonfinite"] = {
+        "policy": t.nonfinite,
+        "skipped_updates": progress.nonfinite_skipped,
+        "rollbacks": progress.rollbacks,
+        "lr_factor": progress.lr_factor,
+    }
     if teacher is not None:
         summary["distill"] = {"type": cfg.distill.type, "teacher": teacher.description, "alpha": cfg.distill.alpha}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -384,6 +487,7 @@ def _fit_cached_head(
     run_dir: Path,
     num_classes: int,
     console: Console,
+    saver: Callable[..., None],
 ) -> int:
     """The head strategy with cached features (train.probe): features once, then epochs over the head only."""
     norm = cfg.data.normalization()
@@ -419,21 +523,11 @@ def _fit_cached_head(
         meta = {"num_classes": num_classes, "best_source": "raw", "strategy": "head"}
         if record["val_top1"] > progress.best_metric:
             progress.best_metric, progress.best_epoch = record["val_top1"], epoch
-            _save(run_dir / "checkpoints" / "best", model, None, optimizer, scheduler, progress, cfg, meta)
+            saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
         logger.log("epoch", progress.updates, **record)
         progress.history.append(record)
         console.print(_epoch_line(record), highlight=False)
-        _save(
-            run_dir / "checkpoints" / "last",
-            model,
-            None,
-            optimizer,
-            scheduler,
-            progress,
-            cfg,
-            meta,
-            cfg.train.keep_last,
-        )
+        saver(run_dir / "checkpoints" / "last", progress=progress, cfg=cfg, extra_meta=meta, keep=cfg.train.keep_last)
     return len(train_labels) * progress.epoch
 
 
@@ -510,10 +604,12 @@ def _epoch_line(record: dict[str, Any]) -> str:
 
 def _save(
     folder: Path,
+    *,
     model: torch.nn.Module,
     ema: ModelEmaV3 | None,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    accelerator: Accelerator | None,
     progress: Progress,
     cfg: Recipe,
     extra_meta: dict[str, Any],
@@ -525,22 +621,144 @@ def _save(
         "progress": progress_to_dict(progress),
         "rng": rng_state(),
     }
-    meta = {"model": cfg.model.name, "epoch": progress.epoch, "updates": progress.updates, **extra_meta}
+    if accelerator is not None and accelerator.scaler is not None:  # fp16's loss scale
+        state["scaler"] = accelerator.scaler.state_dict()
+    meta = {
+        "model": cfg.model.name,
+        "epoch": progress.epoch,
+        "step_in_epoch": progress.step_in_epoch,
+        "updates": progress.updates,
+        **extra_meta,
+    }
     save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta, keep)
 
 
 def _restore(
-    folder: Path, model: torch.nn.Module, ema: ModelEmaV3 | None, optimizer: torch.optim.Optimizer, scheduler: Any
+    folder: Path,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    accelerator: Accelerator,
 ) -> Progress:
     # `folder` comes from newest_valid_checkpoint, which has just verified its checksums
-    load_model_state(model, load_weights(folder / "model.safetensors"))
+    load_model_state(model, load_weights(folder / "model.safetensors"), where=str(folder))
     if ema is not None and (folder / "ema.safetensors").exists():
-        load_model_state(ema.module, load_weights(folder / "ema.safetensors"))
+        load_model_state(ema.module, load_weights(folder / "ema.safetensors"), where=str(folder))
     state = load_training_state(folder)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return progress_from_dict(state["progress"])
+
+
+def _set_lr(scheduler: Any, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
+    """The schedule's lr for the next update, times the factor left by non-finite rollbacks."""
+    scheduler.step_update(progress.updates)
+    if progress.lr_factor != 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= progress.lr_factor
+
+
+@dataclass
+class _Snapshot:
+    """A CPU copy of everything a rollback restores (not the RNGs: a replay should not repeat the same draws)."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    progress: Progress
+
+
+def _snapshot(
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+) -> _Snapshot:
+    def cpu(state: Any) -> Any:
+        return copy.deepcopy(
+            {k: cpu(v) for k, v in state.items()}
+            if isinstance(state, dict)
+            else state.detach().to("cpu", copy=True)
+            if isinstance(state, torch.Tensor)
+            else state
+        )
+
+    return _Snapshot(
+        cpu(model.state_dict()),
+        cpu(ema.module.state_dict()) if ema is not None else None,
+        cpu(optimizer.state_dict()),
+        copy.deepcopy(scheduler.state_dict()),
+        copy.deepcopy(progress),
+    )
+
+
+def _rollback(
+    snap: _Snapshot,
+    model: torch.nn.Module,
+    ema: ModelEmaV3 | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    t: Any,
+) -> Progress:
+    """Back to the snapshot; the counters of non-finite events carry on and the lr is lowered."""
+    model.load_state_dict(snap.model)
+    if ema is not None and snap.ema is not None:
+        ema.module.load_state_dict(snap.ema)
+    optimizer.load_state_dict(snap.optimizer)
+    scheduler.load_state_dict(snap.scheduler)
+    restored = copy.deepcopy(snap.progress)
+    restored.rollbacks = progress.rollbacks + 1
+    restored.nonfinite_skipped = progress.nonfinite_skipped
+    restored.nonfinite_in_a_row = 0
+    restored.lr_factor = progress.lr_factor * t.rollback_lr_factor
+    _set_lr(scheduler, optimizer, restored)
+    return restored
+
+
+def _preempted(run_dir: Path, epoch: int, progress: Progress) -> TrainingPreempted:
+    return TrainingPreempted(
+        f"training stopped on request at epoch {epoch}, step {progress.step_in_epoch} of the epoch (update "
+        f"{progress.updates}); a checkpoint was saved. Continue with: vitkit train --resume {run_dir}"
+    )
+
+
+def _diverged(run_dir: Path, step: int, progress: Progress, policy: str) -> TrainingDiverged:
+    why = (
+        "train.nonfinite=stop"
+        if policy == "stop"
+        else f"{progress.nonfinite_in_a_row} non-finite updates in a row or {progress.rollbacks} rollbacks reached "
+        "train.nonfinite_limit"
+    )
+    return TrainingDiverged(
+        f"the loss or the gradients became NaN/inf at step {step} (update {progress.updates}) and training stopped "
+        f"({why}). The checkpoints in {run_dir / 'checkpoints'} are from before and are intact. Lower optim.lr, set "
+        "optim.clip_grad (e.g. 1.0) or use precision bf16/fp32 instead of fp16, then --resume "
+        f"{run_dir} (with --set for the change)."
+    )
+
+
+def _check_disk_space(run_dir: Path, model: torch.nn.Module, has_ema: bool, cfg: Recipe) -> None:
+    """Refuse to start when the run folder's disk cannot hold the checkpoints the run will write."""
+    weights = sum(p.numel() * p.element_size() for p in model_state_dict(model).values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    moments = 2 if cfg.optim.name == "adamw" else 1
+    per_checkpoint = weights * (2 if has_ema else 1) + trainable * moments
+    folders = cfg.train.keep_last + 2  # the kept `last` ones, `best`, and the one being written
+    needed = per_checkpoint * folders
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise VitkitError(
+            f"the disk of {run_dir} has {free / 2**20:.0f} MiB free, but this run's checkpoints need about "
+            f"{needed / 2**20:.0f} MiB ({folders} checkpoints of {per_checkpoint / 2**20:.0f} MiB). Free some "
+            "space, lower train.keep_last, or choose another --out."
+        )
 
 
 def _summary(
