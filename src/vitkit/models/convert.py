@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -16,6 +17,21 @@ import torch
 from vitkit.errors import VitkitError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def safe_torch_load(path: Path, fix: str) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only. Anything else (a pickled object that
+    could run code when loaded, or a damaged file) is refused with a message that names it and says `fix`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # torch's message suggests weights_only=False, which is exactly what must not be done: keep only the culprit
+        culprit = next((line for line in lines if "GLOBAL" in line or "global" in line), lines[0] if lines else "")
+        raise VitkitError(
+            f"{path} was refused: it holds pickled objects other than tensors, which could run code when loaded, "
+            f"or it is damaged ({culprit}). {fix}"
+        ) from None
 
 
 def read_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -30,13 +46,7 @@ def read_state_file(path: Path) -> dict[str, torch.Tensor]:
             raise VitkitError(f"{path} is not a readable .safetensors file ({exc}).") from exc
     if path.suffix not in WEIGHT_SUFFIXES:
         raise VitkitError(f"{path}: unknown weight file type '{path.suffix}'; expected one of {WEIGHT_SUFFIXES}.")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise VitkitError(
-            f"{path} was refused: it holds pickled objects other than tensors, which could run code when loaded "
-            f"({str(exc).splitlines()[0]}). Save the weights with safetensors.torch.save_file."
-        ) from exc
+    loaded = safe_torch_load(path, "Save the weights with safetensors.torch.save_file.")
     for key in ("state_dict", "model", "model_state_dict", "module"):  # common training-checkpoint wrappers
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

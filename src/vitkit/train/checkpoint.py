@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vitkit.errors import VitkitError
+from vitkit.models.convert import safe_torch_load
 from vitkit.models.lora import model_state_dict
 
 
@@ -216,10 +217,8 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     path = folder / "state.pt"
     if not path.exists():
         raise VitkitError(f"{folder} has no state.pt: it is not a resumable vitkit checkpoint.")
-    try:
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickled payload or a damaged file
-        raise VitkitError(f"{path} could not be loaded safely ({exc}). Use a checkpoint written by vitkit.") from exc
+    fix = "vitkit writes no such objects: use another checkpoint of the run (resume picks the newest undamaged one)."
+    state: dict[str, Any] = safe_torch_load(path, fix)
     return state
 
 
