@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
 from vitkit.errors import DataError, MissingExtraError
@@ -22,12 +22,40 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
 
 
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
+
+
+def image_problem(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why the file at `path` cannot be used as an image (missing, empty, not an image, damaged, too large)."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                return (
+                    f"too large: {img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                    f"data.max_image_pixels={max_pixels:,} (a decompression-bomb guard)"
+                )
+            img.load()  # decodes every byte: a truncated file fails here, not at Image.open
+            to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        return f"too large ({exc})"
+    except Image.UnidentifiedImageError:
+        return "not an image (no known image format, whatever the extension says)"
+    except (OSError, ValueError, SyntaxError) as exc:
+        return f"damaged or truncated ({exc})"
+    return None
+
+
 def open_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB; errors name the file."""
+    """Open an image file as RGB (see `to_rgb`), upright per its EXIF orientation; errors name the file."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise DataError(
             f"image file {path} does not exist. Check the path (manifest paths are relative to it)."
@@ -36,13 +64,42 @@ def open_image(path: str | Path) -> Image.Image:
         raise DataError(f"image file {path} could not be read ({exc}). Remove or replace it.") from exc
 
 
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL mode, converted the way a person would expect to see it.
+
+    Grayscale and palette images are expanded; CMYK and other colour spaces converted; transparency is composited
+    over white (dropping alpha would show whatever colour hides under transparent pixels, often black); 16-bit
+    and 32-bit images are scaled to 8 bits (PIL's own conversion clips them, turning most of the image white).
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in _WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        top = values.max(initial=0.0)
+        if img.mode.startswith("I;16"):
+            full = 65535.0
+        elif img.mode == "F":
+            full = 1.0 if top <= 1.0 else 255.0
+        else:  # 32-bit integers: 8- or 16-bit data stored wide (PNG gray 16 may open as "I")
+            full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+        scaled = np.clip(np.round(values * (255.0 / full)), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB")
+    if "A" in img.mode or "a" in img.mode or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def to_pil(item: Any) -> Image.Image:
     """Turn a path, a uint8 array (H, W[, C]) or a PIL image into an RGB PIL image."""
     if isinstance(item, np.ndarray):
-        img = Image.fromarray(item)
-        return img if img.mode == "RGB" else img.convert("RGB")
+        return to_rgb(Image.fromarray(item))
     if isinstance(item, Image.Image):
-        return item if item.mode == "RGB" else item.convert("RGB")
+        return to_rgb(item)
     return open_image(item)
 
 

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from timm.utils import ModelEmaV3
 
 from vitkit.config.loader import load_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
+from vitkit.data.check import BadImage, screen_data
 from vitkit.data.pipeline import (
     BatchAugment,
     ImageDataset,
@@ -191,7 +192,9 @@ def _train(
     device = accelerator.device
 
     # --- data ------------------------------------------------------------------------------------------
-    data = load_data(cfg)
+    data, bad_images = screen_data(load_data(cfg), cfg.data)
+    if bad_images:
+        _report_bad_images(run_dir, bad_images, console)
     teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
     train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
     val_images, _ = maybe_cache(data.val, cfg.data, cfg.model.img_size)
@@ -467,6 +470,13 @@ def _train(
         "rollbacks": progress.rollbacks,
         "lr_factor": progress.lr_factor,
     }
+    if bad_images:
+        summary["bad_images"] = {
+            "skipped": len(bad_images),
+            "train": sum(b.split == "train" for b in bad_images),
+            "val": sum(b.split == "val" for b in bad_images),
+            "list": "bad_images.jsonl",
+        }
     if teacher is not None:
         summary["distill"] = {"type": cfg.distill.type, "teacher": teacher.description, "alpha": cfg.distill.alpha}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -554,6 +564,18 @@ def _evaluate(
             if head in outputs:
                 out[f"{prefix}val_top1_{head}"] = run_evaluators(outputs[head], labels)["accuracy.top1"]
     return out
+
+
+def _report_bad_images(run_dir: Path, bad: list[BadImage], console: Console) -> None:
+    """Name the skipped files on the console and list them all, with reasons, in RUN/bad_images.jsonl."""
+    (run_dir / "bad_images.jsonl").write_text("".join(json.dumps(asdict(b)) + "\n" for b in bad))
+    console.print(
+        f"[yellow]warning:[/yellow] skipping {len(bad)} unreadable image files (data.bad_images=skip; all listed "
+        f"in {run_dir / 'bad_images.jsonl'}):",
+        highlight=False,
+    )
+    for b in bad[:5]:
+        console.print(f"  {b.path}: {b.reason}", highlight=False)
 
 
 def _check_distill_settings(cfg: Recipe) -> None:

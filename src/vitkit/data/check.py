@@ -1,0 +1,117 @@
+"""Checks made on a dataset before any compute: unreadable image files and inconsistent classes.
+
+Every image file is opened and decoded once, in threads. A bad file is either skipped (and listed) or stops
+the run before training, per `data.bad_images`; class problems always stop it, with a message saying which
+classes and where.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitkit.config.schema import DataConfig
+from vitkit.data.sources import DataSplits, ImageSet, image_problem
+from vitkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class BadImage:
+    path: str
+    split: str
+    reason: str
+
+
+def _is_file_list(images: ImageSet) -> bool:
+    return not isinstance(images.items, np.ndarray) and len(images) > 0 and isinstance(images.items[0], (str, Path))
+
+
+def find_bad_images(images: ImageSet, split: str, max_pixels: int, threads: int | None = None) -> list[BadImage]:
+    """Every file of `images` that cannot be decoded to RGB; arrays and in-memory images need no check."""
+    if not _is_file_list(images):
+        return []
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        problems = list(pool.map(lambda path: image_problem(path, max_pixels), images.items))
+    return [BadImage(str(p), split, why) for p, why in zip(images.items, problems, strict=True) if why is not None]
+
+
+def _without(images: ImageSet, bad: list[BadImage]) -> ImageSet:
+    drop = {b.path for b in bad}
+    keep = np.asarray([i for i, item in enumerate(images.items) if str(item) not in drop], dtype=np.int64)
+    return images.subset(keep)
+
+
+def apply_class_list(splits: DataSplits, classes: list[str]) -> DataSplits:
+    """Relabel both splits to `classes` (data.classes): its order gives the label numbers; a label not in it is
+    an error that names the label and an example image."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in splits.classes if name not in index]
+    for split, images in (("train", splits.train), ("val", splits.val)):
+        for name in unknown:
+            where = np.flatnonzero(images.labels == splits.classes.index(name))
+            if len(where):
+                example = images.items[int(where[0])] if _is_file_list(images) else f"item {int(where[0])}"
+                raise DataError(
+                    f"label '{name}' ({len(where)} {split} images, e.g. {example}) is not in data.classes {classes}. "
+                    "Add it to data.classes, or remove or relabel those images."
+                )
+    mapping = np.asarray([index.get(name, -1) for name in splits.classes], dtype=np.int64)
+
+    def relabel(images: ImageSet) -> ImageSet:
+        return ImageSet(images.items, mapping[images.labels], images.groups)
+
+    return DataSplits(relabel(splits.train), relabel(splits.val), list(classes), splits.description, splits.notes)
+
+
+def check_class_sets(splits: DataSplits) -> None:
+    """Every class has training images, labels fit the class list, and train and val cover the same classes."""
+    n = splits.num_classes
+    for split, images in (("train", splits.train), ("val", splits.val)):
+        outside = sorted({int(v) for v in images.labels if v < 0 or v >= n})
+        if outside:
+            raise DataError(
+                f"{split} labels {outside[:10]} are outside the {n} classes {splits.classes[:10]}. Give the full "
+                "class list (data.classes, or an .npz 'classes' array) or fix the labels."
+            )
+    train_counts = np.bincount(splits.train.labels, minlength=n)
+    val_counts = np.bincount(splits.val.labels, minlength=n)
+    empty = [c for c, k in zip(splits.classes, train_counts, strict=True) if k == 0]
+    if empty:
+        raise DataError(f"classes with no training images: {empty}. Add images, or remove them from the class list.")
+    no_val = [c for c, k in zip(splits.classes, val_counts, strict=True) if k == 0]
+    if no_val and len(splits.val):
+        raise DataError(
+            f"train and val have different class sets: val has no images of {no_val}. Add val images of those "
+            "classes (or give each class at least 2 images, so the automatic split holds one out)."
+        )
+
+
+def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[BadImage]]:
+    """The checks before training: class list, unreadable files (skipped or fatal per data.bad_images), classes."""
+    if cfg.classes:
+        splits = apply_class_list(splits, cfg.classes)
+    bad = find_bad_images(splits.train, "train", cfg.max_image_pixels)
+    bad += find_bad_images(splits.val, "val", cfg.max_image_pixels)
+    if bad and cfg.bad_images == "fail":
+        listing = "\n".join(f"  {b.path}: {b.reason}" for b in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{len(bad)} image files cannot be used (data.bad_images=fail):\n{listing}{more}\nRemove or replace "
+            "them, or set data.bad_images=skip to train without them."
+        )
+    if bad:
+        train_bad = [b for b in bad if b.split == "train"]
+        splits = DataSplits(
+            _without(splits.train, train_bad),
+            _without(splits.val, [b for b in bad if b.split == "val"]),
+            splits.classes,
+            splits.description,
+            splits.notes,
+        )
+    check_class_sets(splits)
+    return splits, bad
