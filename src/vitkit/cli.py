@@ -90,6 +90,13 @@ def train(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            help="Deterministic algorithms only, everything seeded: two runs write identical metrics.jsonl "
+            "(bitwise on CPU; see docs/guide.md for GPUs). Sets train.deterministic."
+        ),
+    ] = False,
 ) -> None:
     """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary."""
     from vitkit.train.checkpoint import newest_valid_checkpoint
@@ -105,6 +112,8 @@ def train(
             console.print(f"--resume auto: no checkpoint in {run_dir} yet, starting the run", highlight=False)
             overwrite = overwrite or (run_dir / "recipe.yaml").exists()  # only ever replace a vitkit run folder
             resume = None
+    if deterministic:
+        set_ = [*(set_ or []), "train.deterministic=true"]
     if resume is not None:
         cfg = resume_recipe(Path(resume), list(set_ or []))
         result = run_training(cfg, Path(resume), resume=True, console=console)
@@ -295,7 +304,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except VitkitError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        label = "[bold yellow]stopped:[/bold yellow]" if exc.exit_code != 2 else "[bold red]error:[/bold red]"
+        Console(stderr=True).print(f"{label} {exc}", highlight=False)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted", highlight=False)

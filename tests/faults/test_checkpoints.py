@@ -175,3 +175,23 @@ def test_resume_auto_starts_then_continues_the_same_command(tmp_path: Path):
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout
     assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1]
+
+
+def test_best_is_chosen_by_the_recipes_metric(tmp_path: Path):
+    result = train(tiny_recipe(*THREE_EPOCHS, "train.best_metric=val_loss"), tmp_path / "run", console=QUIET)
+    history = read_metrics(tmp_path / "run" / "metrics.jsonl", "epoch")
+    losses = [min(e["val_loss"], e["ema_val_loss"]) for e in history]
+    best = losses.index(min(losses))
+    assert result.summary["best"] == {"metric": "val_loss", "value": min(losses), "epoch": best}
+    meta = _meta(tmp_path / "run" / "checkpoints" / "best")
+    assert meta["epoch"] == best + 1
+    assert meta["best_source"] == ("ema" if history[best]["ema_val_loss"] < history[best]["val_loss"] else "raw")
+
+
+def test_top5_on_five_classes_or_fewer_is_refused_before_training(tmp_path: Path):
+    from tests.conftest import write_image_folder
+
+    data = write_image_folder(tmp_path / "data")  # 3 classes
+    with pytest.raises(VitkitError, match=r"val_top5 needs more than 5 classes \(the data has 3"):
+        train(tiny_recipe("train.best_metric=val_top5", f"data.source={data}"), tmp_path / "run", console=QUIET)
+    assert not (tmp_path / "run" / "checkpoints").exists()

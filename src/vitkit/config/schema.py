@@ -146,6 +146,11 @@ class TrainConfig(Section):
     keep_last: int = Field(
         2, ge=1, description="Checkpoints kept besides best: checkpoints/last, last.1, ... (resume skips damaged ones)."
     )
+    best_metric: Literal["val_top1", "val_top5", "val_loss"] = Field(
+        "val_top1",
+        description="What checkpoints/best is chosen by (raw or EMA model, whichever is better); val_loss is "
+        "minimised, accuracies maximised.",
+    )
     deterministic: bool = Field(
         False,
         description="Deterministic algorithms only (torch.use_deterministic_algorithms); with the seeds, two runs "

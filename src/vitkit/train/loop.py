@@ -195,6 +195,11 @@ def _train(
     data, bad_images = screen_data(load_data(cfg), cfg.data)
     if bad_images:
         _report_bad_images(run_dir, bad_images, console)
+    if t.best_metric == "val_top5" and data.num_classes <= 5:
+        raise VitkitError(
+            f"train.best_metric=val_top5 needs more than 5 classes (the data has {data.num_classes}, so top-5 is "
+            "always 100%). Use val_top1 or val_loss."
+        )
     teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
     train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
     val_images, _ = maybe_cache(data.val, cfg.data, cfg.model.img_size)
@@ -444,9 +449,8 @@ def _train(
                     }
                     if (epoch + 1) % t.eval_every == 0 or finished:
                         record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
-                        score = max(record["val_top1"], record.get("ema_val_top1", -1.0))
-                        meta["best_source"] = "ema" if record.get("ema_val_top1", -1.0) > record["val_top1"] else "raw"
-                        if score > progress.best_metric:
+                        score, meta["best_source"] = best_of(record, t.best_metric)
+                        if improves(score, progress, t.best_metric):
                             progress.best_metric, progress.best_epoch = score, epoch
                             saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
                     logger.log("epoch", step, **record)
@@ -462,7 +466,7 @@ def _train(
         logger.close()
 
     wall = time.perf_counter() - start_time
-    summary = _summary(progress, wall, images_seen, data, precision, attention, n_params)
+    summary = _summary(progress, wall, images_seen, data, precision, attention, n_params, t.best_metric)
     summary |= {"trainable_parameters": n_trainable, "strategy": strategy, "pretrained": cfg.finetune.pretrained}
     summary["nonfinite"] = {
         "policy": t.nonfinite,
@@ -531,8 +535,9 @@ def _fit_cached_head(
         progress.epoch = epoch + 1
         record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}
         meta = {"num_classes": num_classes, "best_source": "raw", "strategy": "head"}
-        if record["val_top1"] > progress.best_metric:
-            progress.best_metric, progress.best_epoch = record["val_top1"], epoch
+        score, _ = best_of(record, cfg.train.best_metric)
+        if improves(score, progress, cfg.train.best_metric):
+            progress.best_metric, progress.best_epoch = score, epoch
             saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
         logger.log("epoch", progress.updates, **record)
         progress.history.append(record)
@@ -564,6 +569,22 @@ def _evaluate(
             if head in outputs:
                 out[f"{prefix}val_top1_{head}"] = run_evaluators(outputs[head], labels)["accuracy.top1"]
     return out
+
+
+def best_of(record: dict[str, Any], metric: str) -> tuple[float, str]:
+    """The better of the raw and the EMA model's value of `metric` in an epoch record, and which one it is."""
+    raw, ema = record[metric], record.get(f"ema_{metric}")
+    if ema is None:
+        return raw, "raw"
+    ema_better = ema < raw if metric == "val_loss" else ema > raw
+    return (ema, "ema") if ema_better else (raw, "raw")
+
+
+def improves(score: float, progress: Progress, metric: str) -> bool:
+    """Whether `score` beats the best so far (none yet: it does); val_loss is minimised, accuracies maximised."""
+    if progress.best_epoch < 0:
+        return True
+    return score < progress.best_metric if metric == "val_loss" else score > progress.best_metric
 
 
 def _report_bad_images(run_dir: Path, bad: list[BadImage], console: Console) -> None:
@@ -791,12 +812,16 @@ def _summary(
     precision: str,
     attention: str,
     n_params: int,
+    best_metric: str,
 ) -> dict[str, Any]:
     last = progress.history[-1] if progress.history else {}
     return {
         "epochs": progress.epoch,
         "updates": progress.updates,
-        "best_val_top1": progress.best_metric,
+        "best_val_top1": max(
+            (max(r.get("val_top1", -1.0), r.get("ema_val_top1", -1.0)) for r in progress.history), default=-1.0
+        ),
+        "best": {"metric": best_metric, "value": progress.best_metric, "epoch": progress.best_epoch},
         "best_epoch": progress.best_epoch,
         "final": last,
         "wall_seconds": wall,
