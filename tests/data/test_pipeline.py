@@ -141,13 +141,24 @@ def test_augmentations_depend_on_the_position_alone_so_a_loader_can_start_mid_ep
 def test_per_image_seeding_leaves_the_callers_rngs_untouched():
     import random
 
-    from vitkit.data.pipeline import seeded_rngs
+    from vitkit.data.pipeline import preserved_rngs, seed_rngs
 
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     expected = (random.random(), np.random.rand(), torch.rand(1))
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    with seeded_rngs(99):
+    with preserved_rngs():
+        seed_rngs(99)
         inside = (random.random(), np.random.rand(), torch.rand(1))
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
-    with seeded_rngs(99):
-        assert (random.random(), np.random.rand(), torch.rand(1)) == inside
+    seed_rngs(99)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == inside
+
+
+def test_sample_seeds_are_distinct_across_positions_epochs_and_runs():
+    from vitkit.data.pipeline import sample_seed
+
+    seeds = {sample_seed(s, e, p) for s in range(3) for e in range(4) for p in range(500)}
+    assert len(seeds) == 3 * 4 * 500
+    assert all(0 <= x < 2**63 for x in seeds)
+    low_bits = np.asarray([x & 1 for x in seeds])
+    assert 0.45 < low_bits.mean() < 0.55  # well mixed, not counting up
