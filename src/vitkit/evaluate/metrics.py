@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
 
+from vitkit.evaluate.calibration import prediction_entropy
+
 
 class Evaluator(Protocol):
     name: str
@@ -30,7 +32,7 @@ class AccuracyEvaluator:
 
 
 class CalibrationEvaluator:
-    """Mean confidence, ECE (15 equal-width bins) and MCE, through torchmetrics."""
+    """Mean confidence, mean prediction entropy, ECE (15 equal-width bins) and MCE (through torchmetrics)."""
 
     name = "calibration"
 
@@ -41,6 +43,7 @@ class CalibrationEvaluator:
         probs = logits.softmax(dim=1)
         n = logits.shape[1]
         yield "mean_confidence", float(probs.max(dim=1).values.mean())
+        yield "mean_entropy", float(prediction_entropy(probs).mean())
         yield "ece", float(multiclass_calibration_error(probs, labels, n, n_bins=self.bins, norm="l1"))
         yield "mce", float(multiclass_calibration_error(probs, labels, n, n_bins=self.bins, norm="max"))
 
