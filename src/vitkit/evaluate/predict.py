@@ -62,16 +62,3 @@ def predict_outputs(
     model.train(was_training)
     outputs = {"logits": torch.cat(all_logits)} | {k: torch.cat(v) for k, v in heads.items() if v}
     return outputs, torch.cat(all_labels)
-
-
-def predict(
-    model: nn.Module,
-    loader: Any,
-    device: torch.device,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, on CPU) and labels for every batch of uint8 images in `loader`."""
-    outputs, labels = predict_outputs(model, loader, device, mean, std, autocast_dtype)
-    return outputs["logits"], labels

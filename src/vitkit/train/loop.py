@@ -293,6 +293,7 @@ def _train(
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
     display = TrainDisplay(total_steps, console, t.log_every)
     strategy = cfg.finetune.strategy
+    run_meta = {"num_classes": data.num_classes, "strategy": strategy}  # every checkpoint's meta.json has these
     saver = partial(_save, model=raw_model, ema=ema, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
     try:
         if cfg.finetune.cache_features:
@@ -422,7 +423,7 @@ def _train(
                             run_dir / "checkpoints" / "last",
                             progress=progress,
                             cfg=cfg,
-                            extra_meta={"num_classes": data.num_classes, "best_source": "raw", "strategy": strategy},
+                            extra_meta={**run_meta, "best_source": "raw"},
                             keep=t.keep_last,
                         )
                         raise _preempted(run_dir, epoch, progress)
@@ -442,11 +443,7 @@ def _train(
                         progress.epoch_loss_sum, progress.epoch_batches = 0.0, 0
                     else:
                         progress.epoch_loss_sum = float(epoch_loss)
-                    meta: dict[str, Any] = {
-                        "num_classes": data.num_classes,
-                        "best_source": "raw",
-                        "strategy": strategy,
-                    }
+                    meta: dict[str, Any] = {**run_meta, "best_source": "raw"}
                     if (epoch + 1) % t.eval_every == 0 or finished:
                         record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
                         score, meta["best_source"] = best_of(record, t.best_metric)
@@ -723,14 +720,14 @@ def _snapshot(
     scheduler: Any,
     progress: Progress,
 ) -> _Snapshot:
-    def cpu(state: Any) -> Any:
-        return copy.deepcopy(
-            {k: cpu(v) for k, v in state.items()}
-            if isinstance(state, dict)
-            else state.detach().to("cpu", copy=True)
-            if isinstance(state, torch.Tensor)
-            else state
-        )
+    def cpu(state: Any) -> Any:  # each tensor copied once, to CPU; containers rebuilt around the copies
+        if isinstance(state, torch.Tensor):
+            return state.detach().to("cpu", copy=True)
+        if isinstance(state, dict):
+            return {k: cpu(v) for k, v in state.items()}
+        if isinstance(state, (list, tuple)):
+            return type(state)(cpu(v) for v in state)
+        return copy.deepcopy(state)
 
     return _Snapshot(
         cpu(model.state_dict()),

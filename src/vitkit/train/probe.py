@@ -16,7 +16,7 @@ from torch import nn
 
 from vitkit.data.pipeline import smooth_targets
 from vitkit.evaluate.metrics import run_evaluators
-from vitkit.evaluate.predict import predict
+from vitkit.evaluate.predict import predict_outputs
 
 
 class PooledFeatures(nn.Module):
@@ -36,7 +36,8 @@ def extract_features(
     """Pooled features (float32) and labels of every image in `loader`, with the backbone in eval mode; both are
     returned on `device`, where the head trains on them every epoch."""
     with torch.inference_mode():
-        feats, labels = predict(PooledFeatures(model), loader, device, *norm, amp)
+        outputs, labels = predict_outputs(PooledFeatures(model), loader, device, *norm, amp)
+        feats = outputs["logits"]  # the pooled features: what PooledFeatures returns
     return feats.to(device).clone(), labels.to(device).clone()  # clone: leave inference mode
 
 
