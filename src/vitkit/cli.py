@@ -130,52 +130,101 @@ def train(
             cfg.distill.type = "hard"
             console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
-    _evaluate_and_print(result.run_dir)
+    from vitkit.evaluate.registry import TRAINING_END
+    from vitkit.evaluate.run import evaluate_run
+
+    doc, folder = evaluate_run(result.run_dir, only=TRAINING_END)
+    _print_evaluation(doc, folder)
 
 
-def _evaluate_and_print(run_dir: Path, data: str | None = None) -> dict[str, Any]:
-    from vitkit.evaluate.run import evaluate_model, load_run_model
-    from vitkit.train.loop import load_data
+def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
+    from vitkit.evaluate.report import format_value, label
 
-    model, cfg, info = load_run_model(run_dir)
-    if data is not None:
-        cfg.data.source = data
-    splits = load_data(cfg)
-    metrics = evaluate_model(model, cfg, splits.val)
-    report = {"run": str(run_dir), "data": splits.description, "checkpoint": info, "metrics": metrics}
-    (run_dir / "eval.json").write_text(json.dumps(report, indent=2))
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-
-    table = Table(title=f"vitkit — {run_dir}")
+    table = Table(title=f"vitkit — {doc['run']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("data", splits.description)
-    table.add_row("checkpoint", f"{info['checkpoint']} ({info['weights']}, epoch {info.get('epoch')})")
-    for key in ("accuracy.top1", "accuracy.top5"):
-        if key in metrics:
-            table.add_row(f"val {key.split('.')[1]}", f"{metrics[key]:.2%}")
-    for head in ("cls_head", "dist_head"):  # a distilled DeiT: the averaged heads above, each head here
-        if f"{head}.accuracy.top1" in metrics:
-            table.add_row(f"val top1, {head.replace('_', ' ')} only", f"{metrics[f'{head}.accuracy.top1']:.2%}")
-    table.add_row("val NLL", f"{metrics['accuracy.nll']:.4f}")
-    table.add_row("ECE (15 bins)", f"{metrics['calibration.ece']:.4f}")
-    table.add_row("mean confidence", f"{metrics['calibration.mean_confidence']:.2%}")
-    if summary:
+    table.add_row("data", f"{doc['data']} ({doc['images']} images)")
+    checkpoint = doc["checkpoint"]
+    table.add_row(
+        "checkpoint", f"{checkpoint['checkpoint']} ({checkpoint['weights']}, epoch {checkpoint.get('epoch')})"
+    )
+    for name, results in doc["results"].items():
+        for key, value in results.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                table.add_row(f"{name} · {label(key)}", format_value(key, value))
+            elif key in {"skipped", "gap_skipped", "temperature_skipped"}:
+                table.add_row(f"{name} · {label(key)}", str(value))
+    summary_path = Path(doc["run"]) / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
         table.add_row("chance level", f"{1 / summary['num_classes']:.2%}")
         table.add_row("train time", f"{summary['wall_seconds']:.0f} s ({summary['train_images_per_second']:.0f} img/s)")
         table.add_row("precision / attention", f"{summary['precision']} / {summary['attention']}")
     console.print(table)
-    console.print(f"run folder: {run_dir.resolve()}", highlight=False)
-    return report
+    for name, results in doc["results"].items():
+        for flag in results.get("flags", []):
+            console.print(f"[yellow]flag[/yellow] {name}: {escape(flag)}")
+    console.print(f"report: {(out / 'report.html').resolve()}", highlight=False)
+    console.print(f"run folder: {Path(doc['run']).resolve()}", highlight=False)
 
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train.")],
+    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train, or one of its checkpoints.")],
     data: Annotated[str | None, typer.Option(help="Evaluate on this data's val split (default: the run's).")] = None,
+    groups: Annotated[
+        str | None, typer.Option(help="Fairness: the column of a CSV manifest (--data) that names each image's group.")
+    ] = None,
+    shift_data: Annotated[
+        str | None, typer.Option(help="Robustness: a shifted dataset with the same classes, evaluated whole.")
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Run only these evaluators, e.g. calibration,attention (of accuracy, calibration, "
+            "attention, robustness, fairness, efficiency)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for metrics.json and report.html (default RUN/eval).")
+    ] = None,
 ) -> None:
-    """Evaluate a run's best checkpoint (accuracy and calibration); writes eval.json into the run folder."""
-    _evaluate_and_print(run, data)
+    """Evaluate a run beyond top-1: accuracy, calibration, attention, robustness, fairness and efficiency. Writes
+    metrics.json and a self-contained report.html, and saves the fitted temperature for vitkit predict."""
+    from vitkit.evaluate.run import evaluate_run
+
+    with console.status("evaluating"):
+        doc, folder = evaluate_run(run, data=data, groups=groups, shift_data=shift_data, only=only, out=out)
+    _print_evaluation(doc, folder)
+
+
+@app.command()
+def report(
+    metrics: Annotated[Path, typer.Argument(help="A metrics.json written by vitkit evaluate.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: report.html next to it).")] = None,
+) -> None:
+    """Render report.html again from metrics.json, without recomputing anything."""
+    from vitkit.evaluate.report import rerender
+
+    console.print(f"report: {rerender(metrics, out).resolve()}", highlight=False)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    top: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+) -> None:
+    """Classify image files with a run's model. Probabilities use the temperature vitkit evaluate fitted for that
+    checkpoint, when there is one, so a printed 90% means right about 90% of the time."""
+    from vitkit.evaluate.predict import predict_files
+
+    result = predict_files(run, images, top=top)
+    note = f"temperature {result.temperature:.3f}" if result.temperature else "no fitted temperature: raw softmax"
+    console.print(f"{len(images)} images, {note}", highlight=False)
+    for path, guesses in zip(images, result.top, strict=True):
+        shown = ", ".join(f"{name} {p:.1%}" for name, p in guesses)
+        console.print(f"{path}: {escape(shown)}", highlight=False)
 
 
 @app.command("merge-lora")

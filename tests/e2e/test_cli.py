@@ -60,15 +60,17 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path):
     run = tmp_path / "cli-run"
     out = vitkit("train", "--recipe", "quickstart", "--out", str(run), *sets)
     assert out.returncode == 0, out.stderr
-    assert "run folder:" in out.stdout and "val top1" in out.stdout
-    report = json.loads((run / "eval.json").read_text())
-    assert 0.0 <= report["metrics"]["accuracy.top1"] <= 1.0 and report["metrics"]["images"] == 40
-    assert "calibration.ece" in report["metrics"]
+    assert "run folder:" in out.stdout and "accuracy · top-1" in out.stdout
+    # the short evaluation at the end of training: accuracy and calibration only, with its report
+    report = json.loads((run / "eval" / "metrics.json").read_text())
+    assert list(report["results"]) == ["accuracy", "calibration"] and report["images"] == 40
+    assert 0.0 <= report["results"]["accuracy"]["top1"] <= 1.0 and "ece" in report["results"]["calibration"]
+    assert (run / "eval" / "report.html").stat().st_size > 10_000
     # not a terminal: plain progress lines instead of a live bar
     assert "epoch 1 step" in out.stdout
-    again = vitkit("evaluate", str(run))
+    again = vitkit("evaluate", str(run), "--only", "accuracy,calibration")
     assert again.returncode == 0
-    assert json.loads((run / "eval.json").read_text())["metrics"] == report["metrics"]
+    assert json.loads((run / "eval" / "metrics.json").read_text())["results"] == report["results"]
 
 
 def test_recipe_reference_in_docs_is_generated_from_the_schema():

@@ -28,8 +28,8 @@ def test_cnn_teacher_then_distilled_deit_from_the_command_line(tmp_path: Path):
     printed = " ".join(student.stdout.split())  # rich wraps lines at the terminal width
     assert "teacher:" in printed and "hard distillation on distillation token" in printed
     assert "dist head only" in printed
-    metrics = json.loads((run / "eval.json").read_text())["metrics"]
-    assert {"accuracy.top1", "cls_head.accuracy.top1", "dist_head.accuracy.top1"} <= metrics.keys()
+    accuracy = json.loads((run / "eval" / "metrics.json").read_text())["results"]["accuracy"]
+    assert {"top1", "top1_cls_head", "top1_dist_head"} <= accuracy.keys()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["distill"]["type"] == "hard" and str((tmp_path / "t").resolve()) in summary["distill"]["teacher"]
 

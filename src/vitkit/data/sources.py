@@ -211,8 +211,9 @@ def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:
 # --- CSV manifests -----------------------------------------------------------------------------------------
 
 
-def load_manifest(path: Path, val_fraction: float, seed: int) -> DataSplits:
-    """CSV with columns path,label and optional group and split (train/val); paths are relative to the CSV."""
+def load_manifest(path: Path, val_fraction: float, seed: int, group_column: str | None = None) -> DataSplits:
+    """CSV with columns path,label and optional split (train/val) and group column (`group` unless named);
+    paths are relative to the CSV."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns = set(reader.fieldnames or [])
@@ -225,7 +226,10 @@ def load_manifest(path: Path, val_fraction: float, seed: int) -> DataSplits:
     index = {c: i for i, c in enumerate(classes)}
     paths = [(path.parent / r["path"]) if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
     labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
-    groups = [r.get("group", "") for r in rows] if "group" in columns else None
+    if group_column is not None and group_column not in columns:
+        raise DataError(f"{path}: no column '{group_column}' for the groups (columns: {sorted(columns)}).")
+    group_column = group_column or "group"
+    groups = [r.get(group_column, "") for r in rows] if group_column in columns else None
     full = ImageSet(paths, labels, groups)
     if "split" in columns:
         splits = np.asarray([r["split"].strip().lower() for r in rows])
@@ -386,12 +390,15 @@ def load_source(
     seed: int = 0,
     img_size: int = 32,
     synthetic_sizes: tuple[int, int] = (6000, 1000),
+    group_column: str | None = None,
 ) -> DataSplits:
-    """Turn a `--data` string into train/val splits."""
+    """Turn a `--data` string into train/val splits (with group names from a manifest's `group_column`)."""
     if not source:
         raise DataError(
             "no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|torchvision:NAME|builtin:shapes."
         )
+    if group_column is not None and not source.lower().endswith(".csv"):
+        raise DataError(f"groups come from a CSV manifest's column, and --data {source} is not a .csv manifest.")
     if source.startswith("builtin:"):
         if source != "builtin:shapes":
             raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
@@ -408,5 +415,5 @@ def load_source(
             return load_arrays(path, val_fraction, seed)
         if path.suffix.lower() != ".csv":
             raise DataError(f"--data {source}: a file must be a CSV manifest (path,label[,group][,split]) or .npz.")
-        return load_manifest(path, val_fraction, seed)
+        return load_manifest(path, val_fraction, seed, group_column)
     return load_folder(path, val_fraction, seed)

@@ -1,15 +1,20 @@
-"""Confidence and calibration as pure functions of (probabilities or logits, labels).
+"""Confidence and calibration: pure functions of (probabilities or logits, labels), and the evaluator.
 
-ECE and MCE themselves come from torchmetrics (`evaluate.metrics`); this module adds what a reliability
-diagram, temperature scaling and a coverage table need, in forms a report can draw.
+ECE and MCE themselves come from torchmetrics; the functions here add what a reliability diagram, temperature
+scaling and a coverage table need, in forms a report can draw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from vitkit.evaluate.context import EvalContext, Value
+from vitkit.evaluate.images import thumbnail_uri
 
 
 def prediction_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -89,3 +94,70 @@ def coverage_at_thresholds(probs: torch.Tensor, labels: torch.Tensor, thresholds
         accuracy = float(correct[answered].float().mean()) if n else float("nan")
         points.append(CoveragePoint(t, n / max(len(labels), 1), accuracy))
     return points
+
+
+def _split_for_temperature(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (fit, judge) index split of the evaluation set: the temperature is never judged on its own data."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = round(n * fraction)
+    return order[:cut], order[cut:]
+
+
+MIN_IMAGES_FOR_TEMPERATURE = 20
+
+
+class CalibrationEvaluator:
+    """Confidence and calibration: mean confidence and entropy, ECE/MCE (torchmetrics), the reliability diagram,
+    temperature scaling fitted on a held-out part, coverage at confidence thresholds and the most confidently
+    wrong examples."""
+
+    name = "calibration"
+
+    def __call__(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        if ctx.task == "multilabel":
+            yield "skipped", "confidence calibration is measured for single-label tasks"
+            return
+        s = ctx.settings
+        logits, labels, n = ctx.logits, ctx.labels, ctx.logits.shape[1]
+        probs = logits.softmax(dim=1)
+        yield "mean_confidence", float(probs.max(dim=1).values.mean())
+        yield "mean_entropy", float(prediction_entropy(probs).mean())
+        yield "ece", float(multiclass_calibration_error(probs, labels, n, n_bins=s.bins, norm="l1"))
+        yield "mce", float(multiclass_calibration_error(probs, labels, n, n_bins=s.bins, norm="max"))
+        yield "reliability", asdict(reliability_bins(probs, labels, s.bins))
+        yield from self._temperature(ctx)
+        points = coverage_at_thresholds(probs, labels, list(s.thresholds))
+        yield "coverage", [asdict(p) for p in points]
+        yield from self._confidently_wrong(ctx, probs)
+
+    def _temperature(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        s, logits, labels, n = ctx.settings, ctx.logits, ctx.labels, ctx.logits.shape[1]
+        if len(labels) < MIN_IMAGES_FOR_TEMPERATURE:
+            yield "temperature_skipped", f"needs at least {MIN_IMAGES_FOR_TEMPERATURE} images, has {len(labels)}"
+            return
+        fit, judge = _split_for_temperature(len(labels), s.held_out_fraction, s.seed)
+        t = fit_temperature(logits[fit], labels[fit])
+        yield "temperature", t
+        yield "temperature_fit_images", len(fit)
+        for name, scaled in (("before", logits[judge]), ("after", logits[judge] / t)):
+            p = scaled.softmax(dim=1)
+            yield f"ece_{name}_scaling", float(multiclass_calibration_error(p, labels[judge], n, n_bins=s.bins))
+            yield f"nll_{name}_scaling", float(F.cross_entropy(scaled, labels[judge]))
+
+    def _confidently_wrong(self, ctx: EvalContext, probs: torch.Tensor) -> Iterator[tuple[str, Value]]:
+        confidence, predicted = probs.max(dim=1)
+        wrong = torch.nonzero(predicted != ctx.labels).flatten()
+        wrong = wrong[confidence[wrong].argsort(descending=True)][: ctx.settings.wrong_examples]
+        names = ctx.class_names
+        examples = []
+        for i in wrong.tolist():
+            example: dict[str, Value] = {
+                "index": i,
+                "true": names[int(ctx.labels[i])],
+                "predicted": names[int(predicted[i])],
+                "confidence": float(confidence[i]),
+            }
+            if ctx.images is not None:
+                example["image"] = thumbnail_uri(ctx.images.items[i])
+            examples.append(example)
+        yield "confidently_wrong", examples

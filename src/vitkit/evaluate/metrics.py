@@ -1,58 +1,126 @@
-"""Evaluators: plug-ins that turn (logits, labels) into named values. Reports render only what they yield."""
+"""Accuracy: top-1/top-5, per-class precision/recall/F1, confusion matrix and NLL for single-label tasks; AUROC,
+average precision and sensitivity/specificity at a threshold for binary and multi-label ones (torchmetrics)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_recall,
+    binary_roc,
+    binary_specificity,
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_precision,
+    multiclass_recall,
+    multilabel_auroc,
+    multilabel_average_precision,
+    multilabel_exact_match,
+    multilabel_f1_score,
+    multilabel_precision,
+    multilabel_recall,
+    multilabel_specificity,
+)
 
-from vitkit.evaluate.calibration import prediction_entropy
+from vitkit.evaluate.context import EvalContext, Evaluator, Value
+
+CURVE_POINTS = 101  # ROC curves are thinned to about this many points for the report
 
 
-class Evaluator(Protocol):
-    name: str
+def topk_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[str, float]]:
+    """Top-1, top-5 (when there are more than 5 classes) and NLL: what training reports each epoch."""
+    num_classes = logits.shape[1]
+    yield "top1", float(multiclass_accuracy(logits, labels, num_classes, average="micro"))
+    if num_classes > 5:
+        yield "top5", float(multiclass_accuracy(logits, labels, num_classes, top_k=5, average="micro"))
+    yield "nll", float(F.cross_entropy(logits, labels))
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[str, float]]: ...
+
+def _thin(curve: torch.Tensor) -> list[float]:
+    step = max(1, len(curve) // CURVE_POINTS)
+    return [round(float(v), 5) for v in torch.cat([curve[::step], curve[-1:]])]
+
+
+def per_class_table(names: list[str], support: torch.Tensor, **columns: torch.Tensor) -> list[dict[str, Value]]:
+    """One row per class: its name, each metric column and its support (images, or positives for multi-label)."""
+    return [
+        {"class": name, **{k: float(v[i]) for k, v in columns.items()}, "support": int(support[i])}
+        for i, name in enumerate(names)
+    ]
 
 
 class AccuracyEvaluator:
-    """Top-1, top-5 (micro-averaged, through torchmetrics) and the negative log-likelihood."""
-
     name = "accuracy"
 
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[str, float]]:
-        num_classes = logits.shape[1]
-        yield "top1", float(multiclass_accuracy(logits, labels, num_classes, average="micro"))
-        if num_classes > 5:
-            yield "top5", float(multiclass_accuracy(logits, labels, num_classes, top_k=5, average="micro"))
-        yield "nll", float(F.cross_entropy(logits, labels))
+    def __call__(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        if ctx.task == "multilabel":
+            yield from self._multilabel(ctx)
+            return
+        logits, labels, c = ctx.logits, ctx.labels, ctx.logits.shape[1]
+        yield from topk_metrics(logits, labels)
+        for head, head_logits in ctx.head_logits.items():  # a distilled DeiT: each head on its own as well
+            yield f"top1_{head}", float(multiclass_accuracy(head_logits, labels, c, average="micro"))
+        args = (logits, labels, c)
+        yield "macro_f1", float(multiclass_f1_score(*args, average="macro"))
+        support = torch.bincount(labels, minlength=c)
+        columns = {"precision": multiclass_precision, "recall": multiclass_recall, "f1": multiclass_f1_score}
+        yield (
+            "per_class",
+            per_class_table(ctx.class_names, support, **{k: f(*args, average="none") for k, f in columns.items()}),
+        )
+        yield "confusion_matrix", multiclass_confusion_matrix(*args).tolist()  # rows: true class, columns: predicted
+        if ctx.task == "binary":
+            yield from self._binary(ctx)
+
+    def _binary(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        """The second class is the positive one; its softmax probability is the score."""
+        scores, target, t = ctx.logits.softmax(dim=1)[:, 1], ctx.labels, ctx.settings.decision_threshold
+        if target.unique().numel() < 2:
+            yield "skipped_ranking", "AUROC needs both classes in the evaluation set"
+            return
+        yield "positive_class", ctx.class_names[1]
+        yield "auroc", float(binary_auroc(scores, target))
+        yield "average_precision", float(binary_average_precision(scores, target))
+        yield "threshold", t
+        yield "sensitivity", float(binary_recall(scores, target, threshold=t))
+        yield "specificity", float(binary_specificity(scores, target, threshold=t))
+        fpr, tpr, _ = binary_roc(scores, target)
+        yield "roc_curve", {"fpr": _thin(fpr), "tpr": _thin(tpr)}
+
+    def _multilabel(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        scores, target = ctx.logits.sigmoid(), ctx.labels.long()
+        n, t = target.shape[1], ctx.settings.decision_threshold
+        yield "exact_match", float(multilabel_exact_match(scores, target, n, threshold=t))
+        yield "nll", float(F.binary_cross_entropy_with_logits(ctx.logits, target.float()))
+        yield "threshold", t
+        yield "auroc", float(multilabel_auroc(scores, target, n, average="macro"))
+        yield "average_precision", float(multilabel_average_precision(scores, target, n, average="macro"))
+        per_label = {
+            "auroc": multilabel_auroc(scores, target, n, average="none"),
+            "average_precision": multilabel_average_precision(scores, target, n, average="none"),
+            "sensitivity": multilabel_recall(scores, target, n, threshold=t, average="none"),
+            "specificity": multilabel_specificity(scores, target, n, threshold=t, average="none"),
+            "precision": multilabel_precision(scores, target, n, threshold=t, average="none"),
+            "f1": multilabel_f1_score(scores, target, n, threshold=t, average="none"),
+        }
+        support = target.sum(dim=0)
+        yield (
+            "per_class",
+            [
+                {"class": name, **{k: float(v[i]) for k, v in per_label.items()}, "support": int(support[i])}
+                for i, name in enumerate(ctx.class_names)
+            ],
+        )
 
 
-class CalibrationEvaluator:
-    """Mean confidence, mean prediction entropy, ECE (15 equal-width bins) and MCE (through torchmetrics)."""
-
-    name = "calibration"
-
-    def __init__(self, bins: int = 15) -> None:
-        self.bins = bins
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[str, float]]:
-        probs = logits.softmax(dim=1)
-        n = logits.shape[1]
-        yield "mean_confidence", float(probs.max(dim=1).values.mean())
-        yield "mean_entropy", float(prediction_entropy(probs).mean())
-        yield "ece", float(multiclass_calibration_error(probs, labels, n, n_bins=self.bins, norm="l1"))
-        yield "mce", float(multiclass_calibration_error(probs, labels, n, n_bins=self.bins, norm="max"))
+def training_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """`accuracy.top1`, `accuracy.top5` and `accuracy.nll`: the cheap subset used to pick the best epoch."""
+    return {f"accuracy.{key}": value for key, value in topk_metrics(logits, labels)}
 
 
-DEFAULT_EVALUATORS: tuple[Evaluator, ...] = (AccuracyEvaluator(), CalibrationEvaluator())
-
-
-def run_evaluators(
-    logits: torch.Tensor, labels: torch.Tensor, evaluators: tuple[Evaluator, ...] = DEFAULT_EVALUATORS
-) -> dict[str, float]:
-    """`{evaluator.metric: value}` for every evaluator."""
-    return {f"{e.name}.{key}": value for e in evaluators for key, value in e(logits, labels)}
+__all__ = ["AccuracyEvaluator", "Evaluator", "per_class_table", "topk_metrics", "training_metrics"]

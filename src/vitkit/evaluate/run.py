@@ -1,34 +1,167 @@
-"""Evaluate a trained run on a split: predict with the recipe's eval transform, then run the evaluators."""
+"""Evaluate a trained run: predict on its evaluation data once, run the chosen evaluators, write metrics.json and
+report.html, and save the fitted temperature for later inference."""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from vitkit import __version__
 from vitkit.config.schema import Recipe
-from vitkit.data.pipeline import ImageDataset, eval_transform, make_loader, maybe_cache
-from vitkit.evaluate.metrics import run_evaluators
-from vitkit.evaluate.predict import predict_outputs
-from vitkit.models.run_model import load_run_model
+from vitkit.data.pipeline import eval_transform
+from vitkit.data.sources import DataSplits, ImageSet, load_source
+from vitkit.errors import DataError
+from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelRunner, run_evaluator
+from vitkit.evaluate.predict import record_heads
+from vitkit.evaluate.registry import select_evaluators
+from vitkit.models.run_model import load_run_or_checkpoint
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 
-__all__ = ["evaluate_model", "load_run_model"]
+TEMPERATURE_FILE = "calibration.json"  # in the run folder: the temperature fitted for one checkpoint
 
 
-def evaluate_model(model: nn.Module, recipe: Recipe, images: Any) -> dict[str, float]:
-    """Accuracy and calibration of `model` on an `ImageSet`, with the recipe's eval transform."""
+def make_runner(model: nn.Module, recipe: Recipe) -> ModelRunner:
+    """A ModelRunner with the recipe's device, precision, normalisation, eval transform and batch size."""
     device = resolve_device(recipe.train.device)
-    precision = resolve_precision(recipe.train.precision, device)
-    images, _ = maybe_cache(images, recipe.data, recipe.model.img_size)
-    dataset = ImageDataset(images, eval_transform(recipe.augment, recipe.model.img_size))
-    loader = make_loader(dataset, recipe.train.batch_size)
-    model = model.to(device)
-    with torch.inference_mode():
-        amp = autocast_dtype(precision)
-        outputs, labels = predict_outputs(model, loader, device, *recipe.data.normalization(), amp)
-    metrics = {"images": float(len(labels)), **run_evaluators(outputs.pop("logits"), labels)}
-    for head, logits in outputs.items():  # a distilled DeiT: each head on its own as well as their average
-        metrics |= {f"{head}.{key}": value for key, value in run_evaluators(logits, labels).items()}
-    return metrics
+    amp = autocast_dtype(resolve_precision(recipe.train.precision, device))
+    mean, std = recipe.data.normalization()
+    transform = eval_transform(recipe.augment, recipe.model.img_size)
+    return ModelRunner(model.to(device).eval(), device, mean, std, transform, recipe.train.batch_size, amp)
+
+
+def predict_context(
+    runner: ModelRunner,
+    images: ImageSet,
+    classes: list[str],
+    *,
+    shift: tuple[str, ImageSet] | None = None,
+    settings: EvalSettings | None = None,
+) -> EvalContext:
+    """One pass of the model over `images`: the context every evaluator starts from."""
+    logits, labels = [], []
+    with record_heads(runner.model) as heads:
+        for x, y in runner.batches(images):
+            logits.append(runner.logits(x))
+            labels.append(y)
+    return EvalContext(
+        logits=torch.cat(logits),
+        labels=torch.cat(labels),
+        classes=classes,
+        images=images,
+        groups=images.groups,
+        runner=runner,
+        shift=shift,
+        head_logits={k: torch.cat(v) for k, v in heads.items() if v},
+        settings=settings or EvalSettings(),
+    )
+
+
+def run_all(ctx: EvalContext, evaluators: list[Evaluator]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Results by evaluator, and the seconds each took."""
+    results, seconds = {}, {}
+    for evaluator in evaluators:
+        start = time.perf_counter()
+        results[evaluator.name] = run_evaluator(evaluator, ctx)
+        seconds[evaluator.name] = round(time.perf_counter() - start, 3)
+    return results, seconds
+
+
+def _all_images(splits: DataSplits) -> ImageSet:
+    """Train and val of a source together: a shifted dataset is evaluated whole."""
+    a, b = splits.train, splits.val
+    items = np.concatenate([a.items, b.items]) if isinstance(a.items, np.ndarray) else [*a.items, *b.items]
+    groups = (a.groups or [""] * len(a)) + (b.groups or [""] * len(b)) if a.groups or b.groups else None
+    return ImageSet(items, np.concatenate([a.labels, b.labels]), groups)
+
+
+def relabel(images: ImageSet, data_classes: list[str], classes: list[str], where: str) -> ImageSet:
+    """`images` labelled by the data's own class list, relabelled to the model's class list, by name."""
+    unknown = sorted(set(data_classes) - set(classes))
+    if unknown:
+        raise DataError(f"{where} has classes the model does not know: {unknown}. The model's classes: {classes}.")
+    index = np.asarray([classes.index(c) for c in data_classes], dtype=np.int64)
+    return ImageSet(images.items, index[images.labels], images.groups)
+
+
+def load_shift(source: str, classes: list[str], recipe: Recipe) -> tuple[str, ImageSet]:
+    """A shifted dataset, whole, with its labels mapped onto the run's classes by name."""
+    splits = load_source(source, root=recipe.data.root, val_fraction=0.0, seed=0, img_size=recipe.model.img_size)
+    return splits.description, relabel(_all_images(splits), splits.classes, classes, f"--shift-data {source}")
+
+
+def evaluate_run(
+    path: Path,
+    *,
+    data: str | None = None,
+    groups: str | None = None,
+    shift_data: str | None = None,
+    only: str | list[str] | tuple[str, ...] | None = None,
+    out: Path | None = None,
+    settings: EvalSettings | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate a run folder (or one of its checkpoints) on the val split of its data, or of `data`; writes
+    OUT/metrics.json and OUT/report.html (OUT defaults to RUN/eval) and returns the metrics document and OUT."""
+    from vitkit.evaluate.report import write_report
+
+    evaluators = select_evaluators(only)  # a typo in --only fails before any work
+    model, recipe, info = load_run_or_checkpoint(path)
+    run_dir = Path(info["checkpoint"]).parent.parent
+    d = recipe.data
+    splits = load_source(
+        data or d.source,
+        root=d.root,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        img_size=recipe.model.img_size,
+        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
+        group_column=groups,
+    )
+    classes = info.get("classes") or splits.classes
+    images = relabel(splits.val, splits.classes, classes, f"the evaluation data {splits.description}")
+    runner = make_runner(model, recipe)
+    shift = load_shift(shift_data, classes, recipe) if shift_data else None
+    ctx = predict_context(runner, images, classes, shift=shift, settings=settings)
+    results, seconds = run_all(ctx, evaluators)
+    document = {
+        "vitkit": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": str(run_dir),
+        "checkpoint": {k: info.get(k) for k in ("checkpoint", "weights", "epoch", "step", "best_source")},
+        "data": splits.description,
+        "task": ctx.task,
+        "classes": classes,
+        "images": len(ctx.labels),
+        "settings": asdict(ctx.settings),
+        "results": results,
+        "seconds": seconds,
+    }
+    out = out or run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(document, indent=1))
+    write_report(document, out / "report.html")
+    if "temperature" in results.get("calibration", {}):
+        save_temperature(run_dir, results["calibration"]["temperature"], info, splits.description)
+    return document, out
+
+
+def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], data: str) -> None:
+    record = {"temperature": temperature, "checkpoint": info["checkpoint"], "weights": info["weights"], "data": data}
+    (run_dir / TEMPERATURE_FILE).write_text(json.dumps(record, indent=2))
+
+
+def saved_temperature(run_dir: Path, info: dict[str, Any]) -> float | None:
+    """The temperature fitted for exactly this checkpoint and weights file, if `vitkit evaluate` fitted one."""
+    path = run_dir / TEMPERATURE_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    same = record.get("checkpoint") == info["checkpoint"] and record.get("weights") == info["weights"]
+    return float(record["temperature"]) if same else None

@@ -44,7 +44,7 @@ from vitkit.data.pipeline import (
 )
 from vitkit.data.sources import DataSplits, load_source
 from vitkit.errors import VitkitError
-from vitkit.evaluate.metrics import run_evaluators
+from vitkit.evaluate.metrics import training_metrics
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
 from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, parameter_table, set_train_mode
@@ -557,14 +557,14 @@ def _evaluate(
         candidates.append(("ema_", ema.module))
     for prefix, net in candidates:
         outputs, labels = predict_outputs(net, loader, device, *cfg.data.normalization(), amp_dtype)
-        metrics = run_evaluators(outputs["logits"], labels)
+        metrics = training_metrics(outputs["logits"], labels)
         out[f"{prefix}val_top1"] = metrics["accuracy.top1"]
         if "accuracy.top5" in metrics:
             out[f"{prefix}val_top5"] = metrics["accuracy.top5"]
         out[f"{prefix}val_loss"] = metrics["accuracy.nll"]
         for head in ("cls_head", "dist_head"):  # a distilled DeiT: each head alone, next to their average above
             if head in outputs:
-                out[f"{prefix}val_top1_{head}"] = run_evaluators(outputs[head], labels)["accuracy.top1"]
+                out[f"{prefix}val_top1_{head}"] = training_metrics(outputs[head], labels)["accuracy.top1"]
     return out
 
 

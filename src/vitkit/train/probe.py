@@ -15,7 +15,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from vitkit.data.pipeline import smooth_targets
-from vitkit.evaluate.metrics import run_evaluators
+from vitkit.evaluate.metrics import training_metrics
 from vitkit.evaluate.predict import predict_outputs
 
 
@@ -81,5 +81,5 @@ def train_head_epoch(
 def evaluate_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
-        metrics = run_evaluators(classifier_forward(model)(features).float().cpu(), labels.cpu())
+        metrics = training_metrics(classifier_forward(model)(features).float().cpu(), labels.cpu())
     return {"val_top1": metrics["accuracy.top1"], "val_loss": metrics["accuracy.nll"]}

@@ -1,0 +1,298 @@
+"""Render metrics.json as one self-contained HTML page: figures and thumbnails are embedded as PNG data URIs, no
+script runs and nothing is fetched, so the file opens offline and can be mailed or archived on its own.
+
+Only what the evaluators produced is rendered: a section per evaluator in the document, a figure or table per
+value the renderers know, and a plain table for any other value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+from vitkit.errors import VitkitError
+from vitkit.evaluate.report import plots
+
+TITLES = {
+    "accuracy": "Accuracy",
+    "calibration": "Confidence and calibration",
+    "attention": "Attention quality",
+    "robustness": "Robustness",
+    "fairness": "Fairness across groups",
+    "efficiency": "Efficiency",
+}
+INTRO = {
+    "accuracy": "How often the model is right, class by class.",
+    "calibration": "Whether the model's confidence can be trusted: a calibrated model that says 80% is right 80% "
+    "of the time. ECE and MCE use equal-width confidence bins; the temperature is fitted on one part of the "
+    "evaluation set and judged on the other.",
+    "attention": "Mean attention entropy H = −Σ A log A per layer and head (log N is uniform attention over N "
+    "tokens), head diversity D = 1 − (1/H²)·Σ cos(A_h, A_h') per layer (0: all heads alike), and attention "
+    "rollout from the class token over the patches.",
+    "robustness": "Top-1 on corrupted copies of the evaluation images (a seeded sample), at several severities, "
+    "and on a shifted dataset when one was given.",
+    "fairness": "Accuracy and calibration for each group of the manifest's group column.",
+    "efficiency": "Cost of inference on the device the evaluation ran on (warm-up passes excluded).",
+}
+LABELS = {
+    "top1": "top-1",
+    "top5": "top-5",
+    "nll": "NLL",
+    "macro_f1": "macro F1",
+    "top1_cls_head": "top-1, class-token head only",
+    "top1_dist_head": "top-1, dist head only",
+    "ece": "ECE",
+    "mce": "MCE",
+    "auroc": "AUROC",
+    "average_precision": "average precision",
+    "temperature_fit_images": "images the temperature is fitted on",
+    "ece_before_scaling": "ECE, held-out part, raw",
+    "ece_after_scaling": "ECE, held-out part, temperature-scaled",
+    "nll_before_scaling": "NLL, held-out part, raw",
+    "nll_after_scaling": "NLL, held-out part, temperature-scaled",
+    "flops_per_image": "FLOPs per image",
+    "throughput_images_per_s": "throughput (images/s)",
+    "peak_memory_mb": "peak memory (MiB)",
+}
+PERCENT = {
+    "top1",
+    "top5",
+    "macro_f1",
+    "top1_cls_head",
+    "top1_dist_head",
+    "ece",
+    "mce",
+    "mean_confidence",
+    "exact_match",
+    "sensitivity",
+    "specificity",
+    "clean_top1",
+    "mean_corruption_top1",
+    "top1_gap",
+    "ece_gap",
+    "ece_before_scaling",
+    "ece_after_scaling",
+    "precision",
+    "recall",
+    "f1",
+    "coverage",
+    "accuracy",
+    "reference_top1",
+}
+THREE_DECIMALS = {"auroc", "average_precision"}
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
+
+
+def format_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value != value:  # NaN: e.g. the accuracy of no answers
+            return "–"
+        if key in THREE_DECIMALS:
+            return f"{value:.3f}"
+        if key in PERCENT:
+            return f"{value:.1%}"
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool))
+
+
+def table(rows: list[dict[str, Any]], caption: str = "") -> str:
+    if not rows:
+        return "<p class='muted'>none</p>"
+    keys = list(rows[0])
+    head = "".join(f"<th>{escape(label(k))}</th>" for k in keys)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(format_value(k, r.get(k)))}</td>" for k in keys) + "</tr>" for r in rows
+    )
+    cap = f"<caption>{escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figure(uri: str, alt: str) -> str:
+    return f"<figure><img src='{uri}' alt='{escape(alt)}'><figcaption>{escape(alt)}</figcaption></figure>"
+
+
+def gallery(examples: list[dict[str, Any]], caption: Callable[[dict[str, Any]], str]) -> str:
+    cells = [
+        f"<figure class='thumb'><img src='{e['image']}' alt='{escape(caption(e))}'>"
+        f"<figcaption>{escape(caption(e))}</figcaption></figure>"
+        for e in examples
+        if "image" in e
+    ]
+    rows = [e for e in examples if "image" not in e]
+    return f"<div class='gallery'>{''.join(cells)}</div>" + (table(rows) if rows else "")
+
+
+# --- renderers of non-scalar values, by evaluator and name ------------------------------------------------------
+
+Renderer = Callable[[Any, dict[str, Any], dict[str, Any]], str]
+
+
+def _confusion(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    return figure(plots.confusion_matrix(value, doc.get("classes", [])), "confusion matrix (rows: true class)")
+
+
+def _coverage(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    answered = [p for p in value if p["threshold"] == 0.5 and p["coverage"] > 0]
+    sentence = ""
+    if answered:
+        p = answered[0]
+        sentence = (
+            f"<p>Answering only at confidence 0.5 or more, the model answers {p['coverage']:.0%} of "
+            f"inputs with {p['accuracy']:.0%} accuracy.</p>"
+        )
+    return (
+        sentence
+        + table(value, "accuracy and coverage at confidence thresholds")
+        + figure(plots.coverage_curve(value), "coverage and accuracy against the confidence threshold")
+    )
+
+
+def _wrong(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    if not value:
+        return "<p>No wrong predictions.</p>"
+    return "<h3>Most confidently wrong</h3>" + gallery(
+        value, lambda e: f"{e['true']} → {e['predicted']} ({e['confidence']:.0%})"
+    )
+
+
+def _entropy(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    return figure(
+        plots.heatmap(value, "head", "layer", "mean attention entropy (nats)", vmax=results.get("uniform_entropy")),
+        f"attention entropy per layer and head; uniform attention would be {results.get('uniform_entropy', 0):.2f}",
+    )
+
+
+def _diversity(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    return figure(
+        plots.bars([f"layer {i}" for i in range(len(value))], value, "head diversity D"), "head diversity per layer"
+    )
+
+
+def _corruptions(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    severities = results.get("severities", [])
+    rows = [
+        {"corruption": name, **{f"severity {s}": v for s, v in zip(severities, row, strict=True)}}
+        for name, row in value.items()
+    ]
+    for row in rows:  # show accuracies as percentages
+        for k in list(row)[1:]:
+            row[k] = f"{row[k]:.1%}"
+    drop = doc.get("settings", {}).get("robustness_drop", 0.10)
+    return table(rows, "top-1 under corruption") + figure(
+        plots.severity_lines(severities, value, results.get("clean_top1", 0.0), drop), "top-1 against severity"
+    )
+
+
+def _groups(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    judged = [g for g in value if not g["too_small"]]
+    chart = (
+        figure(
+            plots.bars([g["group"] for g in judged], [g["top1"] for g in judged], "top-1"),
+            "top-1 per group (groups large enough to judge)",
+        )
+        if judged
+        else ""
+    )
+    return table(value, "per group") + chart
+
+
+RENDERERS: dict[tuple[str, str], Renderer] = {
+    ("accuracy", "confusion_matrix"): _confusion,
+    ("accuracy", "per_class"): lambda v, r, d: table(v, "per class"),
+    ("accuracy", "roc_curve"): lambda v, r, d: figure(
+        plots.line_curve(v["fpr"], v["tpr"], "false positive rate", "true positive rate"), "ROC curve"
+    ),
+    ("calibration", "reliability"): lambda v, r, d: figure(plots.reliability_diagram(**v), "reliability diagram"),
+    ("calibration", "coverage"): _coverage,
+    ("calibration", "confidently_wrong"): _wrong,
+    ("attention", "entropy"): _entropy,
+    ("attention", "diversity"): _diversity,
+    ("attention", "rollout"): lambda v, r, d: (
+        "<h3>Attention rollout</h3>"
+        + gallery(
+            v, lambda e: f"true {e['true']}, predicted {e['predicted']}" if e["true"] else f"predicted {e['predicted']}"
+        )
+    ),
+    ("robustness", "corruptions"): _corruptions,
+    ("robustness", "shift"): lambda v, r, d: table([v], "shifted dataset"),
+    ("fairness", "groups"): _groups,
+    ("efficiency", "latency_ms"): lambda v, r, d: table([v], "latency at batch 1 (ms)"),
+}
+HIDDEN = {"flags", "severities", "collapsed_layers", "uniform_heads"}  # shown through the flags or a figure
+
+
+def render_value(evaluator: str, key: str, value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    renderer = RENDERERS.get((evaluator, key))
+    if renderer is not None:
+        return renderer(value, results, doc)
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return table(value, label(key))
+    if isinstance(value, dict) and all(is_scalar(v) for v in value.values()):
+        return table([value], label(key))
+    return f"<h3>{escape(label(key))}</h3><pre>{escape(json.dumps(value, indent=1))}</pre>"
+
+
+def sections(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, results in doc.get("results", {}).items():
+        scalars = [(label(k), format_value(k, v)) for k, v in results.items() if is_scalar(v) and k not in HIDDEN]
+        blocks = [
+            Markup(render_value(name, k, v, results, doc))
+            for k, v in results.items()
+            if not is_scalar(v) and k not in HIDDEN
+        ]
+        out.append(
+            {
+                "id": name,
+                "title": TITLES.get(name, name),
+                "intro": INTRO.get(name, ""),
+                "flags": results.get("flags", []),
+                "scalars": scalars,
+                "blocks": blocks,
+                "seconds": doc.get("seconds", {}).get(name),
+            }
+        )
+    return out
+
+
+def render_report(doc: dict[str, Any]) -> str:
+    env = Environment(loader=PackageLoader("vitkit.evaluate.report", "."), autoescape=select_autoescape(["j2"]))
+    flags = [(TITLES.get(name, name), f) for name, r in doc.get("results", {}).items() for f in r.get("flags", [])]
+    return env.get_template("report.html.j2").render(doc=doc, sections=sections(doc), flags=flags)
+
+
+def write_report(doc: dict[str, Any], path: Path) -> Path:
+    path.write_text(render_report(doc), encoding="utf-8")
+    return path
+
+
+def rerender(metrics_path: Path, out: Path | None = None) -> Path:
+    """`vitkit report`: render metrics.json again, without recomputing anything."""
+    try:
+        doc = json.loads(metrics_path.read_text())
+    except FileNotFoundError:
+        raise VitkitError(f"{metrics_path}: no such file. Pass the metrics.json written by vitkit evaluate.") from None
+    except json.JSONDecodeError as e:
+        raise VitkitError(
+            f"{metrics_path} is not valid JSON ({e}). Pass the metrics.json of vitkit evaluate."
+        ) from None
+    if not isinstance(doc, dict) or "results" not in doc:
+        raise VitkitError(f"{metrics_path} is not a vitkit metrics.json (no 'results'). Run vitkit evaluate first.")
+    return write_report(doc, out or metrics_path.with_name("report.html"))

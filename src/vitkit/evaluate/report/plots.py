@@ -1,0 +1,115 @@
+"""Report figures drawn with matplotlib's object API (no pyplot state, no display needed), as PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+COLORS = ("#3b6ea8", "#d1603d", "#4f9a5b", "#8c5fb0", "#c9a227", "#5b6770")
+
+
+def figure_uri(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def confusion_matrix(matrix: list[list[int]], classes: Sequence[str]) -> str:
+    n = len(matrix)
+    size = min(10.0, 2.5 + 0.45 * n)
+    fig = Figure(figsize=(size, size * 0.85))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    if n <= 30:
+        ax.set_xticks(range(n), labels=list(classes), rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), labels=list(classes), fontsize=8)
+    if n <= 12:
+        top = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return figure_uri(fig)
+
+
+def reliability_diagram(edges: list[float], confidence: list[float], accuracy: list[float], count: list[int]) -> str:
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot()
+    width = edges[1] - edges[0]
+    centers = [e + width / 2 for e in edges[:-1]]
+    shown = [i for i, n in enumerate(count) if n]
+    ax.bar(
+        [centers[i] for i in shown], [accuracy[i] for i in shown], width=width * 0.95, color=COLORS[0], label="accuracy"
+    )
+    ax.bar(
+        [centers[i] for i in shown],
+        [confidence[i] - accuracy[i] for i in shown],
+        bottom=[accuracy[i] for i in shown],
+        width=width * 0.95,
+        color=COLORS[1],
+        alpha=0.45,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.legend(loc="upper left", fontsize=8)
+    return figure_uri(fig)
+
+
+def coverage_curve(points: list[dict[str, float]]) -> str:
+    fig = Figure(figsize=(4.6, 3.6))
+    ax = fig.add_subplot()
+    xs = [p["threshold"] for p in points]
+    ax.plot(xs, [p["coverage"] for p in points], "o-", color=COLORS[0], label="coverage (share answered)")
+    ax.plot(xs, [p["accuracy"] for p in points], "s-", color=COLORS[2], label="accuracy of the answered")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence threshold")
+    ax.legend(loc="lower left", fontsize=8)
+    return figure_uri(fig)
+
+
+def line_curve(x: list[float], y: list[float], xlabel: str, ylabel: str) -> str:
+    fig = Figure(figsize=(4.2, 3.8))
+    ax = fig.add_subplot()
+    ax.plot(x, y, color=COLORS[0])
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=xlabel, ylabel=ylabel)
+    return figure_uri(fig)
+
+
+def heatmap(values: list[list[float]], xlabel: str, ylabel: str, title: str, vmax: float | None = None) -> str:
+    fig = Figure(figsize=(min(9.0, 2.5 + 0.45 * len(values[0])), min(7.0, 1.6 + 0.4 * len(values))))
+    ax = fig.add_subplot()
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.set_xticks(range(len(values[0])))
+    ax.set_yticks(range(len(values)))
+    return figure_uri(fig)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
+    fig = Figure(figsize=(min(9.0, 2.5 + 0.5 * len(values)), 3.4))
+    ax = fig.add_subplot()
+    ax.bar(range(len(values)), values, color=COLORS[0])
+    if reference is not None:
+        ax.axhline(reference, ls="--", color=COLORS[1], lw=1)
+    ax.set_xticks(range(len(values)), labels=list(labels), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    return figure_uri(fig)
+
+
+def severity_lines(severities: list[int], table: dict[str, list[float]], clean: float, drop: float) -> str:
+    fig = Figure(figsize=(5.2, 3.8))
+    ax = fig.add_subplot()
+    for color, (name, row) in zip(COLORS * 3, table.items(), strict=False):
+        ax.plot(severities, row, "o-", color=color, label=name)
+    ax.axhline(clean, ls="--", color="grey", lw=1, label="clean")
+    ax.axhline(clean - drop, ls=":", color=COLORS[1], lw=1, label=f"clean − {drop * 100:.0f} points (flagged)")
+    ax.set(xlabel="severity", ylabel="top-1", ylim=(0, 1.02), xticks=severities)
+    ax.legend(fontsize=7, loc="lower left")
+    return figure_uri(fig)
