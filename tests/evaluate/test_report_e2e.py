@@ -121,6 +121,8 @@ def test_only_runs_a_subset_and_predict_uses_the_fitted_temperature(evaluated, t
     predicted = vitkit("predict", str(run), str(image), "--top", "2")
     assert predicted.returncode == 0, predicted.stderr
     assert f"temperature {temperature:.3f}" in predicted.stdout and str(image) in predicted.stdout
+    missing = vitkit("predict", str(run), str(tmp_path / "missing.png"))
+    assert missing.returncode == 2 and f"cannot classify {tmp_path / 'missing.png'}: missing" in missing.stderr
     typo = vitkit("evaluate", str(run), "--only", "calibraton")
     assert typo.returncode == 2 and "Choose from accuracy, calibration" in " ".join(typo.stderr.split())
 

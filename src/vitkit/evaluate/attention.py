@@ -163,7 +163,8 @@ class AttentionEvaluator:
         flags = [f"layer {i}: attention collapsed (low entropy, heads alike)" for i in collapsed]
         if near_uniform:
             share = len(near_uniform) / (len(maps) * maps[0].shape[1])
-            flags.append(f"{len(near_uniform)} heads ({share:.0%}) attend almost uniformly (entropy > 95% of log N)")
+            heads = f"{len(near_uniform)} head{'s' if len(near_uniform) > 1 else ''} ({share:.0%})"
+            flags.append(f"{heads} of {len(maps) * maps[0].shape[1]} attend almost uniformly (entropy > 95% of log N)")
         yield "flags", flags
         yield from self._rollout(ctx, model, maps, images, logits, prefix)
 

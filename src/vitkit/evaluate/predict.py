@@ -88,7 +88,8 @@ def predict_files(run_dir: Path, paths: list[Path], top: int = 3) -> Predictions
     images = ImageSet(list(paths), np.zeros(len(paths), dtype=np.int64))
     bad = find_bad_images(images, "input", recipe.data.max_image_pixels)
     if bad:
-        raise DataError("cannot classify " + "; ".join(f"{b.path}: {b.reason}" for b in bad))
+        problems = "; ".join(f"{b.path}: {b.reason}" for b in bad)
+        raise DataError(f"cannot classify {problems}. Check the paths, and that each file is an image.")
     runner = make_runner(model, recipe)
     logits = torch.cat([runner.logits(x) for x, _ in runner.batches(images)])
     temperature = saved_temperature(run_dir, info)
