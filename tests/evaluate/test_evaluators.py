@@ -12,7 +12,7 @@ from vitkit.evaluate.context import EvalContext, EvalSettings, run_evaluator
 from vitkit.evaluate.fairness import FairnessEvaluator
 from vitkit.evaluate.metrics import AccuracyEvaluator
 from vitkit.evaluate.registry import EVALUATORS, select_evaluators
-from vitkit.evaluate.run import relabel
+from vitkit.evaluate.run import relabel, save_temperature, saved_temperature
 
 
 def roc_auc_score(target: torch.Tensor, score: torch.Tensor) -> float:
@@ -136,3 +136,17 @@ def test_evaluation_data_is_relabelled_to_the_models_classes_by_name():
     assert out.labels.tolist() == [1, 0, 1] and out.groups == images.groups
     with pytest.raises(DataError, match=r"--shift-data d has classes the model does not know: \['wolf'\]"):
         relabel(images, ["wolf", "cat"], ["cat", "dog", "fox"], "--shift-data d")
+
+
+def test_saved_temperature_belongs_to_the_exact_weights_it_was_fitted_on(tmp_path):
+    import json
+
+    checkpoint = tmp_path / "checkpoints" / "best"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "checksums.json").write_text(json.dumps({"ema.safetensors": "aaa"}))
+    info = {"checkpoint": str(checkpoint), "weights": "ema.safetensors"}
+    save_temperature(tmp_path, 0.7, info, "val")
+    assert saved_temperature(tmp_path, info) == 0.7
+    assert saved_temperature(tmp_path, {**info, "weights": "model.safetensors"}) is None
+    (checkpoint / "checksums.json").write_text(json.dumps({"ema.safetensors": "bbb"}))  # best was rewritten
+    assert saved_temperature(tmp_path, info) is None

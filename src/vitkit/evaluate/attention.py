@@ -19,7 +19,7 @@ from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_m
 from torch import nn
 
 from vitkit.evaluate.context import EvalContext, Value
-from vitkit.evaluate.images import png_data_uri, tensor_to_pil
+from vitkit.evaluate.images import thumbnail_uri
 
 # A layer has collapsed when its heads attend to few tokens (mean entropy under this share of log N) and all
 # alike (diversity under COLLAPSE_DIVERSITY); a head is near-uniform when its entropy is above UNIFORM_SHARE of
@@ -115,11 +115,7 @@ def overlay(image: torch.Tensor, patch_map: torch.Tensor, grid: tuple[int, int])
     heat = (heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-12)
     colored = colormaps["inferno"](heat.numpy())[..., :3] * 255
     blended = 0.45 * image.permute(1, 2, 0).numpy() + 0.55 * colored
-    picture = tensor_to_pil(torch.from_numpy(blended.clip(0, 255).astype(np.uint8)).permute(2, 0, 1))
-    if max(picture.size) < 128:  # small inputs are enlarged so the overlay is readable
-        factor = math.ceil(128 / max(picture.size))
-        picture = picture.resize((picture.width * factor, picture.height * factor), resample=0)
-    return png_data_uri(picture)
+    return thumbnail_uri(torch.from_numpy(blended.clip(0, 255).astype(np.uint8)).permute(2, 0, 1), size=128)
 
 
 class AttentionEvaluator:

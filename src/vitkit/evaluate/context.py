@@ -60,16 +60,12 @@ class ModelRunner:
 
         yield from make_loader(ImageDataset(images, self.transform), self.batch_size)
 
-    @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Float32 logits on CPU for a uint8 batch."""
-        from vitkit.data.pipeline import normalize_batch
+        from vitkit.evaluate.predict import forward_batch
 
         self.model.eval()
-        x = normalize_batch(images.to(self.device), self.mean, self.std)
-        enabled = self.amp_dtype is not None
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=enabled):
-            return self.model(x).float().cpu()
+        return forward_batch(self.model, images, self.device, self.mean, self.std, self.amp_dtype)
 
 
 @dataclass

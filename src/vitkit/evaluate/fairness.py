@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from vitkit.evaluate.context import EvalContext, Value
+from vitkit.evaluate.metrics import top1_accuracy
 
 
 class FairnessEvaluator:
@@ -32,7 +33,7 @@ class FairnessEvaluator:
                 {
                     "group": group or "(empty)",
                     "count": len(index),
-                    "top1": float((probs.argmax(dim=1) == labels).float().mean()),
+                    "top1": top1_accuracy(logits, labels),
                     "ece": float(multiclass_calibration_error(probs, labels, n, n_bins=s.bins)),
                     "mean_confidence": float(probs.max(dim=1).values.mean()),
                     "nll": float(F.cross_entropy(logits, labels)),

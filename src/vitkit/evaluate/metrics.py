@@ -32,10 +32,14 @@ from vitkit.evaluate.context import EvalContext, Evaluator, Value
 CURVE_POINTS = 101  # ROC curves are thinned to about this many points for the report
 
 
+def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(multiclass_accuracy(logits, labels, logits.shape[1], average="micro"))
+
+
 def topk_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[str, float]]:
     """Top-1, top-5 (when there are more than 5 classes) and NLL: what training reports each epoch."""
     num_classes = logits.shape[1]
-    yield "top1", float(multiclass_accuracy(logits, labels, num_classes, average="micro"))
+    yield "top1", top1_accuracy(logits, labels)
     if num_classes > 5:
         yield "top5", float(multiclass_accuracy(logits, labels, num_classes, top_k=5, average="micro"))
     yield "nll", float(F.cross_entropy(logits, labels))
@@ -64,7 +68,7 @@ class AccuracyEvaluator:
         logits, labels, c = ctx.logits, ctx.labels, ctx.logits.shape[1]
         yield from topk_metrics(logits, labels)
         for head, head_logits in ctx.head_logits.items():  # a distilled DeiT: each head on its own as well
-            yield f"top1_{head}", float(multiclass_accuracy(head_logits, labels, c, average="micro"))
+            yield f"top1_{head}", top1_accuracy(head_logits, labels)
         args = (logits, labels, c)
         yield "macro_f1", float(multiclass_f1_score(*args, average="macro"))
         support = torch.bincount(labels, minlength=c)
@@ -123,4 +127,4 @@ def training_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
     return {f"accuracy.{key}": value for key, value in topk_metrics(logits, labels)}
 
 
-__all__ = ["AccuracyEvaluator", "Evaluator", "per_class_table", "topk_metrics", "training_metrics"]
+__all__ = ["AccuracyEvaluator", "Evaluator", "per_class_table", "top1_accuracy", "topk_metrics", "training_metrics"]

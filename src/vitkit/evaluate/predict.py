@@ -44,6 +44,21 @@ def record_heads(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
 
 
 @torch.no_grad()
+def forward_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Float32 logits on CPU of a uint8 batch: normalised on `device`, under autocast when a dtype is given."""
+    x = normalize_batch(images.to(device, non_blocking=True), mean, std)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return model(x).float().cpu()
+
+
+@torch.no_grad()
 def predict_outputs(
     model: nn.Module,
     loader: Any,
@@ -59,10 +74,7 @@ def predict_outputs(
     all_logits, all_labels = [], []
     with record_heads(model) as heads:
         for images, labels in loader:
-            x = normalize_batch(images.to(device, non_blocking=True), mean, std)
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                logits = model(x)
-            all_logits.append(logits.float().cpu())
+            all_logits.append(forward_batch(model, images, device, mean, std, autocast_dtype))
             all_labels.append(labels.cpu())
     model.train(was_training)
     outputs = {"logits": torch.cat(all_logits)} | {k: torch.cat(v) for k, v in heads.items() if v}

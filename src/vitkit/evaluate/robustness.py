@@ -16,6 +16,7 @@ from torchvision.io import decode_jpeg, encode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from vitkit.evaluate.context import EvalContext, Value
+from vitkit.evaluate.metrics import top1_accuracy
 
 # Severity 1..5 parameters, ImageNet-C's where they do not depend on the image size.
 NOISE_SIGMA = (0.08, 0.12, 0.18, 0.26, 0.38)  # std of additive noise on [0, 1] pixels
@@ -78,10 +79,6 @@ def psnr(reference: torch.Tensor, image: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * float(np.log10(255**2 / mse))
 
 
-def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(dim=1) == labels).float().mean())
-
-
 class RobustnessEvaluator:
     name = "robustness"
 
@@ -98,8 +95,8 @@ class RobustnessEvaluator:
         rng = np.random.default_rng(s.seed)
         chosen = np.sort(rng.choice(n, size=min(n, s.robustness_images), replace=False))
         batches = list(runner.batches(ctx.images.subset(chosen)))
-        labels = torch.cat([y for _, y in batches])
-        clean = _top1(torch.cat([runner.logits(x) for x, _ in batches]), labels)
+        labels = ctx.labels[chosen]
+        clean = top1_accuracy(ctx.logits[chosen], labels)  # the clean pass is already in the context
         yield "images", len(labels)
         yield "clean_top1", clean
         yield "severities", list(s.severities)
@@ -111,7 +108,7 @@ class RobustnessEvaluator:
                     runner.logits(corrupt(x, name, severity, seed=s.seed * 1_000_003 + c * 1009 + severity * 101 + b))
                     for b, (x, _) in enumerate(batches)
                 ]
-                table[name].append(_top1(torch.cat(logits), labels))
+                table[name].append(top1_accuracy(torch.cat(logits), labels))
         yield "corruptions", table
         yield "mean_corruption_top1", float(np.mean([v for row in table.values() for v in row]))
         flags = []
@@ -126,8 +123,8 @@ class RobustnessEvaluator:
             for x, y in runner.batches(shifted):
                 shift_logits.append(runner.logits(x))
                 shift_labels.append(y)
-            reference = _top1(ctx.logits, ctx.labels)
-            shift_top1 = _top1(torch.cat(shift_logits), torch.cat(shift_labels))
+            reference = top1_accuracy(ctx.logits, ctx.labels)
+            shift_top1 = top1_accuracy(torch.cat(shift_logits), torch.cat(shift_labels))
             yield (
                 "shift",
                 {"data": description, "images": len(shifted), "top1": shift_top1, "reference_top1": reference},

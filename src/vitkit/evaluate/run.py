@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from vitkit import __version__
@@ -20,9 +19,10 @@ from vitkit.data.pipeline import eval_transform
 from vitkit.data.sources import DataSplits, ImageSet, load_source
 from vitkit.errors import DataError
 from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelRunner, run_evaluator
-from vitkit.evaluate.predict import record_heads
+from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
 from vitkit.models.run_model import load_run_or_checkpoint
+from vitkit.train.checkpoint import CHECKSUMS
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 
 TEMPERATURE_FILE = "calibration.json"  # in the run folder: the temperature fitted for one checkpoint
@@ -46,20 +46,17 @@ def predict_context(
     settings: EvalSettings | None = None,
 ) -> EvalContext:
     """One pass of the model over `images`: the context every evaluator starts from."""
-    logits, labels = [], []
-    with record_heads(runner.model) as heads:
-        for x, y in runner.batches(images):
-            logits.append(runner.logits(x))
-            labels.append(y)
+    r = runner
+    outputs, labels = predict_outputs(r.model, r.batches(images), r.device, r.mean, r.std, r.amp_dtype)
     return EvalContext(
-        logits=torch.cat(logits),
-        labels=torch.cat(labels),
+        logits=outputs.pop("logits"),
+        labels=labels,
         classes=classes,
         images=images,
         groups=images.groups,
         runner=runner,
         shift=shift,
-        head_logits={k: torch.cat(v) for k, v in heads.items() if v},
+        head_logits=outputs,
         settings=settings or EvalSettings(),
     )
 
@@ -152,16 +149,30 @@ def evaluate_run(
     return document, out
 
 
+def _weights_sha256(info: dict[str, Any]) -> str | None:
+    """The checksum the checkpoint recorded for its weights file: it changes whenever `best` is rewritten."""
+    path = Path(info["checkpoint"]) / CHECKSUMS
+    return json.loads(path.read_text()).get(info["weights"]) if path.exists() else None
+
+
 def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], data: str) -> None:
-    record = {"temperature": temperature, "checkpoint": info["checkpoint"], "weights": info["weights"], "data": data}
+    record = {
+        "temperature": temperature,
+        "checkpoint": info["checkpoint"],
+        "weights": info["weights"],
+        "sha256": _weights_sha256(info),
+        "data": data,
+    }
     (run_dir / TEMPERATURE_FILE).write_text(json.dumps(record, indent=2))
 
 
 def saved_temperature(run_dir: Path, info: dict[str, Any]) -> float | None:
-    """The temperature fitted for exactly this checkpoint and weights file, if `vitkit evaluate` fitted one."""
+    """The temperature fitted for exactly these weights (same checkpoint, file and checksum), if `vitkit evaluate`
+    fitted one; a checkpoint rewritten since, e.g. by resumed training, has none."""
     path = run_dir / TEMPERATURE_FILE
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    same = record.get("checkpoint") == info["checkpoint"] and record.get("weights") == info["weights"]
+    fitted_for = (record.get("checkpoint"), record.get("weights"), record.get("sha256"))
+    same = fitted_for == (info["checkpoint"], info["weights"], _weights_sha256(info))
     return float(record["temperature"]) if same else None
