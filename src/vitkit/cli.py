@@ -34,32 +34,51 @@ def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tup
     return rows
 
 
-def _fields_help() -> str:
-    lines = ["Recipe fields (override any with --set SECTION.FIELD=VALUE):\n\n"]
-    lines += [f"{name}: {desc} [default: {default}]\n\n" for name, desc, default in recipe_fields() if "." in name]
-    return "".join(lines)
-
-
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     help="Train, fine-tune and evaluate Vision Transformers with recipes that work.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
+    add_completion=False,
 )
-recipes_app = typer.Typer(help="List, show and explain recipes.", no_args_is_help=True)
+recipes_app = typer.Typer(help="List, show and explain recipes.", no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(recipes_app, name="recipes")
-advise_app = typer.Typer(help="Advisors: settings sized to your data and model.", no_args_is_help=True)
+advise_app = typer.Typer(
+    help="Advisors: settings sized to your data and model.", no_args_is_help=True, context_settings=HELP_OPTIONS
+)
 app.add_typer(advise_app, name="advise")
 console = Console()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from vitkit import __version__
+
+        console.print(f"vitkit {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Train, fine-tune and evaluate Vision Transformers with recipes that work."""
+
 
 SetOption = Annotated[
     list[str] | None, typer.Option("--set", help="Override a recipe field, e.g. --set optim.lr=1e-3 (repeatable).")
 ]
 
 
-@app.command(epilog=_fields_help())
+@app.command()
 def train(
-    recipe: Annotated[str, typer.Option(help="Shipped recipe name or path to a YAML file.")] = "quickstart",
+    recipe: Annotated[
+        str | None, typer.Option(help="Shipped recipe name or path to a YAML file (default quickstart).")
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(help="Image folder, manifest.csv, hf:PATH, torchvision:NAME or builtin:shapes."),
@@ -98,23 +117,37 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary."""
+    """Train a model from a recipe; writes checkpoints, metrics.jsonl, TensorBoard events and a summary.
+
+    Every recipe field, its default and meaning: vitkit recipes fields [--recipe NAME].
+    """
+    from vitkit.run_folder import is_run_folder
     from vitkit.train.checkpoint import newest_valid_checkpoint
     from vitkit.train.loop import resume_recipe
     from vitkit.train.loop import train as run_training
 
-    run_dir = out or Path("runs") / Path(recipe).stem
+    run_dir = out or Path("runs") / Path(recipe or "quickstart").stem
+    new_run = {"--recipe": recipe, "--data": data, "--data-root": data_root, "--pretrained": pretrained}
+    new_run |= {"--teacher": teacher, "--overwrite": "yes" if overwrite else None}
     if resume == "auto":
         folder, _ = newest_valid_checkpoint(run_dir)
         if folder is not None:
             resume = str(run_dir)
+            _check_auto_resume_data(run_dir, data)
+            new_run = {}  # the same job command again: its new-run options describe the run being continued
         else:
             console.print(f"--resume auto: no checkpoint in {run_dir} yet, starting the run", highlight=False)
-            overwrite = overwrite or (run_dir / "recipe.yaml").exists()  # only ever replace a vitkit run folder
+            overwrite = overwrite or is_run_folder(run_dir)  # a run that never saved: start it again
             resume = None
     if deterministic:
         set_ = [*(set_ or []), "train.deterministic=true"]
     if resume is not None:
+        given = [name for name, value in new_run.items() if value is not None]
+        if given:
+            raise VitkitError(
+                f"--resume continues the run in {resume} with its own recipe, data and weights, so {', '.join(given)} "
+                "would be ignored. Drop them (change a field of the run with --set), or start a new run with --out."
+            )
         cfg = resume_recipe(Path(resume), list(set_ or []))
         result = run_training(cfg, Path(resume), resume=True, console=console)
     else:
@@ -125,16 +158,41 @@ def train(
             overrides.append(f"finetune.pretrained={pretrained}")
         if teacher is not None:
             overrides.append(f"distill.teacher={teacher}")
-        cfg = load_recipe(recipe, overrides, source=data)
+        cfg = load_recipe(recipe or "quickstart", overrides, source=data)
+        if data is None:
+            console.print(
+                f"note: no --data given: training recipe {recipe or 'quickstart'} on its own data source, "
+                f"{cfg.data.source}. Pass --data DIR (or a manifest.csv) to train on your images.",
+                highlight=False,
+            )
         if teacher is not None and cfg.distill.type == "none":
             cfg.distill.type = "hard"
             console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
-        result = run_training(cfg, run_dir, overwrite=overwrite, console=console)
+        recipe_file = [recipe] if recipe and Path(recipe).is_file() else []
+        result = run_training(cfg, run_dir, overwrite=overwrite, console=console, inputs=recipe_file)
     from vitkit.evaluate.registry import TRAINING_END
     from vitkit.evaluate.run import evaluate_run
 
     doc, folder = evaluate_run(result.run_dir, only=TRAINING_END)
     _print_evaluation(doc, folder)
+
+
+def _check_auto_resume_data(run_dir: Path, data: str | None) -> None:
+    """`--resume auto` reruns the same command; refuse it when its --data is not the data the run trains on."""
+    from vitkit.config.loader import recipe_from_yaml_file
+
+    if data is None:
+        return
+    trained_on = recipe_from_yaml_file(run_dir / "recipe.yaml").data.source or ""
+
+    def norm(source: str) -> str:
+        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+
+    if norm(data) != norm(trained_on):
+        raise VitkitError(
+            f"--resume auto: the run in {run_dir} trains on {trained_on}, not on --data {data}. Use the same --data to "
+            "continue it, or another --out for a new run on this data."
+        )
 
 
 def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
@@ -170,7 +228,9 @@ def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train, or one of its checkpoints.")],
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", help="A run folder written by vitkit train, or one of its checkpoints.")
+    ],
     data: Annotated[str | None, typer.Option(help="Evaluate on this data's val split (default: the run's).")] = None,
     groups: Annotated[
         str | None, typer.Option(help="Fairness: the column of a CSV manifest (--data) that names each image's group.")
@@ -200,7 +260,7 @@ def evaluate(
 
 @app.command()
 def report(
-    metrics: Annotated[Path, typer.Argument(help="A metrics.json written by vitkit evaluate.")],
+    metrics: Annotated[Path, typer.Argument(metavar="METRICS", help="A metrics.json written by vitkit evaluate.")],
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: report.html next to it).")] = None,
 ) -> None:
     """Render report.html again from metrics.json, without recomputing anything."""
@@ -211,8 +271,8 @@ def report(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(help="A run folder written by vitkit train.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files to classify.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder written by vitkit train.")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files to classify.")],
     top: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
 ) -> None:
     """Classify image files with a run's model. Probabilities use the temperature vitkit evaluate fitted for that
@@ -229,7 +289,7 @@ def predict(
 
 @app.command("merge-lora")
 def merge_lora_command(
-    run: Annotated[Path, typer.Argument(help="A LoRA run folder written by vitkit train.")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A LoRA run folder written by vitkit train.")],
     out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN/merged).")] = None,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
 ) -> None:
@@ -332,39 +392,45 @@ def fields_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-@recipes_app.command("fields", epilog=_fields_help())
+def _recipe_values(name: str) -> dict[str, Any]:
+    """Every field's value in the recipe `name`, by dotted name."""
+    cfg = load_recipe(name)
+    values: dict[str, Any] = {}
+    for section, fields in cfg.model_dump().items():
+        for field, value in fields.items() if isinstance(fields, dict) else []:
+            values[f"{section}.{field}"] = value
+    return values
+
+
+@recipes_app.command("fields")
 def recipes_fields(
+    recipe: Annotated[
+        str | None, typer.Option(help="Show this recipe's values instead of the schema defaults.")
+    ] = None,
     markdown: Annotated[bool, typer.Option(help="Print the Markdown recipe reference instead of a table.")] = False,
 ) -> None:
-    """Every recipe field with its default and description."""
+    """Every recipe field with its default (or a recipe's own value) and description."""
     if markdown:
         sys.stdout.write(fields_markdown())
         return
-    table = Table("field", "default", "description")
+    values = _recipe_values(recipe) if recipe else {}
+    table = Table("field", f"value in {recipe}" if recipe else "default", "description")
     for name, desc, default in recipe_fields():
         if "." in name:
-            table.add_row(name, str(default), desc)
+            table.add_row(name, escape(str(values.get(name, default))), desc)
     console.print(table)
 
 
 def main() -> None:
-    """Entry point: user errors print a one-paragraph message (no traceback) and exit with status 2; a preempted
-    run exits with 75 (resume it), a diverged one with 3."""
+    """Entry point. Typer's standalone mode gives usage errors their short message and status 2, and Ctrl-C status
+    130; user errors print a one-paragraph message (no traceback) and exit with 2; a preempted run exits with 75
+    (resume it), a diverged one with 3."""
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=True)
     except VitkitError as exc:
         label = "[bold yellow]stopped:[/bold yellow]" if exc.exit_code != 2 else "[bold red]error:[/bold red]"
         Console(stderr=True).print(f"{label} {exc}", highlight=False)
         raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        if isinstance(exc, click.exceptions.Exit):
-            raise SystemExit(exc.exit_code) from None
-        raise

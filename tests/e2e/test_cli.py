@@ -31,11 +31,17 @@ def test_recipes_show_resolved_gives_the_scaled_lr():
     assert "peak_lr: 0.001" in out.stdout and "batch_per_update: 1024" in out.stdout
 
 
-def test_help_is_generated_from_recipe_fields():
-    out = vitkit("train", "--help")
+def test_field_help_is_generated_from_recipe_fields_with_the_recipes_own_values():
+    out = vitkit("recipes", "fields")
     assert out.returncode == 0
     assert "optim.weight_decay" in out.stdout and "Decoupled weight decay" in out.stdout
     assert "augment.mix_switch_prob" in out.stdout
+    tiny = vitkit("recipes", "fields", "--recipe", "deit-tiny").stdout
+    assert "value in deit-tiny" in tiny
+    assert "vit_tiny_patch16_224" in next(line for line in tiny.splitlines() if "model.name " in line)
+    short = vitkit("train", "--help")  # a screen of options; the field list stays in `recipes fields`
+    assert short.returncode == 0 and "optim.weight_decay" not in short.stdout and "recipes fields" in short.stdout
+    assert len(short.stdout.splitlines()) < 60
 
 
 @pytest.mark.parametrize(
@@ -53,6 +59,64 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_p
     assert out.returncode == 2, out.stderr
     assert message in " ".join(out.stderr.split())
     assert "Traceback" not in out.stderr
+
+
+VITKIT = str(Path(sys.executable).parent / "vitkit")
+
+
+def installed(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `vitkit` command, as a shell runs it."""
+    return subprocess.run([VITKIT, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train", "--bogus"], "No such option: --bogus"),
+        (["bogus"], "No such command 'bogus'"),
+        (["evaluate"], "Missing argument"),
+        (["predict", "--top", "many", "run", "x.png"], "Invalid value for '--top'"),
+    ],
+)
+def test_usage_errors_print_the_short_usage_and_exit_2(args, says):
+    out = installed(*args)
+    assert out.returncode == 2
+    assert says in out.stderr and "Usage: vitkit" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) < 10
+
+
+def test_version_and_short_help():
+    from vitkit import __version__
+
+    version = installed("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"vitkit {__version__}"
+    for args in (["-h"], ["train", "-h"], ["recipes", "-h"]):
+        out = installed(*args)
+        assert out.returncode == 0 and out.stdout.startswith("Usage: vitkit"), args
+
+
+def test_ctrl_c_during_startup_exits_130_and_leaves_no_run(tmp_path: Path):
+    """`vitkit train ... && next` must not carry on after Ctrl-C; setup interrupted leaves no half-made run."""
+    import signal
+
+    process = subprocess.Popen([VITKIT, "train", "--out", "r"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    first = process.stdout.readline()  # printed before the data is generated: the signal lands in setup
+    assert "no --data given" in first
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_refuses_new_run_options_instead_of_ignoring_them(tmp_path: Path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("description: x\n")
+    for extra in (["--data", str(tmp_path)], ["--recipe", "deit-tiny"], ["--overwrite"]):
+        out = installed("train", "--resume", str(run), *extra)
+        assert out.returncode == 2 and "would be ignored" in out.stderr, extra
+        assert extra[0] in out.stderr
 
 
 def test_train_then_evaluate_from_the_command_line(tmp_path: Path):

@@ -24,6 +24,7 @@ class BadImage:
     path: str
     split: str
     reason: str
+    label: int = -1  # the class index the file was listed under
 
 
 def _is_file_list(images: ImageSet) -> bool:
@@ -37,7 +38,8 @@ def find_bad_images(images: ImageSet, split: str, max_pixels: int, threads: int 
     workers = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         problems = list(pool.map(lambda path: image_problem(path, max_pixels), images.items))
-    return [BadImage(str(p), split, why) for p, why in zip(images.items, problems, strict=True) if why is not None]
+    found = zip(images.items, images.labels, problems, strict=True)
+    return [BadImage(str(p), split, why, int(label)) for p, label, why in found if why is not None]
 
 
 def _without(images: ImageSet, bad: list[BadImage]) -> ImageSet:
@@ -68,9 +70,16 @@ def apply_class_list(splits: DataSplits, classes: list[str]) -> DataSplits:
     return DataSplits(relabel(splits.train), relabel(splits.val), list(classes), splits.description, splits.notes)
 
 
-def check_class_sets(splits: DataSplits) -> None:
-    """Every class has training images, labels fit the class list, and train and val cover the same classes."""
+def check_class_sets(splits: DataSplits, skipped: list[BadImage] | None = None) -> None:
+    """At least two classes, every class has training images, labels fit the class list, and train and val cover
+    the same classes. `skipped` (unreadable files left out) is named when it is why a class is empty."""
     n = splits.num_classes
+    if n < 2:
+        raise DataError(
+            f"{splits.description} has {n} class ({', '.join(splits.classes) or 'none'}): a classifier needs at least "
+            "2. Put each class's images in a sub-folder of its own (DIR/<class>/*), or give a label column with 2 "
+            "or more values."
+        )
     for split, images in (("train", splits.train), ("val", splits.val)):
         outside = sorted({int(v) for v in images.labels if v < 0 or v >= n})
         if outside:
@@ -82,7 +91,16 @@ def check_class_sets(splits: DataSplits) -> None:
     val_counts = np.bincount(splits.val.labels, minlength=n)
     empty = [c for c, k in zip(splits.classes, train_counts, strict=True) if k == 0]
     if empty:
-        raise DataError(f"classes with no training images: {empty}. Add images, or remove them from the class list.")
+        lost = [
+            b for b in skipped or [] if b.split == "train" and 0 <= b.label < n and splits.classes[b.label] in empty
+        ]
+        because = ""
+        if lost:
+            listing = "".join(f"\n  {b.path}: {b.reason}" for b in lost[:10])
+            because = f" Every one of their images was unreadable and skipped:{listing}\n"
+        raise DataError(
+            f"classes with no training images: {empty}.{because or ' '}Add images, or remove them from the class list."
+        )
     no_val = [c for c, k in zip(splits.classes, val_counts, strict=True) if k == 0]
     if no_val and len(splits.val):
         raise DataError(
@@ -113,5 +131,5 @@ def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[B
             splits.description,
             splits.notes,
         )
-    check_class_sets(splits)
+    check_class_sets(splits, bad)
     return splits, bad

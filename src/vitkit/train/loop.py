@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -51,6 +51,7 @@ from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, p
 from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
+from vitkit.run_folder import claim_run_folder, local_input_paths
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -103,23 +104,6 @@ def resume_recipe(run_dir: Path, overrides: list[str] | None = None) -> Recipe:
     return load_recipe(str(recipe_path), overrides)
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create the run folder; refuse to mix a new run into an old one unless asked to overwrite."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise VitkitError(
-                f"run folder {run_dir} already holds a run. Use --resume {run_dir} to continue it, "
-                "--overwrite to replace it, or another --out."
-            )
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ".write-test").write_text("ok")
-        (run_dir / ".write-test").unlink()
-    except OSError as exc:
-        raise VitkitError(f"cannot write to the run folder {run_dir} ({exc}). Choose a writable --out.") from exc
-
-
 def train(
     recipe: Recipe,
     run_dir: Path,
@@ -128,11 +112,14 @@ def train(
     overwrite: bool = False,
     console: Console | None = None,
     should_stop: Callable[[Progress], bool] | None = None,
+    inputs: Sequence[str] = (),
 ) -> RunResult:
     """Train `recipe` into `run_dir`, or continue the run there when `resume` (see `resume_recipe`).
 
     A stop asked for by SIGTERM/SIGINT, or by `should_stop` (called after each optimizer update), saves a
     checkpoint at that step and raises `TrainingPreempted`; `resume=True` then continues exactly where it stopped.
+    A new run never writes over anything but a vitkit run (`run_folder`), nor over its inputs: the recipe's data,
+    weights and teacher, and any other `inputs` (e.g. the recipe file).
     """
     console = console or Console()
     cfg = recipe.model_copy(deep=True)  # pretrained architecture and normalisation are filled in below
@@ -146,10 +133,18 @@ def train(
     weights = resolve_pretrained(cfg.finetune.pretrained, cfg.model) if cfg.finetune.pretrained else None
     if weights is not None:
         cfg.model = with_architecture(cfg.model, weights)
-    if not resume:
-        prepare_run_dir(run_dir, overwrite)
-    with deterministic_algorithms(t.deterministic):
-        return _train(cfg, run_dir, weights, resume, console, should_stop)
+    if resume:
+        with deterministic_algorithms(t.deterministic):
+            return _train(cfg, run_dir, weights, resume, console, should_stop, on_saved=lambda: None)
+    d, teacher = cfg.data, cfg.distill
+    paths = [d.source, d.root, cfg.finetune.pretrained, teacher.teacher, teacher.teacher_checkpoint, *inputs]
+    claimed = claim_run_folder(run_dir, overwrite, local_input_paths(paths))
+    try:
+        with deterministic_algorithms(t.deterministic):
+            return _train(cfg, run_dir, weights, resume, console, should_stop, on_saved=claimed.checkpoint_saved)
+    except BaseException:
+        claimed.abandon()  # no checkpoint yet: nothing to resume, so give the folder back as it was
+        raise
 
 
 @contextmanager
@@ -176,6 +171,7 @@ def _train(
     resume: bool,
     console: Console,
     should_stop: Callable[[Progress], bool] | None,
+    on_saved: Callable[[], None],
 ) -> RunResult:
     t = cfg.train
     seed_everything(t.seed)
@@ -294,7 +290,15 @@ def _train(
     display = TrainDisplay(total_steps, console, t.log_every)
     strategy = cfg.finetune.strategy
     run_meta = {"num_classes": data.num_classes, "strategy": strategy}  # every checkpoint's meta.json has these
-    saver = partial(_save, model=raw_model, ema=ema, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator)
+    saver = partial(
+        _save,
+        model=raw_model,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        accelerator=accelerator,
+        on_saved=on_saved,
+    )
     try:
         if cfg.finetune.cache_features:
             images_seen = _fit_cached_head(
@@ -653,6 +657,7 @@ def _save(
     progress: Progress,
     cfg: Recipe,
     extra_meta: dict[str, Any],
+    on_saved: Callable[[], None],
     keep: int = 1,
 ) -> None:
     state = {
@@ -671,6 +676,7 @@ def _save(
         **extra_meta,
     }
     save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta, keep)
+    on_saved()
 
 
 def _restore(

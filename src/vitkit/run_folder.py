@@ -1,0 +1,180 @@
+"""The run folder's ownership rules: vitkit writes only into folders it may write, and replaces only its own runs.
+
+A run folder is recognised by its marker file (`.vitkit-run`, written when the run is created) or, for runs made
+before markers existed, by `recipe.yaml` next to `checkpoints/` or `metrics.jsonl`. `--overwrite` replaces such a
+folder only when everything in it is something vitkit writes there; anything else (a notes file, a data folder)
+makes vitkit refuse and name it. A replaced run is first moved aside and deleted only once the new run has saved
+its first checkpoint, so a new run that fails to start (a typo in --data, a missing teacher) gives the old one back;
+such a failed start also removes what it wrote, so the same command can simply be run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitkit import __version__
+from vitkit.errors import VitkitError
+
+MARKER = ".vitkit-run"
+
+# Everything vitkit writes at the top of a run folder; anything else there belongs to the user.
+RUN_ENTRIES = frozenset(
+    {
+        MARKER,
+        "recipe.yaml",
+        "metrics.jsonl",
+        "timing.jsonl",
+        "tensorboard",
+        "checkpoints",
+        "summary.json",
+        "eval",
+        "calibration.json",
+        "bad_images.jsonl",
+        "merged",
+        "mlruns",
+        "wandb",
+        ".write-test",
+    }
+)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` was made by `vitkit train` (its marker, or an older run's recipe with its outputs)."""
+    if not folder.is_dir():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    return (folder / "recipe.yaml").is_file() and any((folder / n).exists() for n in ("checkpoints", "metrics.jsonl"))
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The names in `folder` that vitkit does not write into a run folder, sorted."""
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in RUN_ENTRIES)
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def local_input_paths(values: Iterable[str | None]) -> list[Path]:
+    """The inputs among `values` that are paths on this machine (data, recipe, weights, teacher), resolved.
+
+    `hf:PATH` is the path PATH; timm names, `builtin:` and `torchvision:` sources are not local paths.
+    """
+    paths = []
+    for value in values:
+        if not value or value.startswith(("builtin:", "torchvision:", "hf-hub:", "timm:")):
+            continue
+        path = Path(value.removeprefix("hf:")).expanduser()
+        if path.exists():
+            paths.append(path.resolve())
+    return paths
+
+
+def check_output_folder(out: Path, inputs: Iterable[Path] = ()) -> None:
+    """Refuse an `--out` that is a file, a folder vitkit must never write a run into, or one that overlaps an input.
+
+    Never: the current directory or any parent of it, the home directory, a filesystem root; nor a folder that
+    contains an input (the data, the recipe, the weights) or lies inside an input folder.
+    """
+    if out.exists() and not out.is_dir():
+        raise VitkitError(f"--out {out} is a file, not a folder. Name a folder for the run, e.g. --out runs/NAME.")
+    target = out.expanduser().resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if _within(cwd, target):
+        what = "the current directory" if target == cwd else "a parent of the current directory"
+        raise VitkitError(f"--out {out} is {what}; a run needs a folder of its own, e.g. --out runs/NAME.")
+    if target == home or target.parent == target:
+        what = "your home directory" if target == home else "a filesystem root"
+        raise VitkitError(f"--out {out} is {what}; a run needs a folder of its own, e.g. --out runs/NAME.")
+    for path in inputs:
+        if _within(path, target):
+            raise VitkitError(
+                f"--out {out} contains the input {path}; vitkit will not write a run over its own inputs. Choose a "
+                "folder of its own, e.g. --out runs/NAME."
+            )
+        if path.is_dir() and _within(target, path):
+            raise VitkitError(
+                f"--out {out} lies inside the input folder {path} (for image folders it would even become a class). "
+                "Put runs outside the data, e.g. --out runs/NAME."
+            )
+
+
+@dataclass
+class ClaimedFolder:
+    """A run folder prepared for a new run, and the old run moved aside (if one was replaced)."""
+
+    path: Path
+    created: bool  # the folder did not exist before: vitkit made it
+    replaced: Path | None = None
+    saved: bool = False
+
+    def checkpoint_saved(self) -> None:
+        """The new run has saved a checkpoint, so it can be resumed: the run it replaced can go."""
+        self.saved = True
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def abandon(self) -> None:
+        """The new run failed before its first checkpoint: remove what it wrote and put a replaced run back."""
+        if self.saved:
+            return
+        if self.created or self.replaced is not None:
+            shutil.rmtree(self.path, ignore_errors=True)  # made by this run alone (an old run is aside)
+        else:  # a folder that was empty before: take out only what the run wrote
+            for name in RUN_ENTRIES:
+                entry = self.path / name
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.exists():
+                    entry.unlink()
+        if self.replaced is not None:
+            os.replace(self.replaced, self.path)
+            self.replaced = None
+
+
+def claim_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> ClaimedFolder:
+    """Make `out` an empty run folder with its marker; with `overwrite`, move a previous run there aside.
+
+    Raises before anything is touched when `out` holds anything but a vitkit run, or breaks a rule of
+    `check_output_folder`.
+    """
+    check_output_folder(out, inputs)
+    replaced, created = None, not out.exists()
+    if not created and any(out.iterdir()):
+        if not is_run_folder(out):
+            shown = ", ".join(foreign_entries(out)[:5])
+            raise VitkitError(
+                f"--out {out} is a folder with other files in it ({shown}), not a vitkit run. vitkit never writes "
+                "into or replaces such a folder, with or without --overwrite: choose a new folder, e.g. --out "
+                "runs/NAME."
+            )
+        foreign = foreign_entries(out)
+        if not overwrite:
+            raise VitkitError(
+                f"--out {out} already holds a vitkit run. Use --resume {out} to continue it, --overwrite to replace "
+                "it, or another --out."
+            )
+        if foreign:
+            raise VitkitError(
+                f"--out {out} is a vitkit run but also holds files vitkit did not write ({', '.join(foreign[:5])}); "
+                "--overwrite would delete them. Move them out of the folder first, or choose another --out."
+            )
+        replaced = out.parent / f".{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        os.replace(out, replaced)
+        created = True
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(json.dumps({"vitkit": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    except OSError as exc:
+        if replaced is not None:
+            os.replace(replaced, out)
+        raise VitkitError(f"cannot write to the run folder {out} ({exc}). Choose a writable --out.") from exc
+    return ClaimedFolder(out, created, replaced)
