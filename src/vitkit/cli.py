@@ -180,15 +180,12 @@ def train(
 def _check_auto_resume_data(run_dir: Path, data: str | None) -> None:
     """`--resume auto` reruns the same command; refuse it when its --data is not the data the run trains on."""
     from vitkit.config.loader import recipe_from_yaml_file
+    from vitkit.data.sources import same_source
 
     if data is None:
         return
     trained_on = recipe_from_yaml_file(run_dir / "recipe.yaml").data.source or ""
-
-    def norm(source: str) -> str:
-        return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
-
-    if norm(data) != norm(trained_on):
+    if not same_source(data, trained_on):
         raise VitkitError(
             f"--resume auto: the run in {run_dir} trains on {trained_on}, not on --data {data}. Use the same --data to "
             "continue it, or another --out for a new run on this data."
@@ -206,6 +203,8 @@ def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
     table.add_row(
         "checkpoint", f"{checkpoint['checkpoint']} ({checkpoint['weights']}, epoch {checkpoint.get('epoch')})"
     )
+    if checkpoint.get("why"):
+        table.add_row("chosen because", checkpoint["why"])
     for name, results in doc["results"].items():
         for key, value in results.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -219,9 +218,10 @@ def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
         table.add_row("train time", f"{summary['wall_seconds']:.0f} s ({summary['train_images_per_second']:.0f} img/s)")
         table.add_row("precision / attention", f"{summary['precision']} / {summary['attention']}")
     console.print(table)
-    for name, results in doc["results"].items():
-        for flag in results.get("flags", []):
-            console.print(f"[yellow]flag[/yellow] {name}: {escape(flag)}")
+    for finding in doc.get("findings", []):
+        colour = "red" if finding["level"] == "act" else "yellow"
+        console.print(f"[{colour}]{finding['level']}[/{colour}] {finding['area']}: {escape(finding['problem'])}")
+        console.print(f"  try: {escape(finding['action'])}", highlight=False)
     console.print(f"report: {(out / 'report.html').resolve()}", highlight=False)
     console.print(f"run folder: {Path(doc['run']).resolve()}", highlight=False)
 
@@ -248,14 +248,36 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Folder for metrics.json and report.html (default RUN/eval).")
     ] = None,
+    save_temperature: Annotated[
+        bool | None,
+        typer.Option(
+            "--save-temperature/--no-save-temperature",
+            help="Save the fitted temperature for vitkit predict (default: only when evaluating the run's own data).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a run beyond top-1: accuracy, calibration, attention, robustness, fairness and efficiency. Writes
     metrics.json and a self-contained report.html, and saves the fitted temperature for vitkit predict."""
     from vitkit.evaluate.run import evaluate_run
 
     with console.status("evaluating"):
-        doc, folder = evaluate_run(run, data=data, groups=groups, shift_data=shift_data, only=only, out=out)
+        doc, folder = evaluate_run(
+            run,
+            data=data,
+            groups=groups,
+            shift_data=shift_data,
+            only=only,
+            out=out,
+            save_temperature_for_predict=save_temperature,
+        )
     _print_evaluation(doc, folder)
+    fitted = doc["results"].get("calibration", {}).get("temperature")
+    if fitted is not None and "temperature_saved" not in doc:
+        console.print(
+            f"note: the temperature {fitted:.3f} fitted on {doc['data']} was not saved for vitkit predict (other data "
+            "than the run's own); pass --save-temperature to use it.",
+            highlight=False,
+        )
 
 
 @app.command()

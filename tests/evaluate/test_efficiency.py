@@ -27,7 +27,7 @@ def test_efficiency_evaluator_reports_parameters_flops_latency_and_throughput():
         torch.zeros(3, 10), torch.zeros(3, dtype=torch.long), images=images, runner=_runner(), settings=settings
     )
     out = run_evaluator(EfficiencyEvaluator(), ctx)
-    assert out["parameters"] == 192 * 10 + 10 and out["flops_per_image"] == 3840 and out["input"] == [3, 8, 8]
+    assert out["parameters"] == 192 * 10 + 10 and out["flops_per_image"] == 3840 and out["input_shape"] == [3, 8, 8]
     latency = out["latency_ms"]
     assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] and out["latency_repeats"] == 20
     assert out["throughput_batch"] == 8 and out["throughput_images_per_s"] > 0

@@ -86,7 +86,8 @@ def test_calibration_evaluator_fits_temperature_on_one_part_and_lowers_nll_on_th
     logits = (torch.randn(2000, 5, generator=g) + F.one_hot(labels, 5) * 1.2) * 4  # 4x overconfident
     out = run_evaluator(CalibrationEvaluator(), EvalContext(logits, labels))
     assert out["temperature_fit_images"] == 1000
-    assert out["temperature"] == pytest.approx(4.0, rel=0.15)
+    # the calibrated logits are 1.2 * (noise + 1.2 * one-hot) (the Gaussian log posterior), so T = 4 / 1.2
+    assert out["temperature"] == pytest.approx(4 / 1.2, rel=0.05)
     assert out["nll_after_scaling"] < out["nll_before_scaling"] and out["ece_after_scaling"] < out["ece_before_scaling"]
     assert out["ece"] > 0.1 and sum(out["reliability"]["count"]) == 2000
     coverage = {p["threshold"]: p for p in out["coverage"]}
@@ -94,11 +95,30 @@ def test_calibration_evaluator_fits_temperature_on_one_part_and_lowers_nll_on_th
     assert [p["coverage"] for p in out["coverage"]] == sorted((p["coverage"] for p in out["coverage"]), reverse=True)
 
 
+def test_a_temperature_that_does_not_lower_held_out_nll_is_not_kept():
+    """Fit half and judge half disagree (the fit half is 8x overconfident, the judge half calibrated): the fitted
+    temperature makes the judged NLL worse, so T = 1 is kept and the reason is given."""
+    from vitkit.evaluate.calibration import _split_for_temperature
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    logits = torch.randn(200, 4, generator=g) + F.one_hot(labels, 4) * 2.0
+    fit, _ = _split_for_temperature(200, 0.5, 0)
+    logits[fit] = logits[fit] * 8
+    out = run_evaluator(CalibrationEvaluator(), EvalContext(logits, labels))
+    assert out["temperature_fitted"] > 3
+    assert out["nll_after_scaling"] >= out["nll_before_scaling"]
+    assert (
+        "temperature" not in out and "did not lower the NLL on the 100 held-out images" in out["temperature_rejected"]
+    )
+
+
 def test_most_confidently_wrong_are_the_wrong_ones_by_descending_confidence():
     labels = torch.tensor([0, 1, 2, 0, 1])
     logits = torch.tensor([[9.0, 0, 0], [0, 1, 3], [5, 0, 0], [1, 0, 0], [0, 0, 0.5]])
     out = run_evaluator(CalibrationEvaluator(), EvalContext(logits, labels, classes=["a", "b", "c"]))
-    assert out["temperature_skipped"].startswith("needs at least 20 images")
+    assert out["temperature_skipped"].startswith("needs at least 100 evaluation images")
+    assert "temperature" not in out
     wrong = out["confidently_wrong"]
     assert [w["index"] for w in wrong] == [2, 1, 4]
     assert (wrong[0]["true"], wrong[0]["predicted"]) == ("c", "a")

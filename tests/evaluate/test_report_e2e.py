@@ -19,13 +19,13 @@ CLASSES = ("cat", "dog", "fox")
 
 
 def _manifest(root: Path) -> Path:
-    """60 images; 30 for validation, from two sites of 12 and 15 images and a third of 3."""
-    write_image_folder(root / "images", CLASSES, per_class=20)
+    """210 images; 105 for validation (enough to fit a temperature), from sites of 36, 45 and 24 images."""
+    write_image_folder(root / "images", CLASSES, per_class=70)
     rows = []
     for name in CLASSES:
-        for j in range(20):
+        for j in range(70):
             split = "val" if j % 2 else "train"
-            site = "north" if j < 8 else "south" if j < 18 else "island"
+            site = "north" if j < 24 else "south" if j < 54 else "island"
             rows.append({"path": f"images/{name}/{j}.png", "label": name, "split": split, "site": site})
     path = root / "manifest.csv"
     with path.open("w", newline="") as fh:
@@ -66,14 +66,14 @@ def test_evaluate_runs_all_six_evaluators_and_writes_metrics_and_report(evaluate
     run, out, doc = evaluated
     results = doc["results"]
     assert list(results) == ["accuracy", "calibration", "attention", "robustness", "fairness", "efficiency"]
-    assert doc["images"] == 30 and doc["classes"] == list(CLASSES) and doc["task"] == "multiclass"
+    assert doc["images"] == 105 and doc["classes"] == list(CLASSES) and doc["task"] == "multiclass"
     assert len(results["accuracy"]["confusion_matrix"]) == 3
     assert results["attention"]["layers"] == 2 and len(results["attention"]["rollout"]) == 4
     assert results["robustness"]["shift"]["images"] == 12
     assert set(results["robustness"]["corruptions"]) == {"gaussian_noise", "jpeg", "blur", "brightness", "contrast"}
     groups = {g["group"]: g for g in results["fairness"]["groups"]}
-    assert {k: g["count"] for k, g in groups.items()} == {"north": 12, "south": 15, "island": 3}
-    assert groups["island"]["too_small"]  # under 30 images: every group here is too small to judge
+    assert {k: g["count"] for k, g in groups.items()} == {"north": 36, "south": 45, "island": 24}
+    assert groups["island"]["too_small"] and not groups["north"]["too_small"]  # under 30 images: too small to judge
     assert results["efficiency"]["flops_per_image"] > 0
     html = (out / "report.html").read_text()
     for title in (
@@ -131,7 +131,13 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 def _open_in_chromium(page: Path) -> tuple[list[list], list[dict]]:
-    """(complete, naturalWidth, src head) of every image, and the browser console's log entries."""
+    """(complete, naturalWidth, src head, alt) of every image, and the browser console's log entries."""
+    images, logs, _ = _read_in_chromium(page)
+    return images, logs
+
+
+def _read_in_chromium(page: Path) -> tuple[list[list], list[dict], str]:
+    """`_open_in_chromium` and the text a reader sees in the findings section."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -153,9 +159,10 @@ def _open_in_chromium(page: Path) -> tuple[list[list], list[dict]]:
     try:
         driver.get(page.resolve().as_uri())
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 30)])"
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.src.slice(0, 30), i.alt])"
         )
-        return images, driver.get_log("browser")
+        findings = driver.execute_script("return document.getElementById('findings')?.innerText || ''")
+        return images, driver.get_log("browser"), findings
     finally:
         driver.quit()
 
@@ -165,13 +172,72 @@ def _open_in_chromium(page: Path) -> tuple[list[list], list[dict]]:
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
 )
 def test_report_opens_in_headless_chromium_with_every_image_loaded_and_no_console_errors(evaluated, tmp_path: Path):
-    _, out, _ = evaluated
+    _, out, doc = evaluated
     images, logs = _open_in_chromium(out / "report.html")
-    assert len(images) >= 15  # figures, thumbnails and rollout overlays
-    assert all(complete and width > 0 for complete, width, _ in images), images
+    # 7 figures (confusion, reliability, coverage, entropy, diversity, severities, groups), 4 rollout overlays,
+    # and a thumbnail for each confidently wrong image
+    wrong = len(doc["results"]["calibration"]["confidently_wrong"])
+    assert len(images) == 11 + wrong
+    assert all(complete and width > 0 for complete, width, _, _ in images), images
+    assert all(alt.strip() for *_, alt in images)  # every figure and thumbnail says what it shows
     assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
     # the check itself catches a broken image and a console error
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><img src='data:image/png;base64,AAAA'><script>console.error('x')</script></body>")
     images, logs = _open_in_chromium(broken)
     assert images[0][1] == 0 and any(entry["level"] == "SEVERE" for entry in logs)
+
+
+def test_evaluating_other_data_does_not_replace_the_saved_temperature(evaluated, tmp_path: Path):
+    run, _, _ = evaluated
+    saved = (run / "calibration.json").read_text()
+    other = _manifest(tmp_path)  # the same kind of images, in another place: other data
+    result = vitkit("evaluate", str(run), "--data", str(other), "--only", "calibration", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert doc["images"] >= 100 and "temperature_saved" not in doc
+    assert (run / "calibration.json").read_text() == saved
+    assert "temperature" in doc["results"]["calibration"]  # one was fitted and kept, and still not saved
+    assert "was not saved for vitkit predict" in " ".join(result.stdout.split())
+    asked = vitkit("evaluate", str(run), "--data", str(other), "--only", "calibration", "--save-temperature")
+    assert asked.returncode == 0, asked.stderr
+    assert json.loads((run / "calibration.json").read_text())["data"] == doc["data"]
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
+)
+def test_the_report_of_a_bad_model_leads_with_what_to_fix(tmp_path: Path):
+    """A model that never predicts 'fox' and is far too sure of itself: the findings a reader sees name both
+    problems, each with the change to try."""
+    import torch
+
+    from tests.conftest import tiny_vit
+    from vitkit.config.schema import AugmentConfig
+    from vitkit.data.pipeline import eval_transform
+    from vitkit.data.sources import load_folder
+    from vitkit.evaluate.context import ModelRunner
+    from vitkit.evaluate.findings import findings
+    from vitkit.evaluate.registry import select_evaluators
+    from vitkit.evaluate.report import write_report
+    from vitkit.evaluate.run import predict_context, run_all
+
+    model = tiny_vit(num_classes=3)
+    with torch.no_grad():
+        model.head.weight.mul_(400)  # confident far beyond its accuracy
+        model.head.bias[2] = -1e4  # 'fox' can never win
+    splits = load_folder(write_image_folder(tmp_path / "data", CLASSES, per_class=40), val_fraction=0.9, seed=0)
+    runner = ModelRunner(model, torch.device("cpu"), (0.5,) * 3, (0.5,) * 3, eval_transform(AugmentConfig(), 16))
+    ctx = predict_context(runner, splits.val, list(CLASSES))
+    results, seconds = run_all(ctx, select_evaluators("accuracy,calibration"))
+    doc = {"run": "bad", "data": "folder", "images": len(ctx.labels), "classes": list(CLASSES), "task": ctx.task}
+    doc |= {"results": results, "seconds": seconds, "findings": []}
+    doc["findings"] = findings(doc)
+    _, logs, seen = _read_in_chromium(write_report(doc, tmp_path / "report.html"))
+    assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
+    text = " ".join(seen.split())
+    assert "Findings: what to act on" in text
+    assert "Act · Accuracy: class 'fox' is never predicted (" in text and "Try: Check the images and labels" in text
+    assert "Act · Confidence and calibration: ECE is" in text and "over-confident" in text
+    assert text.index("never predicted") < text.index("Try:")  # each problem comes with its change to try

@@ -72,7 +72,7 @@ def test_a_damaged_checkpoint_is_refused_on_load_and_skipped_on_resume(three_epo
     assert all(w.startswith("skipping checkpoint") for w in warnings)
     # resuming continues from last.1 (epoch 2) and re-runs the third epoch; its first record is dropped
     train(resume_recipe(run), run, resume=True, console=QUIET)
-    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2]
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
     assert checkpoint_problem(run / "checkpoints" / "last") is None
 
 
@@ -147,7 +147,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path:
     assert isinstance(model(torch.zeros(1, 3, 16, 16)), torch.Tensor)
     result = train(resume_recipe(run), run, resume=True, console=QUIET)
     # the epoch whose save was killed is trained again from the epoch-1 checkpoint
-    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2]
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
     assert result.summary["epochs"] == 3
 
 
@@ -174,7 +174,7 @@ def test_resume_auto_starts_then_continues_the_same_command(tmp_path: Path):
     again = vitkit("train", "--out", str(run), "--resume", "auto", *sets, "--set", "schedule.epochs=2")
     assert again.returncode == 0, again.stderr
     assert "resuming" in again.stdout
-    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1]
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2]
 
 
 def test_best_is_chosen_by_the_recipes_metric(tmp_path: Path):
@@ -182,7 +182,13 @@ def test_best_is_chosen_by_the_recipes_metric(tmp_path: Path):
     history = read_metrics(tmp_path / "run" / "metrics.jsonl", "epoch")
     losses = [min(e["val_loss"], e["ema_val_loss"]) for e in history]
     best = losses.index(min(losses))
-    assert result.summary["best"] == {"metric": "val_loss", "value": min(losses), "epoch": best}
+    assert {k: result.summary["best"][k] for k in ("metric", "value", "epoch")} == {
+        "metric": "val_loss",
+        "value": min(losses),
+        "epoch": best + 1,
+    }
+    assert result.summary["best"]["why"].startswith(f"epoch {best + 1} (")
+    assert "lowest val_loss" in result.summary["best"]["why"]
     meta = _meta(tmp_path / "run" / "checkpoints" / "best")
     assert meta["epoch"] == best + 1
     assert meta["best_source"] == ("ema" if history[best]["ema_val_loss"] < history[best]["val_loss"] else "raw")

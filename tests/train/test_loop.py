@@ -30,7 +30,7 @@ def test_run_folder_holds_recipe_metrics_tensorboard_checkpoints_summary(finishe
     assert {"loss", "lr", "grad_norm", "epoch"} <= set(steps[0])
     assert [t["step"] for t in timing] == [s["step"] for s in steps]  # throughput beside each logged step
     assert all(0.0 <= t["data_wait"] <= 1.0 and t["img_per_s"] > 0 for t in timing)
-    assert [e["epoch"] for e in epochs] == [0, 1, 2]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert {"val_top1", "val_top5", "val_loss", "ema_val_top1", "ema_val_top5", "train_loss"} <= set(epochs[-1])
     assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
     for which in ("last", "best"):
@@ -70,7 +70,7 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
     )
     assert len(read_metrics(run / "metrics.jsonl", "epoch")) == 2
     train(resume_recipe(run, ["train.max_steps=null"]), run, resume=True, console=QUIET)
-    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [0, 1, 2]
+    assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
     resumed = load_weights(run / "checkpoints" / "last" / "model.safetensors")
     reference = load_weights(finished_run / "checkpoints" / "last" / "model.safetensors")
     for key in reference:
@@ -78,7 +78,10 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
 
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
+    # SGD, not AdamW: Adam's update is nearly invariant to the gradient's scale, so it would hide a missing division
+    # by the accumulation steps; SGD's update is proportional to it
     common = [*PLAIN, "train.max_steps=1", "schedule.epochs=2", "ema.enabled=false", "optim.clip_grad=null"]
+    common += ["optim.name=sgd", "optim.lr=0.5"]
     big = tiny_recipe(*common, "train.batch_size=32")
     small = tiny_recipe(*common, "train.batch_size=16", "train.accumulation_steps=2")
     assert big.effective_lr() == small.effective_lr()
@@ -149,3 +152,31 @@ def test_compile_and_channels_last_train_like_eager(tmp_path: Path):
     assert eager.keys() == fast.keys()
     for key in eager:
         torch.testing.assert_close(fast[key], eager[key], atol=1e-4, rtol=1e-3)
+
+
+def test_an_accuracy_tie_goes_to_the_lower_validation_loss():
+    from vitkit.train.checkpoint import Progress
+    from vitkit.train.loop import improves
+
+    best_so_far = Progress(best_metric=1.0, best_epoch=2, best_val_loss=0.5)  # 100% top-1 already at epoch 2
+    assert improves(1.0, {"val_loss": 0.3}, best_so_far, "val_top1")
+    assert not improves(1.0, {"val_loss": 0.7}, best_so_far, "val_top1")
+    assert not improves(0.9, {"val_loss": 0.01}, best_so_far, "val_top1")
+    assert improves(0.4, {"val_loss": 0.4}, Progress(best_metric=0.5, best_epoch=1), "val_loss")
+
+
+def test_the_best_checkpoint_says_why_it_was_chosen():
+    from vitkit.train.loop import best_reason
+
+    history = [
+        {"epoch": 1, "val_top1": 0.50, "val_loss": 1.0},
+        {"epoch": 2, "val_top1": 1.00, "val_loss": 0.40},
+        {"epoch": 3, "val_top1": 0.75, "val_loss": 0.6, "ema_val_top1": 1.00, "ema_val_loss": 0.2},
+    ]
+    assert best_reason(history, history[2], "val_top1") == (
+        "epoch 3 (raw weights) has the highest val_top1 (100.00%) of the 3 evaluated epochs so far; 2 epochs tie on "
+        "it, and this one has the lowest validation loss"
+    ).replace("raw", "EMA")
+    assert best_reason(history[:2], history[0], "val_loss") == (
+        "epoch 1 (raw weights) has the lowest val_loss (1.0000) of the 2 evaluated epochs so far"
+    )

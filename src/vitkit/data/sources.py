@@ -382,6 +382,16 @@ def load_shapes(train_size: int, val_size: int, img_size: int) -> DataSplits:
     )
 
 
+def same_source(a: str, b: str) -> bool:
+    """Whether two data sources name the same data: equal strings, or paths to the same file or folder."""
+
+    def norm(source: str) -> str:
+        path = Path(source.removeprefix("hf:")).expanduser()
+        return str(path.resolve()) if path.exists() else source
+
+    return a == b or norm(a) == norm(b)
+
+
 def load_source(
     source: str | None,
     *,

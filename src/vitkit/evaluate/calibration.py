@@ -103,7 +103,9 @@ def _split_for_temperature(n: int, fraction: float, seed: int) -> tuple[torch.Te
     return order[:cut], order[cut:]
 
 
-MIN_IMAGES_FOR_TEMPERATURE = 20
+# Half of the set fits T, the other half judges it: below ~50 images a half is too small for either (a T of 0.03
+# fitted on 9 images made held-out ECE worse), so a temperature is only fitted from this many evaluation images.
+MIN_IMAGES_FOR_TEMPERATURE = 100
 
 
 class CalibrationEvaluator:
@@ -131,18 +133,37 @@ class CalibrationEvaluator:
         yield from self._confidently_wrong(ctx, probs)
 
     def _temperature(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+        """A temperature fitted on one part and kept only if it lowers the NLL on the other part; else T = 1."""
         s, logits, labels, n = ctx.settings, ctx.logits, ctx.labels, ctx.logits.shape[1]
         if len(labels) < MIN_IMAGES_FOR_TEMPERATURE:
-            yield "temperature_skipped", f"needs at least {MIN_IMAGES_FOR_TEMPERATURE} images, has {len(labels)}"
+            yield (
+                "temperature_skipped",
+                (
+                    f"needs at least {MIN_IMAGES_FOR_TEMPERATURE} evaluation images to fit and check a temperature, "
+                    f"has {len(labels)}: probabilities stay the raw softmax (T = 1)"
+                ),
+            )
             return
         fit, judge = _split_for_temperature(len(labels), s.held_out_fraction, s.seed)
         t = fit_temperature(logits[fit], labels[fit])
-        yield "temperature", t
+        yield "temperature_fitted", t
         yield "temperature_fit_images", len(fit)
+        nll = {}
         for name, scaled in (("before", logits[judge]), ("after", logits[judge] / t)):
             p = scaled.softmax(dim=1)
             yield f"ece_{name}_scaling", float(multiclass_calibration_error(p, labels[judge], n, n_bins=s.bins))
-            yield f"nll_{name}_scaling", float(F.cross_entropy(scaled, labels[judge]))
+            nll[name] = float(F.cross_entropy(scaled, labels[judge]))
+            yield f"nll_{name}_scaling", nll[name]
+        if nll["after"] < nll["before"]:
+            yield "temperature", t
+        else:
+            yield (
+                "temperature_rejected",
+                (
+                    f"the fitted T = {t:.3f} did not lower the NLL on the {len(judge)} held-out images "
+                    f"({nll['before']:.3f} -> {nll['after']:.3f}), so T = 1 is kept"
+                ),
+            )
 
     def _confidently_wrong(self, ctx: EvalContext, probs: torch.Tensor) -> Iterator[tuple[str, Value]]:
         confidence, predicted = probs.max(dim=1)

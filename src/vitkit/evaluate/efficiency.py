@@ -60,7 +60,7 @@ class EfficiencyEvaluator:
             torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         )
         yield "precision", str(runner.amp_dtype).replace("torch.", "") if runner.amp_dtype else "float32"
-        yield "input", list(image.shape[1:])
+        yield "input_shape", list(image.shape[1:])
         yield "parameters", sum(p.numel() for p in params)
         yield "flops_per_image", count_flops(runner, image)
         latency = np.asarray(time_forward(runner, image, s.latency_repeats, s.warmup)) * 1000

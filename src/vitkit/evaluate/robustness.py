@@ -116,7 +116,8 @@ class RobustnessEvaluator:
             over = [(sev, clean - acc) for sev, acc in zip(s.severities, row, strict=True) if clean - acc > limit]
             if over:
                 sev, drop = over[0]
-                flags.append(f"{name}: top-1 drops {drop * 100:.1f} points already at severity {sev}")
+                already = " already" if sev == s.severities[0] else ""  # not at the strongest: "at severity 5"
+                flags.append(f"{name}: top-1 drops {drop * 100:.1f} points{already} at severity {sev}")
         if ctx.shift is not None:
             description, shifted = ctx.shift
             shift_logits, shift_labels = [], []

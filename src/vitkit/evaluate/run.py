@@ -16,9 +16,10 @@ from torch import nn
 from vitkit import __version__
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import eval_transform
-from vitkit.data.sources import DataSplits, ImageSet, load_source
+from vitkit.data.sources import DataSplits, ImageSet, load_source, same_source
 from vitkit.errors import DataError
 from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelRunner, run_evaluator
+from vitkit.evaluate.findings import findings
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
 from vitkit.models.run_model import load_run_or_checkpoint
@@ -103,11 +104,17 @@ def evaluate_run(
     only: str | list[str] | tuple[str, ...] | None = None,
     out: Path | None = None,
     settings: EvalSettings | None = None,
+    save_temperature_for_predict: bool | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a run folder (or one of its checkpoints) on the val split of its data, or of `data`; writes
-    OUT/metrics.json and OUT/report.html (OUT defaults to RUN/eval) and returns the metrics document and OUT."""
+    OUT/metrics.json and OUT/report.html (OUT defaults to RUN/eval) and returns the metrics document and OUT.
+
+    A temperature that calibration fitted (and kept) is saved for `vitkit predict` when the evaluation used the
+    run's own data, or when `save_temperature_for_predict` asks for it; other data never replaces it silently.
+    """
     from vitkit.evaluate.report import write_report
 
+    start = time.perf_counter()
     evaluators = select_evaluators(only)  # a typo in --only fails before any work
     model, recipe, info = load_run_or_checkpoint(path)
     run_dir = Path(info["checkpoint"]).parent.parent
@@ -131,7 +138,7 @@ def evaluate_run(
         "vitkit": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir),
-        "checkpoint": {k: info.get(k) for k in ("checkpoint", "weights", "epoch", "step", "best_source")},
+        "checkpoint": {k: info.get(k) for k in ("checkpoint", "weights", "epoch", "step", "best_source", "why")},
         "data": splits.description,
         "task": ctx.task,
         "classes": classes,
@@ -140,13 +147,34 @@ def evaluate_run(
         "results": results,
         "seconds": seconds,
     }
+    own_data = data is None or same_source(data, d.source or "")
+    document["training"] = training_record(run_dir)
+    document["findings"] = findings(document)
+    save = own_data if save_temperature_for_predict is None else save_temperature_for_predict
+    if "temperature" in results.get("calibration", {}) and save:
+        save_temperature(run_dir, results["calibration"]["temperature"], info, splits.description)
+        document["temperature_saved"] = str(run_dir / TEMPERATURE_FILE)
+    document["seconds_total"] = round(time.perf_counter() - start, 3)  # loading and prediction included
     out = out or run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(document, indent=1))
     write_report(document, out / "report.html")
-    if "temperature" in results.get("calibration", {}):
-        save_temperature(run_dir, results["calibration"]["temperature"], info, splits.description)
+
     return document, out
+
+
+def training_record(run_dir: Path) -> dict[str, Any]:
+    """What the findings need of a run's training: its epoch records (metrics.jsonl) and skipped images."""
+    record: dict[str, Any] = {}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+        keys = ("epoch", "train_loss", "val_top1", "val_loss", "ema_val_top1", "ema_val_loss")
+        record["history"] = [{k: r[k] for k in keys if k in r} for r in lines if r.get("kind") == "epoch"]
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        record["bad_images"] = json.loads(summary.read_text()).get("bad_images", {}).get("skipped", 0)
+    return record
 
 
 def _weights_sha256(info: dict[str, Any]) -> str | None:

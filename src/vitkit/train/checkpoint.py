@@ -37,7 +37,8 @@ class Progress:
     global_step: int = 0
     updates: int = 0
     best_metric: float = float("-inf")
-    best_epoch: int = -1
+    best_epoch: int = -1  # numbered from 1; -1: none yet
+    best_val_loss: float = float("inf")  # of the best epoch: breaks accuracy ties
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_loss_sum: float = 0.0  # the running train loss of the current epoch (an fp32 value: exact as a float)
     epoch_batches: int = 0

@@ -253,8 +253,8 @@ def _train(
                 f"nothing to resume in {run_dir}: no undamaged checkpoint (the run stopped before its first save)."
             )
         progress = _restore(folder, raw_model, ema, optimizer, scheduler, accelerator)
-        where = f"epoch {progress.epoch}" + (f", step {progress.step_in_epoch}" if progress.step_in_epoch else "")
-        console.print(f"resuming {run_dir} from {folder.name} at {where} (update {progress.updates})", highlight=False)
+        where = where_in_training(progress)
+        console.print(f"resuming {run_dir} from {folder.name}, {where} (update {progress.updates})", highlight=False)
 
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if t.max_steps is not None:
@@ -387,7 +387,7 @@ def _train(
                             logger.log(
                                 "nonfinite",
                                 step,
-                                epoch=epoch,
+                                epoch=epoch + 1,
                                 update=progress.updates,
                                 loss=float(loss.detach()),
                                 grad_norm=float(grad_norm),
@@ -412,12 +412,12 @@ def _train(
                             task_value, distill_value = float(parts.task.detach()), float(parts.distill.detach())
                             extra = {"task_loss": task_value, "distill_loss": distill_value}
                         logger.log(
-                            "step", step, epoch=epoch, loss=loss_value, lr=lr, grad_norm=float(grad_norm), **extra
+                            "step", step, epoch=epoch + 1, loss=loss_value, lr=lr, grad_norm=float(grad_norm), **extra
                         )
                         elapsed = max(time.perf_counter() - timing_start, 1e-9)
                         ips = timing_images / elapsed
                         logger.log_timing(step, img_per_s=ips, data_wait=timing_wait / elapsed)
-                        display.step(step, epoch, loss_value, lr, ips)
+                        display.step(step, epoch + 1, loss_value, lr, ips)
                         timing_start, timing_images, timing_wait = time.perf_counter(), 0, 0.0
                     mid_epoch = progress.step_in_epoch < steps_per_epoch and step < total_steps
                     if accelerator.sync_gradients and mid_epoch and stop_requested():
@@ -430,12 +430,12 @@ def _train(
                             extra_meta={**run_meta, "best_source": "raw"},
                             keep=t.keep_last,
                         )
-                        raise _preempted(run_dir, epoch, progress)
+                        raise _preempted(run_dir, progress)
                 else:  # the epoch's batches ran out (or max_steps was reached): evaluate and checkpoint
                     del batches
                     complete = progress.step_in_epoch == steps_per_epoch
                     record: dict[str, Any] = {
-                        "epoch": epoch,
+                        "epoch": epoch + 1,  # epochs are numbered from 1 everywhere a person reads them
                         "train_loss": float(epoch_loss) / max(progress.epoch_batches, 1),
                     }
                     if not complete:
@@ -451,8 +451,10 @@ def _train(
                     if (epoch + 1) % t.eval_every == 0 or finished:
                         record |= _evaluate(raw_model, ema, val_loader, device, cfg, amp_dtype)
                         score, meta["best_source"] = best_of(record, t.best_metric)
-                        if improves(score, progress, t.best_metric):
-                            progress.best_metric, progress.best_epoch = score, epoch
+                        if improves(score, record, progress, t.best_metric):
+                            progress.best_metric, progress.best_epoch = score, epoch + 1
+                            progress.best_val_loss = record.get("val_loss", math.nan)
+                            meta["why"] = best_reason([*progress.history, record], record, t.best_metric)
                             saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
                     logger.log("epoch", step, **record)
                     progress.history.append(record)
@@ -462,7 +464,7 @@ def _train(
                     )
                     epoch = progress.epoch
                     if not finished and stop_requested():
-                        raise _preempted(run_dir, epoch, progress)
+                        raise _preempted(run_dir, progress)
     finally:
         logger.close()
 
@@ -534,11 +536,13 @@ def _fit_cached_head(
             max_updates=max_updates - progress.updates,
         )
         progress.epoch = epoch + 1
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}
         meta = {"num_classes": num_classes, "best_source": "raw", "strategy": "head"}
         score, _ = best_of(record, cfg.train.best_metric)
-        if improves(score, progress, cfg.train.best_metric):
-            progress.best_metric, progress.best_epoch = score, epoch
+        if improves(score, record, progress, cfg.train.best_metric):
+            progress.best_metric, progress.best_epoch = score, epoch + 1
+            progress.best_val_loss = record.get("val_loss", math.nan)
+            meta["why"] = best_reason([*progress.history, record], record, cfg.train.best_metric)
             saver(run_dir / "checkpoints" / "best", progress=progress, cfg=cfg, extra_meta=meta)
         logger.log("epoch", progress.updates, **record)
         progress.history.append(record)
@@ -581,11 +585,35 @@ def best_of(record: dict[str, Any], metric: str) -> tuple[float, str]:
     return (ema, "ema") if ema_better else (raw, "raw")
 
 
-def improves(score: float, progress: Progress, metric: str) -> bool:
-    """Whether `score` beats the best so far (none yet: it does); val_loss is minimised, accuracies maximised."""
+def improves(score: float, record: dict[str, Any], progress: Progress, metric: str) -> bool:
+    """Whether `score` beats the best so far (none yet: it does); val_loss is minimised, accuracies maximised.
+
+    An accuracy tie (e.g. 100% top-1 on a small validation set, reached early) goes to the lower validation loss,
+    so a later, better-trained model is not passed over for the first epoch that reached the same accuracy.
+    """
     if progress.best_epoch < 0:
         return True
-    return score < progress.best_metric if metric == "val_loss" else score > progress.best_metric
+    if metric == "val_loss":
+        return score < progress.best_metric
+    if score == progress.best_metric:
+        return record.get("val_loss", math.inf) < progress.best_val_loss
+    return score > progress.best_metric
+
+
+def best_reason(history: list[dict[str, Any]], best: dict[str, Any], metric: str) -> str:
+    """Why `best` (an epoch record of `history`) is the best checkpoint, in a sentence a person can check."""
+    value, source = best_of(best, metric)
+    scores = [best_of(r, metric)[0] for r in history if metric in r]
+    shown = f"{value:.2%}" if metric != "val_loss" else f"{value:.4f}"
+    which = "lowest" if metric == "val_loss" else "highest"
+    text = (
+        f"epoch {best['epoch']} ({'EMA' if source == 'ema' else 'raw'} weights) has the {which} {metric} ({shown}) of "
+        f"the {len(scores)} evaluated epochs so far"
+    )
+    ties = sum(score == value for score in scores)
+    if ties > 1:
+        text += f"; {ties} epochs tie on it, and this one has the lowest validation loss"
+    return text
 
 
 def _report_bad_images(run_dir: Path, bad: list[BadImage], console: Console) -> None:
@@ -670,7 +698,7 @@ def _save(
         state["scaler"] = accelerator.scaler.state_dict()
     meta = {
         "model": cfg.model.name,
-        "epoch": progress.epoch,
+        "epoch": progress.epoch + (1 if progress.step_in_epoch else 0),  # the epoch these weights come from
         "step_in_epoch": progress.step_in_epoch,
         "updates": progress.updates,
         **extra_meta,
@@ -768,11 +796,18 @@ def _rollback(
     return restored
 
 
-def _preempted(run_dir: Path, epoch: int, progress: Progress) -> TrainingPreempted:
+def _preempted(run_dir: Path, progress: Progress) -> TrainingPreempted:
     return TrainingPreempted(
-        f"training stopped on request at epoch {epoch}, step {progress.step_in_epoch} of the epoch (update "
-        f"{progress.updates}); a checkpoint was saved. Continue with: vitkit train --resume {run_dir}"
+        f"training stopped on request {where_in_training(progress)} (update {progress.updates}); a checkpoint was "
+        f"saved. Continue with: vitkit train --resume {run_dir}"
     )
+
+
+def where_in_training(progress: Progress) -> str:
+    """Where training stands, with epochs numbered from 1: 'after epoch 2' or 'in epoch 3, after step 5'."""
+    if progress.step_in_epoch:
+        return f"in epoch {progress.epoch + 1}, after step {progress.step_in_epoch}"
+    return f"after epoch {progress.epoch}" if progress.epoch else "at the start"
 
 
 def _diverged(run_dir: Path, step: int, progress: Progress, policy: str) -> TrainingDiverged:
@@ -818,13 +853,19 @@ def _summary(
     best_metric: str,
 ) -> dict[str, Any]:
     last = progress.history[-1] if progress.history else {}
+    best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), None)
     return {
         "epochs": progress.epoch,
         "updates": progress.updates,
         "best_val_top1": max(
             (max(r.get("val_top1", -1.0), r.get("ema_val_top1", -1.0)) for r in progress.history), default=-1.0
         ),
-        "best": {"metric": best_metric, "value": progress.best_metric, "epoch": progress.best_epoch},
+        "best": {
+            "metric": best_metric,
+            "value": progress.best_metric,
+            "epoch": progress.best_epoch,
+            "why": best_reason(progress.history, best, best_metric) if best else "no epoch was evaluated",
+        },
         "best_epoch": progress.best_epoch,
         "final": last,
         "wall_seconds": wall,

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from vitkit.errors import VitkitError
+from vitkit.evaluate.findings import findings
 from vitkit.evaluate.report import plots
 
 TITLES = {
@@ -93,6 +94,9 @@ def label(key: str) -> str:
 
 
 def format_value(key: str, value: Any) -> str:
+    if isinstance(value, list):  # a shape reads 3 × 16 × 16, other short lists as a comma-separated list
+        joiner = " × " if "shape" in key or "size" in key else ", "
+        return joiner.join(format_value(key, v) for v in value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
@@ -109,6 +113,9 @@ def format_value(key: str, value: Any) -> str:
 
 
 def is_scalar(value: Any) -> bool:
+    """A value shown in a section's table of figures: a number, a word, or a short list of whole numbers (a shape)."""
+    if isinstance(value, list):
+        return 0 < len(value) <= 8 and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     return isinstance(value, (int, float, str, bool))
 
 
@@ -173,16 +180,19 @@ def _wrong(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
 
 
 def _entropy(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    cells = [h for layer in value for h in layer]
+    spread = max(cells) - min(cells)
+    alike = f"; every head is within {spread:.3f} nats of the others" if spread < 0.05 else ""
     return figure(
         plots.heatmap(value, "head", "layer", "mean attention entropy (nats)", vmax=results.get("uniform_entropy")),
-        f"attention entropy per layer and head; uniform attention would be {results.get('uniform_entropy', 0):.2f}",
+        f"attention entropy per layer and head (0 to {results.get('uniform_entropy', 0):.2f}, uniform attention)"
+        + alike,
     )
 
 
 def _diversity(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
-    return figure(
-        plots.bars([f"layer {i}" for i in range(len(value))], value, "head diversity D"), "head diversity per layer"
-    )
+    layers = [f"layer {i}" for i in range(len(value))]
+    return figure(plots.bars(layers, value, "head diversity D", ylim=(0, 1)), "head diversity per layer (0 to 1)")
 
 
 def _corruptions(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
@@ -274,8 +284,7 @@ def sections(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render_report(doc: dict[str, Any]) -> str:
     env = Environment(loader=PackageLoader("vitkit.evaluate.report", "."), autoescape=select_autoescape(["j2"]))
-    flags = [(TITLES.get(name, name), f) for name, r in doc.get("results", {}).items() for f in r.get("flags", [])]
-    return env.get_template("report.html.j2").render(doc=doc, sections=sections(doc), flags=flags)
+    return env.get_template("report.html.j2").render(doc=doc, sections=sections(doc), findings=findings(doc))
 
 
 def write_report(doc: dict[str, Any], path: Path) -> Path:

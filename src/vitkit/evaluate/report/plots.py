@@ -68,7 +68,7 @@ def coverage_curve(points: list[dict[str, float]]) -> str:
     ax.plot(xs, [p["coverage"] for p in points], "o-", color=COLORS[0], label="coverage (share answered)")
     ax.plot(xs, [p["accuracy"] for p in points], "s-", color=COLORS[2], label="accuracy of the answered")
     ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="confidence threshold")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=2)  # below the axes: hides no curve
     return figure_uri(fig)
 
 
@@ -82,6 +82,8 @@ def line_curve(x: list[float], y: list[float], xlabel: str, ylabel: str) -> str:
 
 
 def heatmap(values: list[list[float]], xlabel: str, ylabel: str, title: str, vmax: float | None = None) -> str:
+    """Colour on an absolute scale (0 to `vmax`), and each cell's value written in it: cells that are all alike
+    then read as alike, with their numbers, instead of as a flat colour without contrast."""
     fig = Figure(figsize=(min(9.0, 2.5 + 0.45 * len(values[0])), min(7.0, 1.6 + 0.4 * len(values))))
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
@@ -89,10 +91,23 @@ def heatmap(values: list[list[float]], xlabel: str, ylabel: str, title: str, vma
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.set_xticks(range(len(values[0])))
     ax.set_yticks(range(len(values)))
+    if len(values) * len(values[0]) <= 256:
+        top = vmax or max(max(row) for row in values) or 1.0
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(
+                    j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > top / 2 else "white"
+                )
     return figure_uri(fig)
 
 
-def bars(labels: Sequence[str], values: Sequence[float], ylabel: str, reference: float | None = None) -> str:
+def bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    ylabel: str,
+    reference: float | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> str:
     fig = Figure(figsize=(min(9.0, 2.5 + 0.5 * len(values)), 3.4))
     ax = fig.add_subplot()
     ax.bar(range(len(values)), values, color=COLORS[0])
@@ -100,6 +115,9 @@ def bars(labels: Sequence[str], values: Sequence[float], ylabel: str, reference:
         ax.axhline(reference, ls="--", color=COLORS[1], lw=1)
     ax.set_xticks(range(len(values)), labels=list(labels), rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)  # never "1e-5 + 2.0" on a 0..1 quantity
     return figure_uri(fig)
 
 

@@ -1,0 +1,195 @@
+"""Findings: what in an evaluation a person must act on, and the change to try for each.
+
+Evaluators measure; this module reads their results (and the run's training history, when there is one) and turns
+the problems among them into findings, most urgent first. It is a pure function of the metrics document, so
+`vitkit report` renders the same findings again without recomputing anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+ECE_LIMIT = 0.10  # expected calibration error above this is a finding
+RECALL_GAP = 0.25  # a class whose recall is this far below the mean recall is a finding
+OVERFIT_RISE = 0.10  # validation loss this much above its minimum at the end of training
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "act": a problem to fix; "check": worth a look
+    area: str  # the report section it belongs to
+    problem: str
+    action: str
+
+
+def findings(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """The findings of a metrics document, problems to act on first."""
+    results = doc.get("results", {})
+    found = [
+        *_accuracy(results.get("accuracy", {}), doc.get("classes", [])),
+        *_calibration(results.get("calibration", {})),
+        *_training(doc.get("training", {}), len(doc.get("classes", [])) or 2),
+        *_attention(results.get("attention", {})),
+        *_robustness(results.get("robustness", {})),
+        *_fairness(results.get("fairness", {})),
+    ]
+    found.sort(key=lambda f: f.level != "act")  # stable: within a level, the order above
+    return [asdict(f) for f in found]
+
+
+def _accuracy(results: dict[str, Any], classes: list[str]) -> Iterator[Finding]:
+    matrix = results.get("confusion_matrix")
+    if not matrix or len(matrix) != len(classes):
+        return
+    support = [sum(row) for row in matrix]
+    predicted = [sum(row[j] for row in matrix) for j in range(len(matrix))]
+    recall = [row[i] / n if n else math.nan for i, (row, n) in enumerate(zip(matrix, support, strict=True))]
+    judged = [r for r in recall if not math.isnan(r)]
+    mean_recall = sum(judged) / max(len(judged), 1)
+    for i, name in enumerate(classes):
+        if not support[i]:
+            continue
+        confused = max((j for j in range(len(classes)) if j != i), key=lambda j: matrix[i][j], default=None)
+        mostly = f"; it is mostly predicted as '{classes[confused]}'" if confused is not None else ""
+        try_this = (
+            f"Check the images and labels of '{name}', then give it more weight: more images of it, oversampling, "
+            "or a class-balanced loss. Classes that look alike need more of both."
+        )
+        if predicted[i] == 0:
+            yield Finding(
+                "act", "Accuracy", f"class '{name}' is never predicted ({support[i]} images){mostly}.", try_this
+            )
+        elif recall[i] < mean_recall - RECALL_GAP:
+            yield Finding(
+                "act",
+                "Accuracy",
+                f"class '{name}' has recall {recall[i]:.0%} against {mean_recall:.0%} on average{mostly}.",
+                try_this,
+            )
+
+
+def _calibration(results: dict[str, Any]) -> Iterator[Finding]:
+    ece = results.get("ece")
+    if ece is None:
+        return
+    kept, fitted = results.get("temperature"), results.get("temperature_fitted")
+    if ece > ECE_LIMIT:
+        side = "over" if results.get("mean_confidence", 0) > 1 - ece else "under"
+        problem = (
+            f"ECE is {ece:.1%}: the model's confidence is off by that much on average (it looks {side}-confident)."
+        )
+        if kept is not None:
+            action = (
+                f"vitkit predict applies the fitted temperature T = {kept:.3f}, which takes held-out ECE from "
+                f"{results['ece_before_scaling']:.1%} to {results['ece_after_scaling']:.1%}. Use the scaled "
+                "probabilities."
+            )
+        elif fitted is not None:
+            action = (
+                "The fitted temperature did not help on held-out images: evaluate on more validation images and refit, "
+                "or train with label smoothing or Mixup, which temper over-confidence."
+            )
+        else:
+            action = (
+                "Too few images to fit a temperature: evaluate on at least 100 validation images (--data) to fit one, "
+                "and treat the probabilities as rough until then."
+            )
+        yield Finding("act", "Confidence and calibration", problem, action)
+    elif fitted is not None and kept is None:
+        yield Finding(
+            "check",
+            "Confidence and calibration",
+            f"the fitted temperature T = {fitted:.3f} did not lower the held-out NLL, so T = 1 is kept.",
+            "Nothing to do while ECE is low; refit on more validation images if the probabilities matter.",
+        )
+
+
+def _val_loss(record: dict[str, Any]) -> float | None:
+    values = [record[k] for k in ("val_loss", "ema_val_loss") if k in record]
+    return min(values) if values else None
+
+
+def _training(training: dict[str, Any], num_classes: int) -> Iterator[Finding]:
+    history = [r for r in training.get("history", []) if _val_loss(r) is not None]
+    skipped = training.get("bad_images", 0)
+    if skipped:
+        yield Finding(
+            "check",
+            "Training",
+            f"{skipped} unreadable images were skipped in training and validation.",
+            "Fix or remove them (each is listed with its reason in the run's bad_images.jsonl), or the model never "
+            "learns from them.",
+        )
+    if not history:
+        return
+    losses = [_val_loss(r) or 0.0 for r in history]
+    lowest = min(range(len(losses)), key=losses.__getitem__)
+    if len(history) >= 3 and lowest < len(losses) - 1 and losses[-1] > losses[lowest] * (1 + OVERFIT_RISE):
+        yield Finding(
+            "act",
+            "Training",
+            f"validation loss rose from {losses[lowest]:.3f} (epoch {history[lowest]['epoch']}) to {losses[-1]:.3f} by "
+            f"epoch {history[-1]['epoch']}: the model overfits.",
+            "Regularise more: stronger augmentation (augment.randaugment, augment.mixup, augment.cutmix), "
+            "model.drop_path_rate 0.1-0.2, more optim.weight_decay, fewer schedule.epochs, or more data; pretrained "
+            "weights (--pretrained) help most on small data. The best checkpoint is used meanwhile.",
+        )
+    chance = 1 / num_classes
+    best_top1 = max(max(r.get("val_top1", 0.0), r.get("ema_val_top1", 0.0)) for r in history)
+    if best_top1 < chance + (1 - chance) / 2 and losses[-1] > 0.5 * math.log(num_classes):
+        yield Finding(
+            "act",
+            "Training",
+            f"validation top-1 reached only {best_top1:.1%} (chance is {chance:.1%}) and the validation loss is still "
+            f"{losses[-1]:.3f}: the model underfits.",
+            "Train longer (schedule.epochs), check optim.lr and the warmup, or start from pretrained weights "
+            "(--pretrained); on little data, the small-data recipe. See vitkit advise freeze.",
+        )
+
+
+def _attention(results: dict[str, Any]) -> Iterator[Finding]:
+    if results.get("collapsed_layers"):
+        layers = ", ".join(str(i) for i in results["collapsed_layers"])
+        yield Finding(
+            "act",
+            "Attention quality",
+            f"attention collapsed in layer {layers}: its heads attend alike, to few tokens.",
+            "Collapse usually comes from too high a learning rate or too little data for the model: lower optim.lr, "
+            "lengthen schedule.warmup_epochs, or start from pretrained weights.",
+        )
+    if results.get("uniform_heads"):
+        yield Finding(
+            "check",
+            "Attention quality",
+            f"{len(results['uniform_heads'])} heads attend almost uniformly: they add little.",
+            "Often a sign of a short training; train longer or start from pretrained weights.",
+        )
+
+
+def _robustness(results: dict[str, Any]) -> Iterator[Finding]:
+    for flag in results.get("flags", []):
+        if flag.startswith("shifted data"):
+            action = "Label a sample of the shifted data and fine-tune on it, or add such images to training."
+        else:
+            action = (
+                "Train with augmentation that covers it (augment.randaugment varies brightness, contrast and "
+                "sharpness; augment.color_jitter brightness and contrast), or collect images like it."
+            )
+        yield Finding("act", "Robustness", flag + ".", action)
+
+
+def _fairness(results: dict[str, Any]) -> Iterator[Finding]:
+    for flag in results.get("flags", []):
+        if "too small to judge" in flag:
+            yield Finding("check", "Fairness across groups", flag + ".", "Evaluate on more images of this group.")
+        else:
+            yield Finding(
+                "act",
+                "Fairness across groups",
+                flag + ".",
+                "Look at the weaker group's images and labels; collect more of it or weight it in training, then "
+                "check the gap again.",
+            )
