@@ -330,6 +330,52 @@ def merge_lora_command(
     console.print(f"merged model ({params / 1e6:.2f}M parameters) written to {folder.resolve()}", highlight=False)
 
 
+@app.command()
+def runs(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[DIR] | compare RUN_A RUN_B", help="A folder of runs (default runs), or: compare A B."),
+    ] = None,
+) -> None:
+    """List the runs under DIR (recipe, data, best metric, status, date), or compare two runs: the recipe fields
+    that differ and their metrics side by side."""
+    from vitkit.run_list import compare_runs, find_runs, run_info
+
+    words = list(args or [])
+    if words[:1] == ["compare"]:
+        if len(words) != 3:
+            raise VitkitError("vitkit runs compare needs two run folders: vitkit runs compare runs/A runs/B")
+        _print_comparison(Path(words[1]), Path(words[2]), *compare_runs(Path(words[1]), Path(words[2])))
+        return
+    if len(words) > 1:
+        raise VitkitError(f"vitkit runs takes one folder, got {len(words)}: {' '.join(words)}")
+    root = Path(words[0]) if words else Path("runs")
+    found = find_runs(root)
+    table = Table("run", "model", "data", "best", "status", "last written", title=f"runs under {root}")
+    for info in map(run_info, found):
+        colour = {"finished": "green", "running": "cyan", "stopped": "yellow"}.get(info.status, "red")
+        table.add_row(
+            escape(str(info.path)), info.recipe, escape(info.data), info.best, f"[{colour}]{info.status}", info.date
+        )
+    console.print(table if found else f"no vitkit runs under {root}", highlight=False)
+
+
+def _print_comparison(a: Path, b: Path, differ: list[tuple[str, Any, Any]], metrics: list[tuple[str, Any, Any]]):
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return escape(str(value)) if value is not None else "-"
+
+    recipe = Table("recipe field", str(a), str(b), title="recipe fields that differ")
+    for name, va, vb in differ:
+        recipe.add_row(name, shown(va), shown(vb))
+    console.print(recipe if differ else "the two recipes are the same", highlight=False)
+    table = Table("metric", str(a), str(b), title="metrics")
+    for name, va, vb in metrics:
+        table.add_row(name, shown(va), shown(vb))
+    console.print(table)
+
+
 @advise_app.command("freeze")
 def advise_freeze_command(
     train_size: Annotated[int, typer.Option(help="Labelled training images.")],

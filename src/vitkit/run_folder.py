@@ -3,9 +3,9 @@
 A run folder is recognised by its marker file (`.vitkit-run`, written when the run is created) or, for runs made
 before markers existed, by `recipe.yaml` next to `checkpoints/` or `metrics.jsonl`. `--overwrite` replaces such a
 folder only when everything in it is something vitkit writes there; anything else (a notes file, a data folder)
-makes vitkit refuse and name it. A replaced run is first moved aside and deleted only once the new run has saved
-its first checkpoint, so a new run that fails to start (a typo in --data, a missing teacher) gives the old one back;
-such a failed start also removes what it wrote, so the same command can simply be run again.
+makes vitkit refuse and name it. A replaced run is first moved aside and deleted only once the new run has started
+training (every input read, the model built), so a new run that fails to start (unreadable data, a missing teacher)
+gives the old one back; such a failed start also removes what it wrote, so the same command can simply be run again.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ RUN_ENTRIES = frozenset(
         "merged",
         "mlruns",
         "wandb",
+        "running.json",
         ".write-test",
     }
 )
@@ -113,18 +114,18 @@ class ClaimedFolder:
     path: Path
     created: bool  # the folder did not exist before: vitkit made it
     replaced: Path | None = None
-    saved: bool = False
+    begun: bool = False
 
-    def checkpoint_saved(self) -> None:
-        """The new run has saved a checkpoint, so it can be resumed: the run it replaced can go."""
-        self.saved = True
+    def started(self) -> None:
+        """The new run has started training: the run it replaced can go."""
+        self.begun = True
         if self.replaced is not None:
             shutil.rmtree(self.replaced, ignore_errors=True)
             self.replaced = None
 
     def abandon(self) -> None:
-        """The new run failed before its first checkpoint: remove what it wrote and put a replaced run back."""
-        if self.saved:
+        """The new run failed before training started: remove what it wrote and put a replaced run back."""
+        if self.begun:
             return
         if self.created or self.replaced is not None:
             shutil.rmtree(self.path, ignore_errors=True)  # made by this run alone (an old run is aside)

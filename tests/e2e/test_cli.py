@@ -66,7 +66,8 @@ VITKIT = str(Path(sys.executable).parent / "vitkit")
 
 def installed(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The installed `vitkit` command, as a shell runs it."""
-    return subprocess.run([VITKIT, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([VITKIT, *args], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ from tests.e2e.test_cli import vitkit
 from vitkit.models.run_model import load_run_model
 from vitkit.train.loop import train
 
-FEW_STEPS = ["train.max_steps=6", "schedule.epochs=1", "schedule.warmup_epochs=0", "ema.enabled=false"]
+# 6 updates of 4 images: a head on features that already separate the classes gets further than a model from scratch
+FEW_STEPS = ["train.max_steps=6", "train.batch_size=4", "schedule.epochs=1", "schedule.warmup_epochs=0"]
+FEW_STEPS += ["ema.enabled=false", "optim.lr=1e-3", "optim.lr_scaling=none"]
 
 
 def test_pretrained_start_beats_scratch_for_the_same_few_steps(tmp_path: Path):
@@ -27,8 +29,12 @@ def test_pretrained_start_beats_scratch_for_the_same_few_steps(tmp_path: Path):
     few = [*FEW_STEPS, f"data.source={downstream}", "train.seed=7", "data.val_fraction=0.5"]
     scratch = train(tiny_recipe(*few), tmp_path / "scratch", console=quiet)
     tuned = train(tiny_recipe(*few, f"finetune.pretrained={source.run_dir}"), tmp_path / "tuned", console=quiet)
-    print(f"scratch {scratch.summary['best_val_top1']:.2%}, from pretrained {tuned.summary['best_val_top1']:.2%}")
-    assert tuned.summary["best_val_top1"] > scratch.summary["best_val_top1"] + 0.15
+    # the task is easy enough that both may end right on every image: the validation loss says how much further
+    # along the pretrained start is
+    scratch_loss, tuned_loss = scratch.summary["final"]["val_loss"], tuned.summary["final"]["val_loss"]
+    print(f"val loss: scratch {scratch_loss:.3f}, from pretrained {tuned_loss:.3f}")
+    assert tuned_loss < 0.8 * scratch_loss
+    assert tuned.summary["best_val_top1"] >= scratch.summary["best_val_top1"]
 
 
 def test_cli_lora_fine_tune_then_merge(tmp_path: Path):

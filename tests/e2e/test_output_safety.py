@@ -127,7 +127,7 @@ def test_a_run_with_the_users_own_files_in_it_is_not_replaced(tmp_path: Path):
     assert (run / "my-notes.md").read_text() == "observations" and (run / "recipe.yaml").exists()
 
 
-def test_overwrite_replaces_a_run_once_the_new_one_has_saved(tmp_path: Path):
+def test_overwrite_replaces_a_run_once_the_new_one_has_started(tmp_path: Path):
     run = fake_run(tmp_path / "run")
     result = train(tiny_recipe("schedule.epochs=1", "schedule.warmup_epochs=0"), run, overwrite=True)
     assert result.summary["epochs"] == 1 and is_run_folder(run)
@@ -135,7 +135,7 @@ def test_overwrite_replaces_a_run_once_the_new_one_has_saved(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # the old run, moved aside, is deleted
 
 
-def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path: Path):
+def test_a_new_run_that_fails_before_training_starts_leaves_nothing_behind(tmp_path: Path):
     data = write_image_folder(tmp_path / "data", classes=("cat",))
     with pytest.raises(VitkitError, match="at least 2"):
         train(tiny_recipe(f"data.source={data}"), tmp_path / "run")

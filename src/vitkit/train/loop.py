@@ -52,6 +52,7 @@ from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
 from vitkit.run_folder import claim_run_folder, local_input_paths
+from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -134,16 +135,16 @@ def train(
     if weights is not None:
         cfg.model = with_architecture(cfg.model, weights)
     if resume:
-        with deterministic_algorithms(t.deterministic):
-            return _train(cfg, run_dir, weights, resume, console, should_stop, on_saved=lambda: None)
+        with deterministic_algorithms(t.deterministic), running_marker(run_dir):
+            return _train(cfg, run_dir, weights, resume, console, should_stop, on_started=lambda: None)
     d, teacher = cfg.data, cfg.distill
     paths = [d.source, d.root, cfg.finetune.pretrained, teacher.teacher, teacher.teacher_checkpoint, *inputs]
     claimed = claim_run_folder(run_dir, overwrite, local_input_paths(paths))
     try:
-        with deterministic_algorithms(t.deterministic):
-            return _train(cfg, run_dir, weights, resume, console, should_stop, on_saved=claimed.checkpoint_saved)
+        with deterministic_algorithms(t.deterministic), running_marker(run_dir):
+            return _train(cfg, run_dir, weights, resume, console, should_stop, on_started=claimed.started)
     except BaseException:
-        claimed.abandon()  # no checkpoint yet: nothing to resume, so give the folder back as it was
+        claimed.abandon()  # when training had not started: give the folder (and a replaced run) back as they were
         raise
 
 
@@ -171,7 +172,7 @@ def _train(
     resume: bool,
     console: Console,
     should_stop: Callable[[Progress], bool] | None,
-    on_saved: Callable[[], None],
+    on_started: Callable[[], None],
 ) -> RunResult:
     t = cfg.train
     seed_everything(t.seed)
@@ -280,6 +281,7 @@ def _train(
             highlight=False,
         )
     console.print(_groups_table(groups))
+    on_started()  # every input is read and the model built: from here on this run replaces any run it overwrites
 
     step = progress.epoch * steps_per_epoch + progress.step_in_epoch
     logger = MetricsLogger(run_dir, resume_step=step if resume else None)
@@ -297,7 +299,6 @@ def _train(
         optimizer=optimizer,
         scheduler=scheduler,
         accelerator=accelerator,
-        on_saved=on_saved,
     )
     try:
         if cfg.finetune.cache_features:
@@ -685,7 +686,6 @@ def _save(
     progress: Progress,
     cfg: Recipe,
     extra_meta: dict[str, Any],
-    on_saved: Callable[[], None],
     keep: int = 1,
 ) -> None:
     state = {
@@ -704,7 +704,6 @@ def _save(
         **extra_meta,
     }
     save_checkpoint(folder, model, ema.module if ema is not None else None, state, meta, keep)
-    on_saved()
 
 
 def _restore(
