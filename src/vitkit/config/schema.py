@@ -141,6 +141,11 @@ class TrainConfig(Section):
     seed: int = Field(0, description="Seed for model init, data order, augmentation and splits.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (smoke runs).")
     log_every: int = Field(20, ge=1, description="Write step metrics every this many steps.")
+    log_with: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        ["tensorboard"],
+        description="Experiment trackers besides metrics.jsonl: tensorboard, mlflow (pip install 'vitkit[mlflow]'; "
+        "MLFLOW_TRACKING_URI or RUN/mlruns), wandb (pip install 'vitkit[wandb]').",
+    )
     eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     keep_last: int = Field(

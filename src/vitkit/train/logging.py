@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,13 @@ class MetricsLogger:
     interrupted run are dropped, so the files read as if the run had never stopped.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+        sink: Callable[[dict[str, float], int], None] | None = None,
+    ) -> None:
         self.path, self.timing_path = run_dir / "metrics.jsonl", run_dir / "timing.jsonl"
         if resume_step is not None:
             for path in (self.path, self.timing_path):
@@ -28,6 +35,7 @@ class MetricsLogger:
         self._file = self.path.open("a")
         self._timing = self.timing_path.open("a")
         self._tb: Any = None
+        self._sink = sink  # more trackers (accelerator.log): the same numeric values as TensorBoard
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -44,10 +52,16 @@ class MetricsLogger:
         record = {"kind": kind, "step": step, **values}
         file.write(json.dumps(record, default=_jsonable) + "\n")
         file.flush()
+        numbers = {
+            f"{kind}/{name}": value
+            for name, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        }
         if self._tb is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(f"{kind}/{name}", value, step)
+            for name, value in numbers.items():
+                self._tb.add_scalar(name, value, step)
+        if self._sink is not None and numbers:
+            self._sink(numbers, step)
 
     def close(self) -> None:
         self._file.close()

@@ -71,6 +71,7 @@ from vitkit.train.losses import training_loss
 from vitkit.train.optim import build_optimizer, build_scheduler
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.train.probe import evaluate_head, extract_features, train_head_epoch
+from vitkit.train.trackers import accelerate_trackers, flat_config, tracker_init_kwargs
 
 
 @dataclass
@@ -131,6 +132,7 @@ def train(
             "pass --pretrained SOURCE (a timm name, a transformers folder, a .safetensors file or a run folder)."
         )
     _check_distill_settings(cfg)
+    accelerate_trackers(t.log_with)  # a missing tracker package is named before anything is written
     weights = resolve_pretrained(cfg.finetune.pretrained, cfg.model) if cfg.finetune.pretrained else None
     if weights is not None:
         cfg.model = with_architecture(cfg.model, weights)
@@ -181,10 +183,13 @@ def _train(
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs in one process
+    trackers = accelerate_trackers(t.log_with)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
         gradient_accumulation_steps=t.accumulation_steps,
+        log_with=trackers or None,
+        project_dir=str(run_dir),
     )
     device = accelerator.device
 
@@ -284,7 +289,15 @@ def _train(
     on_started()  # every input is read and the model built: from here on this run replaces any run it overwrites
 
     step = progress.epoch * steps_per_epoch + progress.step_in_epoch
-    logger = MetricsLogger(run_dir, resume_step=step if resume else None)
+    if trackers:
+        config = flat_config(cfg.model_dump(mode="json"))
+        accelerator.init_trackers("vitkit", config=config, init_kwargs=tracker_init_kwargs(trackers, run_dir))
+    logger = MetricsLogger(
+        run_dir,
+        tensorboard="tensorboard" in t.log_with,
+        resume_step=step if resume else None,
+        sink=accelerator.log if trackers else None,
+    )
     amp_dtype = autocast_dtype(precision)
     start_time = time.perf_counter()
     images_seen = 0
@@ -468,6 +481,8 @@ def _train(
                         raise _preempted(run_dir, progress)
     finally:
         logger.close()
+        if trackers:
+            accelerator.end_training()
 
     wall = time.perf_counter() - start_time
     summary = _summary(progress, wall, images_seen, data, precision, attention, n_params, t.best_metric)
