@@ -179,3 +179,47 @@ def claim_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) ->
             os.replace(replaced, out)
         raise VitkitError(f"cannot write to the run folder {out} ({exc}). Choose a writable --out.") from exc
     return ClaimedFolder(out, created, replaced)
+
+
+EXPORT_MARKER = ".vitkit-export"  # in a folder written by vitkit merge-lora: it may be written again
+
+
+def written_by_vitkit(path: Path) -> bool:
+    """Whether an existing output file is one vitkit wrote (a metrics.json or report.html), so rewriting it loses
+    nothing of the user's."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            return False
+        return isinstance(doc, dict) and "vitkit" in doc
+    if path.suffix == ".html":
+        return '<meta name="generator" content="vitkit' in text or "Written by vitkit" in text
+    return False
+
+
+def check_output_files(*paths: Path) -> None:
+    """Refuse to write over a file vitkit did not write; checked before any work, so nothing is lost or wasted."""
+    for path in paths:
+        if path.is_dir():
+            raise VitkitError(f"{path} is a folder; vitkit would write a file there. Choose another --out.")
+        if path.exists() and not written_by_vitkit(path):
+            raise VitkitError(
+                f"{path} exists and was not written by vitkit, so it is left alone. Choose another --out (or move the "
+                "file away)."
+            )
+
+
+def check_export_folder(out: Path) -> None:
+    """An export goes into a new or empty folder, or over an earlier export of vitkit's (its marker file)."""
+    if out.exists() and not out.is_dir():
+        raise VitkitError(f"--out {out} is a file, not a folder. Name a folder for the exported model.")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).exists():
+        raise VitkitError(
+            f"--out {out} already holds files vitkit did not write ({', '.join(foreign_entries(out)[:5])}); they are "
+            "left alone. Choose a new folder."
+        )

@@ -56,6 +56,14 @@ def test_cli_lora_fine_tune_then_merge(tmp_path: Path):
 
     again = vitkit("merge-lora", str(tmp_path))
     assert again.returncode == 2 and "not a vitkit run folder" in again.stderr
+    rewrite = vitkit("merge-lora", str(run))  # over its own earlier export: allowed
+    assert rewrite.returncode == 0, rewrite.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    refused = vitkit("merge-lora", str(run), "--out", str(mine))
+    assert refused.returncode == 2 and "vitkit did not write (config.json)" in " ".join(refused.stderr.split())
+    assert (mine / "config.json").read_text() == "{}"
 
 
 @pytest.mark.parametrize(

@@ -241,3 +241,16 @@ def test_the_report_of_a_bad_model_leads_with_what_to_fix(tmp_path: Path):
     assert "Act · Accuracy: class 'fox' is never predicted (" in text and "Try: Check the images and labels" in text
     assert "Act · Confidence and calibration: ECE is" in text and "over-confident" in text
     assert text.index("never predicted") < text.index("Try:")  # each problem comes with its change to try
+
+
+def test_evaluate_and_report_never_write_over_a_users_files(evaluated, tmp_path: Path):
+    run, out, _ = evaluated
+    (tmp_path / "report.html").write_text("<html>my own report</html>")
+    refused = vitkit("evaluate", str(run), "--only", "accuracy", "--out", str(tmp_path))
+    assert refused.returncode == 2 and "was not written by vitkit" in refused.stderr
+    assert (tmp_path / "report.html").read_text() == "<html>my own report</html>"
+    assert not (tmp_path / "metrics.json").exists()
+    again = vitkit("report", str(out / "metrics.json"), "--out", str(tmp_path / "report.html"))
+    assert again.returncode == 2 and (tmp_path / "report.html").read_text() == "<html>my own report</html>"
+    rewrite = vitkit("report", str(out / "metrics.json"))  # its own report.html: written again
+    assert rewrite.returncode == 0, rewrite.stderr

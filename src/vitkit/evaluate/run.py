@@ -23,6 +23,7 @@ from vitkit.evaluate.findings import findings
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
 from vitkit.models.run_model import load_run_or_checkpoint
+from vitkit.run_folder import check_output_files
 from vitkit.train.checkpoint import CHECKSUMS
 from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 
@@ -118,6 +119,8 @@ def evaluate_run(
     evaluators = select_evaluators(only)  # a typo in --only fails before any work
     model, recipe, info = load_run_or_checkpoint(path)
     run_dir = Path(info["checkpoint"]).parent.parent
+    out = out or run_dir / "eval"
+    check_output_files(out / "metrics.json", out / "report.html")  # before the work: a user's file is never replaced
     d = recipe.data
     splits = load_source(
         data or d.source,
@@ -155,7 +158,6 @@ def evaluate_run(
         save_temperature(run_dir, results["calibration"]["temperature"], info, splits.description)
         document["temperature_saved"] = str(run_dir / TEMPERATURE_FILE)
     document["seconds_total"] = round(time.perf_counter() - start, 3)  # loading and prediction included
-    out = out or run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(document, indent=1))
     write_report(document, out / "report.html")

@@ -17,6 +17,7 @@ from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 from vitkit.models.build import build_model
 from vitkit.models.lora import apply_lora, load_model_state, merge_lora
+from vitkit.run_folder import EXPORT_MARKER, check_export_folder
 from vitkit.train.checkpoint import load_weights, verify_checkpoint
 
 
@@ -69,10 +70,12 @@ def export_plain_model(run_dir: Path, out: Path, which: str = "best") -> tuple[n
     `timm.create_model("local-dir:OUT", pretrained=True)` or `--pretrained OUT`."""
     from timm.models._hub import save_for_hf
 
+    check_export_folder(out)
     model, recipe, info = load_run_model(run_dir, which)
     mean, std = recipe.data.normalization()
     size = recipe.model.img_size
     data_config = {"input_size": (3, size, size), "mean": mean, "std": std, "crop_pct": recipe.augment.crop_pct}
     model_config: dict[str, Any] = {"label_names": info["classes"]} if info.get("classes") else {}
     save_for_hf(model, str(out), model_config=model_config, safe_serialization=True, data_config=data_config)
+    (out / EXPORT_MARKER).write_text(json.dumps({"run": str(run_dir), "checkpoint": info["checkpoint"]}))
     return model, out

@@ -19,6 +19,7 @@ from markupsafe import Markup
 from vitkit.errors import VitkitError
 from vitkit.evaluate.findings import findings
 from vitkit.evaluate.report import plots
+from vitkit.run_folder import check_output_files
 
 TITLES = {
     "accuracy": "Accuracy",
@@ -304,4 +305,6 @@ def rerender(metrics_path: Path, out: Path | None = None) -> Path:
         ) from None
     if not isinstance(doc, dict) or "results" not in doc:
         raise VitkitError(f"{metrics_path} is not a vitkit metrics.json (no 'results'). Run vitkit evaluate first.")
-    return write_report(doc, out or metrics_path.with_name("report.html"))
+    target = out or metrics_path.with_name("report.html")
+    check_output_files(target)
+    return write_report(doc, target)
