@@ -121,15 +121,15 @@ def train(
 
     Every recipe field, its default and meaning: vitkit recipes fields [--recipe NAME].
     """
-    from vitkit.run_folder import is_run_folder
-    from vitkit.train.checkpoint import newest_valid_checkpoint
-    from vitkit.train.loop import resume_recipe
-    from vitkit.train.loop import train as run_training
+    # checks that only read files come before the heavy imports (torch), so a refusal is immediate
+    from vitkit.run_folder import check_new_run_folder, is_run_folder, recipe_input_paths
 
     run_dir = out or Path("runs") / Path(recipe or "quickstart").stem
     new_run = {"--recipe": recipe, "--data": data, "--data-root": data_root, "--pretrained": pretrained}
     new_run |= {"--teacher": teacher, "--overwrite": "yes" if overwrite else None}
     if resume == "auto":
+        from vitkit.train.checkpoint import newest_valid_checkpoint
+
         folder, _ = newest_valid_checkpoint(run_dir)
         if folder is not None:
             resume = str(run_dir)
@@ -148,6 +148,9 @@ def train(
                 f"--resume continues the run in {resume} with its own recipe, data and weights, so {', '.join(given)} "
                 "would be ignored. Drop them (change a field of the run with --set), or start a new run with --out."
             )
+        from vitkit.train.loop import resume_recipe
+        from vitkit.train.loop import train as run_training
+
         cfg = resume_recipe(Path(resume), list(set_ or []))
         result = run_training(cfg, Path(resume), resume=True, console=console)
     else:
@@ -169,6 +172,9 @@ def train(
             cfg.distill.type = "hard"
             console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
         recipe_file = [recipe] if recipe and Path(recipe).is_file() else []
+        check_new_run_folder(run_dir, overwrite, recipe_input_paths(cfg, recipe_file))
+        from vitkit.train.loop import train as run_training
+
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console, inputs=recipe_file)
     from vitkit.evaluate.registry import TRAINING_END
     from vitkit.evaluate.run import evaluate_run

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitkit import __version__
+from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 
 MARKER = ".vitkit-run"
@@ -76,6 +77,13 @@ def local_input_paths(values: Iterable[str | None]) -> list[Path]:
         if path.exists():
             paths.append(path.resolve())
     return paths
+
+
+def recipe_input_paths(recipe: Recipe, extra: Iterable[str] = ()) -> list[Path]:
+    """The local paths a run reads: its data, data root, pretrained weights, teacher, and `extra` (a recipe file)."""
+    d, teacher = recipe.data, recipe.distill
+    values = [d.source, d.root, recipe.finetune.pretrained, teacher.teacher, teacher.teacher_checkpoint, *extra]
+    return local_input_paths(values)
 
 
 def check_output_folder(out: Path, inputs: Iterable[Path] = ()) -> None:
@@ -141,33 +149,41 @@ class ClaimedFolder:
             self.replaced = None
 
 
+def check_new_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> bool:
+    """Whether a new run may go to `out` (raises with the reason when not), and whether it replaces a run there.
+
+    Reads only: the command line calls it before loading anything heavy, so a refusal comes at once.
+    """
+    check_output_folder(out, inputs)
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    if not is_run_folder(out):
+        shown = ", ".join(foreign_entries(out)[:5])
+        raise VitkitError(
+            f"--out {out} is a folder with other files in it ({shown}), not a vitkit run. vitkit never writes into or "
+            "replaces such a folder, with or without --overwrite: choose a new folder, e.g. --out runs/NAME."
+        )
+    if not overwrite:
+        raise VitkitError(
+            f"--out {out} already holds a vitkit run. Use --resume {out} to continue it, --overwrite to replace it, "
+            "or another --out."
+        )
+    foreign = foreign_entries(out)
+    if foreign:
+        raise VitkitError(
+            f"--out {out} is a vitkit run but also holds files vitkit did not write ({', '.join(foreign[:5])}); "
+            "--overwrite would delete them. Move them out of the folder first, or choose another --out."
+        )
+    return True
+
+
 def claim_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> ClaimedFolder:
     """Make `out` an empty run folder with its marker; with `overwrite`, move a previous run there aside.
 
-    Raises before anything is touched when `out` holds anything but a vitkit run, or breaks a rule of
-    `check_output_folder`.
+    Raises before anything is touched when `check_new_run_folder` refuses `out`.
     """
-    check_output_folder(out, inputs)
     replaced, created = None, not out.exists()
-    if not created and any(out.iterdir()):
-        if not is_run_folder(out):
-            shown = ", ".join(foreign_entries(out)[:5])
-            raise VitkitError(
-                f"--out {out} is a folder with other files in it ({shown}), not a vitkit run. vitkit never writes "
-                "into or replaces such a folder, with or without --overwrite: choose a new folder, e.g. --out "
-                "runs/NAME."
-            )
-        foreign = foreign_entries(out)
-        if not overwrite:
-            raise VitkitError(
-                f"--out {out} already holds a vitkit run. Use --resume {out} to continue it, --overwrite to replace "
-                "it, or another --out."
-            )
-        if foreign:
-            raise VitkitError(
-                f"--out {out} is a vitkit run but also holds files vitkit did not write ({', '.join(foreign[:5])}); "
-                "--overwrite would delete them. Move them out of the folder first, or choose another --out."
-            )
+    if check_new_run_folder(out, overwrite, inputs):
         replaced = out.parent / f".{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         os.replace(out, replaced)
         created = True

@@ -51,7 +51,7 @@ from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, p
 from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
-from vitkit.run_folder import claim_run_folder, local_input_paths
+from vitkit.run_folder import claim_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import (
     Progress,
@@ -139,9 +139,7 @@ def train(
     if resume:
         with deterministic_algorithms(t.deterministic), running_marker(run_dir):
             return _train(cfg, run_dir, weights, resume, console, should_stop, on_started=lambda: None)
-    d, teacher = cfg.data, cfg.distill
-    paths = [d.source, d.root, cfg.finetune.pretrained, teacher.teacher, teacher.teacher_checkpoint, *inputs]
-    claimed = claim_run_folder(run_dir, overwrite, local_input_paths(paths))
+    claimed = claim_run_folder(run_dir, overwrite, recipe_input_paths(cfg, inputs))
     try:
         with deterministic_algorithms(t.deterministic), running_marker(run_dir):
             return _train(cfg, run_dir, weights, resume, console, should_stop, on_started=claimed.started)

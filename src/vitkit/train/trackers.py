@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.errors import MissingExtraError
+from vitkit.run_list import flatten
 
 # tracker name -> (module to import, pip extra that installs it)
 EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
@@ -47,12 +48,6 @@ def tracker_init_kwargs(names: list[str], run_dir: Path) -> dict[str, dict[str, 
     return kwargs
 
 
-def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(tree: dict[str, Any]) -> dict[str, Any]:
     """A recipe as {"section.field": value} with lists as text: what trackers store as hyperparameters."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flat_config(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(tree).items()}

@@ -110,7 +110,9 @@ def bars(
 ) -> str:
     fig = Figure(figsize=(min(9.0, 2.5 + 0.5 * len(values)), 3.4))
     ax = fig.add_subplot()
-    ax.bar(range(len(values)), values, color=COLORS[0])
+    bars_drawn = ax.bar(range(len(values)), values, color=COLORS[0])
+    if len(values) <= 24:  # the value on each bar: a bar of 0.00001 is otherwise invisible
+        ax.bar_label(bars_drawn, fmt="%.3g", fontsize=7)
     if reference is not None:
         ax.axhline(reference, ls="--", color=COLORS[1], lw=1)
     ax.set_xticks(range(len(values)), labels=list(labels), rotation=30, ha="right", fontsize=8)
@@ -129,5 +131,5 @@ def severity_lines(severities: list[int], table: dict[str, list[float]], clean: 
     ax.axhline(clean, ls="--", color="grey", lw=1, label="clean")
     ax.axhline(clean - drop, ls=":", color=COLORS[1], lw=1, label=f"clean − {drop * 100:.0f} points (flagged)")
     ax.set(xlabel="severity", ylabel="top-1", ylim=(0, 1.02), xticks=severities)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: hides no line
     return figure_uri(fig)
