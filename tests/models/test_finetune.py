@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import save_tiny_pretrained, tiny_recipe, tiny_vit
 from vitkit.config.schema import FinetuneConfig, OptimConfig, ScheduleConfig
@@ -117,3 +117,36 @@ def test_strategy_without_pretrained_weights_is_refused(tmp_path: Path):
         train(tiny_recipe("finetune.strategy=lora"), tmp_path / "run", console=Console(quiet=True))
     with pytest.raises(Exception, match="layer_decay applies to strategies full and partial"):
         tiny_recipe("finetune.strategy=lora", "finetune.layer_decay=0.7")
+
+
+def test_head_on_cached_features_of_a_distilled_deit(tmp_path: Path):
+    """A distilled DeiT has two heads, each on its own token: the cached features keep both tokens, and the head
+    trained on them gives exactly the logits the whole model gives on the images."""
+    from vitkit.data.pipeline import ImageDataset, eval_transform, make_loader
+    from vitkit.data.sources import load_source
+    from vitkit.models.run_model import load_run_model
+    from vitkit.train.probe import classifier_forward, extract_features
+
+    source = tiny_vit(10, name="deit_tiny_distilled_patch16_224")
+    weights = tmp_path / "deit.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    recipe = tiny_recipe(
+        "model.name=deit_tiny_distilled_patch16_224",
+        "finetune.strategy=head",
+        "finetune.cache_features=true",
+        "ema.enabled=false",
+        f"finetune.pretrained={weights}",
+        "model.num_classes=10",
+    )
+    run = train(recipe, tmp_path / "run", console=Console(quiet=True))
+    assert run.summary["epochs"] == 2
+    model, cfg, _ = load_run_model(run.run_dir)
+    images = load_source("builtin:shapes", img_size=16, synthetic_sizes=(96, 40)).val
+    loader = make_loader(ImageDataset(images, eval_transform(cfg.augment, 16)), 20)
+    features, _ = extract_features(model, loader, torch.device("cpu"), cfg.data.normalization(), None)
+    assert features.shape[1:] == (2, 32)  # class and distillation token
+    from_features = classifier_forward(model.eval())(features)
+    x = torch.cat([batch for batch, _ in loader]).float().div(255)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in cfg.data.normalization())
+    with torch.no_grad():
+        torch.testing.assert_close(from_features, model((x - mean) / std), atol=1e-5, rtol=1e-5)

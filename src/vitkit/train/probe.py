@@ -19,15 +19,24 @@ from vitkit.evaluate.metrics import training_metrics
 from vitkit.evaluate.predict import predict_outputs
 
 
+def _two_heads(model: nn.Module) -> bool:
+    """A distilled DeiT: a class head on the class token and a distillation head on the distillation token."""
+    return isinstance(model.get_classifier(), tuple)  # type: ignore[operator]
+
+
 class PooledFeatures(nn.Module):
-    """The backbone up to the classifier input (timm's `forward_head(pre_logits=True)`)."""
+    """The backbone up to the classifier input (timm's `forward_head(pre_logits=True)`); for a distilled DeiT, the
+    class and distillation tokens side by side (N, 2, D), since each of its two heads reads its own token."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
+        features = self.model.forward_features(x)  # type: ignore[operator]
+        if _two_heads(self.model):
+            return features[:, :2]
+        return self.model.forward_head(features, pre_logits=True)  # type: ignore[operator]
 
 
 def extract_features(
@@ -45,6 +54,9 @@ def classifier_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
     """Features -> logits through the model's own head dropout and classifier."""
     head_drop = getattr(model, "head_drop", nn.Identity())
     classifier = model.get_classifier()  # type: ignore[operator]
+    if _two_heads(model):  # the mean of the two heads, as a distilled DeiT's own forward_head computes it
+        head, head_dist = classifier
+        return lambda f: (head(head_drop(f[:, 0])) + head_dist(head_drop(f[:, 1]))) / 2
     return lambda f: classifier(head_drop(f))
 
 
