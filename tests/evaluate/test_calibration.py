@@ -72,3 +72,21 @@ def test_coverage_at_thresholds_by_hand():
     assert [p.coverage for p in points[:3]] == [1.0, 0.75, 0.25]
     assert [p.accuracy for p in points[:3]] == pytest.approx([0.75, 2 / 3, 1.0])
     assert points[3].coverage == 0.0 and math.isnan(points[3].accuracy)
+
+
+def test_the_reported_ece_is_the_one_the_reliability_diagram_draws():
+    """Confidence exactly 1.0 (softmax of [20, 0] in float32) belongs to the last bin of the diagram and of the ECE
+    alike: all four predictions fall in (14/15, 1], with mean confidence (1 + 1 + 2 * 0.94784) / 4 and accuracy 3/4."""
+    from vitkit.evaluate.calibration import CalibrationEvaluator
+    from vitkit.evaluate.context import EvalContext, run_evaluator
+
+    logits = torch.tensor([[20.0, 0.0], [20.0, 0.0], [2.9, 0.0], [2.9, 0.0]])
+    labels = torch.tensor([1, 0, 0, 0])
+    out = run_evaluator(CalibrationEvaluator(), EvalContext(logits, labels))
+    high = 1 / (1 + math.exp(-2.9))
+    by_hand = (1 + 1 + 2 * high) / 4 - 0.75
+    assert out["ece"] == pytest.approx(by_hand, abs=1e-6) and out["mce"] == pytest.approx(by_hand, abs=1e-6)
+    drawn = out["reliability"]
+    assert drawn["count"][-1] == 4 and sum(drawn["count"]) == 4
+    gaps = [abs(a - c) * n for a, c, n in zip(drawn["accuracy"], drawn["confidence"], drawn["count"], strict=True)]
+    assert out["ece"] == pytest.approx(sum(gaps) / 4, abs=1e-9)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
+from vitkit.evaluate.calibration import reliability_bins
 from vitkit.evaluate.context import EvalContext, Value
 from vitkit.evaluate.metrics import top1_accuracy
 
@@ -23,7 +23,7 @@ class FairnessEvaluator:
         if ctx.task == "multilabel":
             yield "skipped", "per-group accuracy and calibration are measured for single-label tasks"
             return
-        s, n = ctx.settings, ctx.logits.shape[1]
+        s = ctx.settings
         rows: list[dict[str, Any]] = []
         for group in sorted(set(ctx.groups)):
             index = torch.tensor([i for i, g in enumerate(ctx.groups) if g == group])
@@ -34,7 +34,7 @@ class FairnessEvaluator:
                     "group": group or "(empty)",
                     "count": len(index),
                     "top1": top1_accuracy(logits, labels),
-                    "ece": float(multiclass_calibration_error(probs, labels, n, n_bins=s.bins)),
+                    "ece": reliability_bins(probs, labels, s.bins).ece,
                     "mean_confidence": float(probs.max(dim=1).values.mean()),
                     "nll": float(F.cross_entropy(logits, labels)),
                     "too_small": len(index) < s.min_group_size,
