@@ -180,3 +180,21 @@ def test_the_best_checkpoint_says_why_it_was_chosen():
     assert best_reason(history[:2], history[0], "val_loss") == (
         "epoch 1 (raw weights) has the lowest val_loss (1.0000) of the 2 evaluated epochs so far"
     )
+
+
+def test_the_logged_lr_is_the_peak_not_the_stems_under_layer_decay(tmp_path: Path):
+    """With layer decay 0.5 the stem's group runs at 0.5^(depth + 1) of the head's lr: the step records carry the
+    head's (the schedule's own value), and TensorBoard gets every group's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny_recipe(*PLAIN, "finetune.layer_decay=0.5", "schedule.epochs=2", "ema.enabled=false")
+    train(recipe, tmp_path / "run", console=QUIET)
+    steps = read_metrics(tmp_path / "run" / "metrics.jsonl", "step")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    groups = [tag for tag in events.Tags()["scalars"] if tag.startswith("lr/group_")]
+    assert len(groups) >= 2
+    for record in steps:
+        per_group = [next(e.value for e in events.Scalars(tag) if e.step == record["step"]) for tag in groups]
+        assert record["lr"] == pytest.approx(max(per_group), rel=1e-6)
+        assert min(per_group) == pytest.approx(max(per_group) * 0.5**3, rel=1e-5)  # depth 2: stem at 0.5^3

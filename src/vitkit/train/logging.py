@@ -45,6 +45,14 @@ class MetricsLogger:
     def log(self, kind: str, step: int, **values: Any) -> None:
         self._write(self._file, kind, step, values)
 
+    def log_extra(self, step: int, values: dict[str, float]) -> None:
+        """Values for TensorBoard and the other trackers only (too many, or too varied, for metrics.jsonl)."""
+        if self._tb is not None:
+            for name, value in values.items():
+                self._tb.add_scalar(name, value, step)
+        if self._sink is not None and values:
+            self._sink(values, step)
+
     def log_timing(self, step: int, **values: Any) -> None:
         self._write(self._timing, "timing", step, values)
 

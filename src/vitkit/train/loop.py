@@ -418,7 +418,10 @@ def _train(
                         window_loss, window_batches = torch.zeros((), device=device), 0
                         window_finite = torch.ones((), dtype=torch.bool, device=device)
                     if step % t.log_every == 0 or step == total_steps:
-                        loss_value, lr = float(loss.detach()), optimizer.param_groups[0]["lr"]
+                        # the peak lr (the head's under layer decay), not group 0's (the stem's); every group's in TB
+                        group_lrs = [g["lr"] for g in optimizer.param_groups]
+                        loss_value, lr = float(loss.detach()), max(group_lrs)
+                        logger.log_extra(step, {f"lr/group_{i}": v for i, v in enumerate(group_lrs)})
                         extra = {}
                         if parts.distill is not None:
                             task_value, distill_value = float(parts.task.detach()), float(parts.distill.detach())
