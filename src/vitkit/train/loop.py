@@ -551,6 +551,7 @@ def _fit_cached_head(
             on_update=on_update,
             generator=generator,
             max_updates=max_updates - progress.updates,
+            accumulation_steps=cfg.train.accumulation_steps,
         )
         progress.epoch = epoch + 1
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss, **evaluate_head(model, val_feats, val_labels)}

@@ -72,22 +72,26 @@ def train_head_epoch(
     on_update: Callable[[], None],
     generator: torch.Generator,
     max_updates: float = float("inf"),
+    accumulation_steps: int = 1,
 ) -> float:
-    """One epoch over shuffled cached features (full batches only, like the image loader; at most
-    `max_updates`); mean loss."""
+    """One epoch over shuffled cached features (full batches only, like the image loader; at most `max_updates`
+    updates of `accumulation_steps` batches each, the gradient averaged over them as the image loop does); the
+    mean loss."""
     model.train()
     forward, criterion = classifier_forward(model), SoftTargetCrossEntropy()
     order = torch.randperm(len(labels), generator=generator)
-    total, steps = 0.0, int(min(len(labels) // batch_size, max_updates))
-    for i in range(steps):
-        idx = order[i * batch_size : (i + 1) * batch_size]
+    updates = int(min(len(labels) // batch_size // accumulation_steps, max_updates))
+    total = 0.0
+    for step in range(updates * accumulation_steps):
+        idx = order[step * batch_size : (step + 1) * batch_size]
         loss = criterion(forward(features[idx]), smooth_targets(labels[idx], num_classes, smoothing))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        on_update()
+        (loss / accumulation_steps).backward()
         total += float(loss.detach())
-    return total / max(steps, 1)
+        if (step + 1) % accumulation_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            on_update()
+    return total / max(updates * accumulation_steps, 1)
 
 
 def evaluate_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
