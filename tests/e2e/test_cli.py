@@ -100,7 +100,14 @@ def test_ctrl_c_during_startup_exits_130_and_leaves_no_run(tmp_path: Path):
     """`vitkit train ... && next` must not carry on after Ctrl-C; setup interrupted leaves no half-made run."""
     import signal
 
-    process = subprocess.Popen([VITKIT, "train", "--out", "r"], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [VITKIT, "train", "--out", "r"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a job started in the background of a script inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert process.stdout is not None
     first = process.stdout.readline()  # printed before the data is generated: the signal lands in setup
     assert "no --data given" in first
