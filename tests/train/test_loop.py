@@ -198,3 +198,13 @@ def test_the_logged_lr_is_the_peak_not_the_stems_under_layer_decay(tmp_path: Pat
         per_group = [next(e.value for e in events.Scalars(tag) if e.step == record["step"]) for tag in groups]
         assert record["lr"] == pytest.approx(max(per_group), rel=1e-6)
         assert min(per_group) == pytest.approx(max(per_group) * 0.5**3, rel=1e-5)  # depth 2: stem at 0.5^3
+
+
+def test_the_summary_says_which_ema_decay_was_reached(tmp_path: Path):
+    """timm's warmup ramps the decay as 1 - (1 + t/gamma)^-power (gamma 1, power 2/3 by default): after the few
+    updates of a tiny run it is far from 0.998; without warmup the configured decay is used from the start."""
+    ramped = train(tiny_recipe("ema.decay=0.998", "ema.warmup=true"), tmp_path / "warm", console=QUIET).summary
+    updates = ramped["updates"]
+    assert ramped["ema"]["reached"] == pytest.approx(1 - (1 + (updates - 1)) ** (-2 / 3))
+    plain = train(tiny_recipe("ema.decay=0.998", "ema.warmup=false"), tmp_path / "plain", console=QUIET).summary
+    assert plain["ema"] == {"decay": 0.998, "warmup": False, "reached": 0.998}

@@ -503,6 +503,8 @@ def _train(
         }
     if teacher is not None:
         summary["distill"] = {"type": cfg.distill.type, "teacher": teacher.description, "alpha": cfg.distill.alpha}
+    if ema is not None:  # with warmup, the decay ramps up: what the last update used, next to the configured one
+        summary["ema"] = {"decay": cfg.ema.decay, "warmup": cfg.ema.warmup, "reached": ema.get_decay(progress.updates)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return RunResult(run_dir, summary)
 
