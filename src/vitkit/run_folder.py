@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 
 MARKER = ".vitkit-run"
+RUNNING = "running.json"  # written while a process trains the run: its pid and host
 
 # Everything vitkit writes at the top of a run folder; anything else there belongs to the user.
 RUN_ENTRIES = frozenset(
@@ -40,10 +42,27 @@ RUN_ENTRIES = frozenset(
         "merged",
         "mlruns",
         "wandb",
-        "running.json",
+        RUNNING,
         ".write-test",
     }
 )
+
+
+def trained_by(run_dir: Path) -> str | None:
+    """'pid N on HOST' when a live process is training the run in `run_dir` (its running.json), else None."""
+    try:
+        info = json.loads((run_dir / RUNNING).read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return None
+    pid, host = int(info.get("pid", -1)), info.get("host")
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None  # it died without cleaning up: the run is stopped, not running
+        except PermissionError:
+            pass  # another user's live process
+    return f"pid {pid} on {host}"
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -162,6 +181,12 @@ def check_new_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()
         raise VitkitError(
             f"--out {out} is a folder with other files in it ({shown}), not a vitkit run. vitkit never writes into or "
             "replaces such a folder, with or without --overwrite: choose a new folder, e.g. --out runs/NAME."
+        )
+    busy = trained_by(out)
+    if busy is not None:
+        raise VitkitError(
+            f"--out {out} is being trained right now ({busy}); vitkit will not replace or join a run in progress. "
+            "Stop that process first, or choose another --out."
         )
     if not overwrite:
         raise VitkitError(

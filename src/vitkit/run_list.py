@@ -20,14 +20,15 @@ from typing import Any
 import yaml
 
 from vitkit.errors import VitkitError
-from vitkit.run_folder import is_run_folder
-
-RUNNING = "running.json"  # written while a process trains the run: its pid and host
+from vitkit.run_folder import RUNNING, is_run_folder, trained_by
 
 
 @contextmanager
 def running_marker(run_dir: Path) -> Iterator[None]:
     """Mark `run_dir` as being trained by this process for as long as the body runs."""
+    busy = trained_by(run_dir)
+    if busy is not None:  # two processes writing one run folder would corrupt it
+        raise VitkitError(f"{run_dir} is being trained right now ({busy}). Stop that process first.")
     marker = run_dir / RUNNING
     marker.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}))
     try:
@@ -36,25 +37,11 @@ def running_marker(run_dir: Path) -> Iterator[None]:
         marker.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 def run_status(run_dir: Path) -> str:
     """finished (a summary was written), running (a live process trains it), stopped (a checkpoint to resume from,
     no summary: preempted, diverged or killed) or empty (no checkpoint yet)."""
-    marker = run_dir / RUNNING
-    if marker.exists():
-        info = json.loads(marker.read_text() or "{}")
-        elsewhere = info.get("host") != socket.gethostname()
-        if elsewhere or _alive(int(info.get("pid", -1))):
-            return "running"
+    if trained_by(run_dir) is not None:
+        return "running"
     if (run_dir / "summary.json").exists():
         return "finished"
     return "stopped" if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()) else "empty"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.e2e.test_cli import installed
@@ -70,3 +71,19 @@ def test_compare_shows_the_fields_that_differ_and_the_metrics(tmp_path: Path):
     assert out.returncode == 0 and "optim.lr" in out.stdout and "model.depth" not in out.stdout
     wrong = installed("runs", "compare", str(a))
     assert wrong.returncode == 2 and "needs two run folders" in wrong.stderr
+
+
+def test_a_run_in_progress_is_neither_replaced_nor_joined(tmp_path: Path):
+    from vitkit.errors import VitkitError
+    from vitkit.run_folder import claim_run_folder
+    from vitkit.run_list import running_marker
+
+    live = make_run(tmp_path / "live", 0.001, summary=False, pid=os.getpid())
+    before = sorted(p.name for p in live.iterdir())
+    with pytest.raises(VitkitError, match=f"being trained right now \\(pid {os.getpid()}"):
+        claim_run_folder(live, overwrite=True)
+    assert sorted(p.name for p in live.iterdir()) == before
+    with pytest.raises(VitkitError, match="Stop that process first"), running_marker(live):
+        pass
+    dead = make_run(tmp_path / "dead", 0.001, summary=False, pid=dead_pid())
+    assert claim_run_folder(dead, overwrite=True).replaced is not None  # a killed run is stopped, replaceable
