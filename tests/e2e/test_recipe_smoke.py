@@ -1,10 +1,19 @@
-"""Every shipped recipe runs end to end in smoke mode: its own tricks, a tiny model, tiny data, a few steps."""
+"""Every shipped recipe runs end to end in smoke mode: its own tricks, a tiny model, tiny data, a few steps; and
+its first losses match the ones recorded in recorded_losses.json, so a change that alters the numerics of any
+recipe (a refactor of the loop, a new default) is caught.
 
+The losses are recorded on CPU in fp32 with --deterministic. After an intended change of the numerics, record them
+again with: VITKIT_RECORD_LOSSES=1 .venv/bin/python -m pytest tests/e2e/test_recipe_smoke.py
+"""
+
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 import timm
+import torch
 from rich.console import Console
 from safetensors.torch import save_file
 
@@ -16,6 +25,8 @@ from vitkit.train.loop import train
 # Only the size of the model and data changes; every augmentation, mixing, regularisation and EMA setting of
 # the recipe stays as shipped (repeated augmentation included).
 SMOKE = [o for o in TINY_OVERRIDES if not o.startswith("augment.")] + ["train.max_steps=4", "schedule.epochs=2"]
+SMOKE += ["train.log_every=1", "train.deterministic=true"]
+RECORDED = Path(__file__).with_name("recorded_losses.json")
 VIT_SHAPE = ("model.patch_size", "model.embed_dim", "model.depth", "model.num_heads")
 
 
@@ -29,6 +40,7 @@ def test_shipped_recipe_smoke_run(name: str, tmp_path: Path):
     if not timm.models.get_pretrained_cfg(shipped.model.name).architecture.startswith(("vit", "deit")):
         smoke = [o for o in smoke if not o.startswith(VIT_SHAPE)]  # a CNN: only the image size shrinks
     if shipped.distill.type != "none":  # distillation recipes learn from a (tiny, test-made) CNN teacher
+        torch.manual_seed(0)  # the same teacher whatever ran before
         teacher = timm.create_model("resnet10t", num_classes=10)
         save_file(teacher.state_dict(), str(tmp_path / "teacher.safetensors"))
         smoke += ["distill.teacher=resnet10t", f"distill.teacher_checkpoint={tmp_path / 'teacher.safetensors'}"]
@@ -41,7 +53,16 @@ def test_shipped_recipe_smoke_run(name: str, tmp_path: Path):
         steps = read_metrics(tmp_path / name / "metrics.jsonl", "epoch")
         assert steps and all(math.isfinite(s["train_loss"]) and s["train_loss"] > 0 for s in steps)
     else:
-        assert len(steps) == 2 and all(math.isfinite(s["loss"]) and s["loss"] > 0 for s in steps)
-    assert 0.0 <= result.summary["final"]["val_top1"] <= 1.0
+        assert len(steps) == 4 and all(math.isfinite(s["loss"]) and s["loss"] > 0 for s in steps)
+    losses = {
+        "train": [s.get("loss", s.get("train_loss")) for s in steps],
+        "val_loss": result.summary["final"]["val_loss"],
+    }
+    if os.environ.get("VITKIT_RECORD_LOSSES"):
+        recorded = json.loads(RECORDED.read_text()) if RECORDED.exists() else {}
+        RECORDED.write_text(json.dumps({**recorded, name: losses}, indent=1, sort_keys=True) + "\n")
+    expected = json.loads(RECORDED.read_text())[name]
+    assert losses["train"] == pytest.approx(expected["train"], rel=1e-5)
+    assert losses["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
     assert ("ema_val_top1" in result.summary["final"]) == shipped.ema.enabled
     assert ("val_top1_dist_head" in result.summary["final"]) == shipped.model.name.startswith("deit_tiny_distilled")
