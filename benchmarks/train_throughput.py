@@ -29,10 +29,10 @@ from vitkit.config import load_recipe
 from vitkit.config.schema import Recipe
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
+from vitkit.precision import autocast_dtype, resolve_precision
 from vitkit.train.logging import read_metrics
 from vitkit.train.loop import train
 from vitkit.train.optim import build_optimizer
-from vitkit.train.precision import autocast_dtype, resolve_precision
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.jsonl"
 VIT_TINY = ["model.img_size=32", "model.patch_size=4", "train.batch_size=128", "ema.enabled=true"]

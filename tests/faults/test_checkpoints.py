@@ -16,9 +16,10 @@ from rich.console import Console
 import vitkit.train.checkpoint as checkpoint
 from tests.conftest import tiny_recipe
 from tests.e2e.test_cli import vitkit
+from vitkit.checkpoint_files import checkpoint_problem, verify_checkpoint
 from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_model
-from vitkit.train.checkpoint import CheckpointWriteError, checkpoint_problem, newest_valid_checkpoint, verify_checkpoint
+from vitkit.train.checkpoint import CheckpointWriteError, newest_valid_checkpoint
 from vitkit.train.logging import read_metrics
 from vitkit.train.loop import resume_recipe, train
 

@@ -13,10 +13,10 @@ from rich.console import Console
 
 import vitkit.train.loop as loop
 from tests.conftest import tiny_recipe, tiny_vit
+from vitkit.checkpoint_files import sha256 as _sha256
 from vitkit.errors import VitkitError
 from vitkit.models.lora import load_model_state
 from vitkit.models.run_model import load_run_model
-from vitkit.train.checkpoint import _sha256
 from vitkit.train.loop import resume_recipe, train
 
 QUIET = Console(quiet=True)

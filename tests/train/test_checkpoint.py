@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vitkit.checkpoint_files import load_weights
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
-    load_weights,
     progress_from_dict,
     progress_to_dict,
     rng_state,

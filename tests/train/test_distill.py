@@ -11,11 +11,11 @@ from safetensors.torch import save_file
 import vitkit.train.loop as loop
 from tests.conftest import PLAIN as BASE_PLAIN
 from tests.conftest import tiny_recipe, tiny_vit
+from vitkit.checkpoint_files import load_weights
 from vitkit.data.pipeline import BatchAugment
 from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_model
 from vitkit.models.teacher import Teacher, load_teacher
-from vitkit.train.checkpoint import load_weights
 from vitkit.train.logging import read_metrics
 from vitkit.train.loop import resume_recipe, train
 

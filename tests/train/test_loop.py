@@ -7,8 +7,8 @@ import torch
 from rich.console import Console
 
 from tests.conftest import PLAIN, tiny_recipe
+from vitkit.checkpoint_files import load_weights
 from vitkit.errors import RecipeError, VitkitError
-from vitkit.train.checkpoint import load_weights
 from vitkit.train.logging import read_metrics
 from vitkit.train.loop import resume_recipe, train
 

@@ -14,6 +14,7 @@ import numpy as np
 from torch import nn
 
 from vitkit import __version__
+from vitkit.checkpoint_files import CHECKSUMS
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import eval_transform
 from vitkit.data.sources import DataSplits, ImageSet, load_source, same_source
@@ -23,9 +24,8 @@ from vitkit.evaluate.findings import findings
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
 from vitkit.models.run_model import load_run_or_checkpoint
+from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.run_folder import check_output_files
-from vitkit.train.checkpoint import CHECKSUMS
-from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 
 TEMPERATURE_FILE = "calibration.json"  # in the run folder: the temperature fitted for one checkpoint
 

@@ -12,13 +12,13 @@ from typing import Any
 
 from torch import nn
 
+from vitkit.checkpoint_files import load_weights, verify_checkpoint
 from vitkit.config.loader import recipe_from_yaml_file
 from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 from vitkit.models.build import build_model
 from vitkit.models.lora import apply_lora, load_model_state, merge_lora
 from vitkit.run_folder import EXPORT_MARKER, check_export_folder
-from vitkit.train.checkpoint import load_weights, verify_checkpoint
 
 
 def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recipe, dict[str, Any]]:

@@ -8,7 +8,6 @@ previous checkpoint intact. Older checkpoints are kept as `last.1`, `last.2`, ..
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from vitkit.checkpoint_files import CHECKSUMS, checkpoint_problem, sha256
 from vitkit.errors import VitkitError
 from vitkit.models.convert import safe_torch_load
 from vitkit.models.lora import model_state_dict
@@ -80,7 +80,6 @@ def _state_dict_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model_state_dict(module).items()}
 
 
-CHECKSUMS = "checksums.json"
 _CHECKPOINT_NAME = re.compile(r"^(last(\.\d+)?|best)$")  # not the .tmp/.old folders of a save in progress
 
 
@@ -107,7 +106,7 @@ def save_checkpoint(
             save_file(_state_dict_cpu(ema), str(tmp / "ema.safetensors"))
         torch.save(training_state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
-        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir())}
+        sums = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
         for f in tmp.iterdir():
             _fsync(f)
@@ -140,47 +139,12 @@ def _rotate(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why `folder` is not a complete, undamaged checkpoint, or None when every file matches its checksum."""
-    sums_path = folder / CHECKSUMS
-    if not folder.is_dir():
-        return "missing"
-    if not sums_path.exists():
-        return f"no {CHECKSUMS} (an interrupted save, or written by an older vitkit)"
-    try:
-        sums = json.loads(sums_path.read_text())
-    except json.JSONDecodeError:
-        return f"{CHECKSUMS} is damaged"
-    for name, expected in sums.items():
-        path = folder / name
-        if not path.exists():
-            return f"{name} is missing"
-        if _sha256(path) != expected:
-            return f"{name} does not match its checksum (damaged or changed after saving)"
-    return None
-
-
-def verify_checkpoint(folder: Path) -> None:
-    """Raise a clear error unless `folder` is a complete, undamaged checkpoint."""
-    problem = checkpoint_problem(folder)
-    if problem is not None:
-        raise VitkitError(f"checkpoint {folder} cannot be used: {problem}.")
 
 
 def checkpoint_candidates(run_dir: Path) -> list[Path]:
@@ -206,12 +170,6 @@ def newest_valid_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
         if best is None or updates > best[0] or (updates == best[0] and folder.name == "last"):
             best = (updates, folder)
     return (best[1] if best else None), warnings
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise VitkitError(f"checkpoint file {path} does not exist. Check the run folder or checkpoint path.")
-    return load_file(str(path))
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from timm.utils import ModelEmaV3
 
+from vitkit.checkpoint_files import load_weights
 from vitkit.config.loader import load_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.data.check import BadImage, screen_data
@@ -51,12 +52,12 @@ from vitkit.models.finetune import GroupRow, apply_strategy, count_parameters, p
 from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
+from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.run_folder import claim_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
-    load_weights,
     newest_valid_checkpoint,
     progress_from_dict,
     progress_to_dict,
@@ -69,7 +70,6 @@ from vitkit.train.faults import TrainingDiverged, TrainingPreempted, nonfinite_a
 from vitkit.train.logging import MetricsLogger
 from vitkit.train.losses import training_loss
 from vitkit.train.optim import build_optimizer, build_scheduler
-from vitkit.train.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.train.probe import evaluate_head, extract_features, train_head_epoch
 from vitkit.train.trackers import accelerate_trackers, flat_config, tracker_init_kwargs
 
