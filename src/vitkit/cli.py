@@ -6,7 +6,6 @@ Recipe fields and their descriptions (config/schema.py) generate the help of `tr
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -152,7 +151,6 @@ def train(
         from vitkit.train.loop import resume_recipe
         from vitkit.train.loop import train as run_training
 
-        _stop_if_interrupted()
         cfg = resume_recipe(Path(resume), list(set_ or []))
         result = run_training(cfg, Path(resume), resume=True, console=console)
     else:
@@ -177,7 +175,6 @@ def train(
         check_new_run_folder(run_dir, overwrite, recipe_input_paths(cfg, recipe_file))
         from vitkit.train.loop import train as run_training
 
-        _stop_if_interrupted()
         result = run_training(cfg, run_dir, overwrite=overwrite, console=console, inputs=recipe_file)
     from vitkit.evaluate.registry import TRAINING_END
     from vitkit.evaluate.run import evaluate_run
@@ -498,28 +495,10 @@ def recipes_fields(
     console.print(table)
 
 
-_interrupted = False
-
-
-def _on_ctrl_c(signum: int, frame: Any) -> None:
-    global _interrupted
-    _interrupted = True
-    raise KeyboardInterrupt
-
-
-def _stop_if_interrupted() -> None:
-    """Raise the Ctrl-C that a library swallowed (a bare `except:` around an optional import does), so a command
-    interrupted while it loads stops anyway instead of starting a long run."""
-    if _interrupted:
-        raise KeyboardInterrupt
-
-
 def main() -> None:
     """Entry point. Typer's standalone mode gives usage errors their short message and status 2, and Ctrl-C status
     130; user errors print a one-paragraph message (no traceback) and exit with 2; a preempted run exits with 75
     (resume it), a diverged one with 3."""
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # keep an ignore set by the caller (a `&` job)
-        signal.signal(signal.SIGINT, _on_ctrl_c)
     try:
         app(standalone_mode=True)
     except VitkitError as exc:

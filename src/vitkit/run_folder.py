@@ -151,8 +151,11 @@ class ClaimedFolder:
             self.replaced = None
 
     def abandon(self) -> None:
-        """The new run failed before training started: remove what it wrote and put a replaced run back."""
-        if self.begun:
+        """The new run failed before training started: remove what it wrote and put a replaced run back.
+
+        Only a folder holding the marker this run wrote is touched: what vitkit removes is always its own.
+        """
+        if self.begun or not (self.path / MARKER).is_file():
             return
         if self.created or self.replaced is not None:
             shutil.rmtree(self.path, ignore_errors=True)  # made by this run alone (an old run is aside)
