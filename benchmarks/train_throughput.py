@@ -84,7 +84,7 @@ def trainer(recipe: Recipe, data_dir: Path, steps: int, warmup: int = 3) -> floa
     with tempfile.TemporaryDirectory() as tmp:
         cfg = recipe.model_copy(deep=True)
         cfg.data.source = str(data_dir)
-        cfg.train.max_steps = warmup + steps
+        cfg.train.max_updates = warmup + steps
         cfg.train.log_every = 1
         cfg.schedule.epochs, cfg.schedule.warmup_epochs = 100, 1
         run = Path(tmp) / "run"

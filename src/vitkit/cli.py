@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 import yaml
@@ -122,26 +122,14 @@ def train(
     Every recipe field, its default and meaning: vitkit recipes fields [--recipe NAME].
     """
     # checks that only read files come before the heavy imports (torch), so a refusal is immediate
-    from vitkit.run_folder import check_new_run_folder, is_run_folder, recipe_input_paths
+    from vitkit.run_folder import check_new_run_folder, recipe_input_paths
 
     run_dir = out or Path("runs") / Path(recipe or "quickstart").stem
-    new_run = {"--recipe": recipe, "--data": data, "--data-root": data_root, "--pretrained": pretrained}
-    new_run |= {"--teacher": teacher, "--overwrite": "yes" if overwrite else None}
-    if resume == "auto":
-        from vitkit.train.checkpoint import newest_valid_checkpoint
-
-        folder, _ = newest_valid_checkpoint(run_dir)
-        if folder is not None:
-            resume = str(run_dir)
-            _check_auto_resume_data(run_dir, data)
-            new_run = {}  # the same job command again: its new-run options describe the run being continued
-        else:
-            console.print(f"--resume auto: no checkpoint in {run_dir} yet, starting the run", highlight=False)
-            overwrite = overwrite or is_run_folder(run_dir)  # a run that never saved: start it again
-            resume = None
     if deterministic:
         set_ = [*(set_ or []), "train.deterministic=true"]
-    if resume is not None:
+    if resume is not None and resume != "auto":
+        new_run = {"--recipe": recipe, "--data": data, "--data-root": data_root, "--pretrained": pretrained}
+        new_run |= {"--teacher": teacher, "--overwrite": "yes" if overwrite else None}
         given = [name for name, value in new_run.items() if value is not None]
         if given:
             raise VitkitError(
@@ -154,48 +142,47 @@ def train(
         cfg = resume_recipe(Path(resume), list(set_ or []))
         result = run_training(cfg, Path(resume), resume=True, console=console)
     else:
-        overrides = list(set_ or [])
-        if data_root is not None:
-            overrides.append(f"data.root={data_root}")
-        if pretrained is not None:
-            overrides.append(f"finetune.pretrained={pretrained}")
-        if teacher is not None:
-            overrides.append(f"distill.teacher={teacher}")
-        cfg = load_recipe(recipe or "quickstart", overrides, source=data)
-        if data is None:
-            console.print(
-                f"note: no --data given: training recipe {recipe or 'quickstart'} on its own data source, "
-                f"{cfg.data.source}. Pass --data DIR (or a manifest.csv) to train on your images.",
-                highlight=False,
-            )
-        if teacher is not None and cfg.distill.type == "none":
-            cfg.distill.type = "hard"
-            console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
+        cfg = _new_run_recipe(recipe, data, data_root, pretrained, teacher, set_)
         recipe_file = [recipe] if recipe and Path(recipe).is_file() else []
-        check_new_run_folder(run_dir, overwrite, recipe_input_paths(cfg, recipe_file))
+        if resume is None:
+            check_new_run_folder(run_dir, overwrite, recipe_input_paths(cfg, recipe_file))
         from vitkit.train.loop import train as run_training
 
-        result = run_training(cfg, run_dir, overwrite=overwrite, console=console, inputs=recipe_file)
-    from vitkit.evaluate.registry import TRAINING_END
-    from vitkit.evaluate.run import evaluate_run
+        auto: Literal["auto", False] = (
+            "auto" if resume == "auto" else False
+        )  # continue the --out run if it has a checkpoint, else start it
+        result = run_training(cfg, run_dir, resume=auto, overwrite=overwrite, console=console, inputs=recipe_file)
+    if result.evaluation is not None and result.evaluation_dir is not None:
+        _print_evaluation(result.evaluation, result.evaluation_dir)
 
-    doc, folder = evaluate_run(result.run_dir, only=TRAINING_END)
-    _print_evaluation(doc, folder)
 
-
-def _check_auto_resume_data(run_dir: Path, data: str | None) -> None:
-    """`--resume auto` reruns the same command; refuse it when its --data is not the data the run trains on."""
-    from vitkit.config.loader import recipe_from_yaml_file
-    from vitkit.data.sources import same_source
-
+def _new_run_recipe(
+    recipe: str | None,
+    data: str | None,
+    data_root: str | None,
+    pretrained: str | None,
+    teacher: str | None,
+    set_: list[str] | None,
+) -> Recipe:
+    """The recipe of a new run from the command's options; --teacher alone turns on hard distillation."""
+    overrides = list(set_ or [])
+    if data_root is not None:
+        overrides.append(f"data.root={data_root}")
+    if pretrained is not None:
+        overrides.append(f"finetune.pretrained={pretrained}")
+    if teacher is not None:
+        overrides.append(f"distill.teacher={teacher}")
+    cfg = load_recipe(recipe or "quickstart", overrides, source=data)
     if data is None:
-        return
-    trained_on = recipe_from_yaml_file(run_dir / "recipe.yaml").data.source or ""
-    if not same_source(data, trained_on):
-        raise VitkitError(
-            f"--resume auto: the run in {run_dir} trains on {trained_on}, not on --data {data}. Use the same --data to "
-            "continue it, or another --out for a new run on this data."
+        console.print(
+            f"note: no --data given: training recipe {recipe or 'quickstart'} on its own data source, "
+            f"{cfg.data.source}. Pass --data DIR (or a manifest.csv) to train on your images.",
+            highlight=False,
         )
+    if teacher is not None and cfg.distill.type == "none":
+        cfg.distill.type = "hard"
+        console.print("note: --teacher given and the recipe has distill.type none: using hard distillation")
+    return cfg
 
 
 def _print_evaluation(doc: dict[str, Any], out: Path) -> None:

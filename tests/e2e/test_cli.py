@@ -136,7 +136,10 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path):
     # the short evaluation at the end of training: accuracy and calibration only, with its report
     report = json.loads((run / "eval" / "metrics.json").read_text())
     assert list(report["results"]) == ["accuracy", "calibration"] and report["images"] == 40
-    assert 0.0 <= report["results"]["accuracy"]["top1"] <= 1.0 and "ece" in report["results"]["calibration"]
+    # the same pixels and the same metric as training's validation: the best epoch's top-1, to the image
+    best = json.loads((run / "summary.json").read_text())["best"]
+    assert report["results"]["accuracy"]["top1"] == pytest.approx(best["value"], abs=1e-6)
+    assert "ece" in report["results"]["calibration"]
     assert (run / "eval" / "report.html").stat().st_size > 10_000
     # not a terminal: plain progress lines instead of a live bar
     assert "epoch 1 step" in out.stdout

@@ -6,7 +6,7 @@ from pathlib import Path
 from tests.conftest import TINY_OVERRIDES, write_image_folder
 from tests.e2e.test_cli import vitkit
 
-FEW_STEPS = ["train.max_steps=4", "schedule.epochs=1", "schedule.warmup_epochs=0"]
+FEW_STEPS = ["train.max_updates=4", "schedule.epochs=1", "schedule.warmup_epochs=0"]
 VIT_SHAPE = ("model.patch_size", "model.embed_dim", "model.depth", "model.num_heads")
 
 

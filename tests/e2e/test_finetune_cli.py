@@ -13,7 +13,7 @@ from vitkit.models.run_model import load_run_model
 from vitkit.train.loop import train
 
 # 6 updates of 4 images: a head on features that already separate the classes gets further than a model from scratch
-FEW_STEPS = ["train.max_steps=6", "train.batch_size=4", "schedule.epochs=1", "schedule.warmup_epochs=0"]
+FEW_STEPS = ["train.max_updates=6", "train.batch_size=4", "schedule.epochs=1", "schedule.warmup_epochs=0"]
 FEW_STEPS += ["ema.enabled=false", "optim.lr=1e-3", "optim.lr_scaling=none"]
 
 

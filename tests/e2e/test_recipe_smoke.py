@@ -24,7 +24,7 @@ from vitkit.train.loop import train
 
 # Only the size of the model and data changes; every augmentation, mixing, regularisation and EMA setting of
 # the recipe stays as shipped (repeated augmentation included).
-SMOKE = [o for o in TINY_OVERRIDES if not o.startswith("augment.")] + ["train.max_steps=4", "schedule.epochs=2"]
+SMOKE = [o for o in TINY_OVERRIDES if not o.startswith("augment.")] + ["train.max_updates=4", "schedule.epochs=2"]
 SMOKE += ["train.log_every=1", "train.deterministic=true"]
 RECORDED = Path(__file__).with_name("recorded_losses.json")
 VIT_SHAPE = ("model.patch_size", "model.embed_dim", "model.depth", "model.num_heads")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from rich.console import Console
 
-import vitkit.train.loop as loop
+import vitkit.train.setup as setup
 from tests.conftest import tiny_recipe, tiny_vit
 from vitkit.checkpoint_files import sha256 as _sha256
 from vitkit.errors import VitkitError
@@ -35,7 +35,7 @@ class _RunsCode:
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("loading") / "run"
-    train(tiny_recipe("schedule.epochs=2", "train.max_steps=6"), run, console=QUIET)
+    train(tiny_recipe("schedule.epochs=2", "train.max_updates=6"), run, console=QUIET)
     return run
 
 
@@ -91,7 +91,7 @@ def test_an_unwritable_run_folder_is_refused_before_training(tmp_path: Path):
 
 def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(tmp_path: Path, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(loop.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
+    monkeypatch.setattr(setup.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 2**20, 2**20))
     with pytest.raises(VitkitError, match=r"1 MiB free, but this run's checkpoints need about .*train\.keep_last"):
         train(tiny_recipe(), tmp_path / "run", console=QUIET)
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -7,7 +7,8 @@ import pytest
 import torch
 from rich.console import Console
 
-import vitkit.train.loop as loop
+import vitkit.train.setup as setup
+import vitkit.train.tasks as tasks
 from tests.conftest import PLAIN, tiny_recipe
 from vitkit.train.faults import DIVERGED_EXIT_CODE, TrainingDiverged, nonfinite_action
 from vitkit.train.logging import read_metrics
@@ -43,7 +44,7 @@ def inject(monkeypatch, steps: set[int], kind: str = "loss") -> None:
         total = parts.total * float("nan") if kind == "loss" else _InfGradient.apply(parts.total)
         return LossParts(total, parts.task, parts.distill)
 
-    monkeypatch.setattr(loop, "training_loss", faulty)
+    monkeypatch.setattr(tasks, "training_loss", faulty)
 
 
 def _optimizer_steps(run: Path) -> int:
@@ -119,3 +120,35 @@ def test_skip_gives_up_after_the_limit_of_bad_updates_in_a_row(tmp_path: Path, m
         train(tiny_recipe(*BASE, "train.nonfinite_limit=3"), tmp_path / "run", console=QUIET)
     actions = [e["action"] for e in read_metrics(tmp_path / "run" / "metrics.jsonl", "nonfinite")]
     assert actions == ["skip", "skip", "stop"]
+
+
+def test_an_fp16_loss_scaler_overflow_is_not_a_nonfinite_event(tmp_path: Path, monkeypatch):
+    """fp16's scaler skipping an update for overflowing gradients is routine: with nonfinite=stop the run goes on.
+
+    On CPU accelerate makes no scaler, so a real torch.amp.GradScaler("cpu") is put where it keeps the one it makes
+    on a GPU; step 3's loss is made large (finite) so that its scaled gradients overflow, then the scale backs off.
+    """
+    make_accelerator = setup.make_accelerator
+
+    def with_scaler(cfg, run_dir):
+        accelerator, precision = make_accelerator(cfg, run_dir)
+        accelerator.scaler = torch.amp.GradScaler("cpu")  # init_scale 2**16
+        return accelerator, precision
+
+    calls = {"n": 0}
+
+    def large_at_step_3(*args, **kwargs) -> LossParts:
+        parts = training_loss(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] != 3:
+            return parts
+        return LossParts(parts.total * 1e35, parts.task, parts.distill)
+
+    monkeypatch.setattr(setup, "make_accelerator", with_scaler)
+    monkeypatch.setattr(tasks, "training_loss", large_at_step_3)
+    result = train(tiny_recipe(*BASE, "train.nonfinite=stop"), tmp_path / "run", console=QUIET, evaluate=False)
+    assert result.summary["fp16_loss_scaler_skipped_updates"] == 1
+    assert result.summary["updates"] == 11 and _optimizer_steps(tmp_path / "run") == 11
+    assert result.summary["nonfinite"]["skipped_updates"] == 0
+    assert read_metrics(tmp_path / "run" / "metrics.jsonl", "nonfinite") == []
+    assert _all_finite(tmp_path / "run")

@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import save_file
 
-import vitkit.train.loop as loop
+import vitkit.train.setup as setup
 from tests.conftest import PLAIN as BASE_PLAIN
 from tests.conftest import tiny_recipe, tiny_vit
 from vitkit.checkpoint_files import load_weights
@@ -76,7 +76,7 @@ def teacher_run(data: dict[str, Path]) -> Path:
 
 def test_a_strong_teacher_lifts_the_student_above_training_alone(data, teacher_run, tmp_path: Path):
     """Students see the noisy labels; the teacher's predictions carry the signal the labels lost."""
-    common = [*PLAIN, DISTILLED_VIT, f"data.source={data['noisy']}", "train.max_steps=40", "schedule.epochs=30"]
+    common = [*PLAIN, DISTILLED_VIT, f"data.source={data['noisy']}", "train.max_updates=40", "schedule.epochs=30"]
     accuracy = {}
     for kind, extra in {
         "none": [],
@@ -102,7 +102,7 @@ def test_teacher_stays_frozen_with_mixup_accumulation_and_ema(data, teacher_run,
         loaded.append((teacher, {k: v.clone() for k, v in teacher.module.state_dict().items()}))
         return teacher
 
-    monkeypatch.setattr(loop, "load_teacher", recording_load)
+    monkeypatch.setattr(setup, "load_teacher", recording_load)
     student_inputs: list[torch.Tensor] = []
     teacher_inputs: list[torch.Tensor] = []
     augment, logits = BatchAugment.__call__, Teacher.logits
@@ -127,7 +127,7 @@ def test_teacher_stays_frozen_with_mixup_accumulation_and_ema(data, teacher_run,
         "augment.cutmix=1.0",
         "train.accumulation_steps=2",
         "ema.enabled=true",
-        "train.max_steps=4",
+        "train.max_updates=4",
     )
     result = train(recipe, tmp_path / "run", console=QUIET)
     ((teacher, before),) = loaded
@@ -154,14 +154,14 @@ def test_teacher_runs_in_the_students_precision(data, teacher_run, tmp_path: Pat
     monkeypatch.setattr(Teacher, "logits", recording_logits)
     recipe = [*PLAIN, DISTILLED_VIT, f"data.source={data['clean']}", f"distill.teacher={teacher_run}"]
     train(
-        tiny_recipe(*recipe, "distill.type=soft", "train.precision=bf16", "train.max_steps=2"),
+        tiny_recipe(*recipe, "distill.type=soft", "train.precision=bf16", "train.max_updates=2"),
         tmp_path / "bf16",
         console=QUIET,
     )
     assert dtypes == [torch.bfloat16, torch.bfloat16]
     dtypes.clear()
     train(
-        tiny_recipe(*recipe, "distill.type=soft", "train.precision=fp32", "train.max_steps=2"),
+        tiny_recipe(*recipe, "distill.type=soft", "train.precision=fp32", "train.max_updates=2"),
         tmp_path / "fp32",
         console=QUIET,
     )
@@ -171,9 +171,12 @@ def test_teacher_runs_in_the_students_precision(data, teacher_run, tmp_path: Pat
 def test_resume_with_distillation_matches_the_uninterrupted_run(data, teacher_run, tmp_path: Path):
     recipe = [DISTILLED_VIT, f"data.source={data['clean']}", f"distill.teacher={teacher_run}", "distill.type=hard"]
     train(tiny_recipe(*recipe, "schedule.epochs=2"), tmp_path / "full", console=QUIET)
-    train(tiny_recipe(*recipe, "schedule.epochs=2", "train.max_steps=16"), tmp_path / "stopped", console=QUIET)
+    train(tiny_recipe(*recipe, "schedule.epochs=2", "train.max_updates=16"), tmp_path / "stopped", console=QUIET)
     train(
-        resume_recipe(tmp_path / "stopped", ["train.max_steps=null"]), tmp_path / "stopped", resume=True, console=QUIET
+        resume_recipe(tmp_path / "stopped", ["train.max_updates=null"]),
+        tmp_path / "stopped",
+        resume=True,
+        console=QUIET,
     )
     resumed = load_weights(tmp_path / "stopped" / "checkpoints" / "last" / "model.safetensors")
     reference = load_weights(tmp_path / "full" / "checkpoints" / "last" / "model.safetensors")
@@ -192,7 +195,7 @@ def test_lora_fine_tuning_of_a_pretrained_distilled_student(data, teacher_run, t
         "finetune.strategy=lora",
         f"distill.teacher={teacher_run}",
         "distill.type=hard",
-        "train.max_steps=6",
+        "train.max_updates=6",
     )
     train(recipe, tmp_path / "lora", console=QUIET)
     model, _, _ = load_run_model(tmp_path / "lora")

@@ -1,7 +1,9 @@
 """Whole training runs on tiny models and data (seconds each)."""
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -64,12 +66,12 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
     recipe = tiny_recipe("schedule.epochs=3")
     steps_per_epoch = 96 // 16
     train(
-        recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_steps": 2 * steps_per_epoch})}),
+        recipe.model_copy(update={"train": recipe.train.model_copy(update={"max_updates": 2 * steps_per_epoch})}),
         run,
         console=QUIET,
     )
     assert len(read_metrics(run / "metrics.jsonl", "epoch")) == 2
-    train(resume_recipe(run, ["train.max_steps=null"]), run, resume=True, console=QUIET)
+    train(resume_recipe(run, ["train.max_updates=null"]), run, resume=True, console=QUIET)
     assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
     resumed = load_weights(run / "checkpoints" / "last" / "model.safetensors")
     reference = load_weights(finished_run / "checkpoints" / "last" / "model.safetensors")
@@ -80,7 +82,7 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
 def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
     # SGD, not AdamW: Adam's update is nearly invariant to the gradient's scale, so it would hide a missing division
     # by the accumulation steps; SGD's update is proportional to it
-    common = [*PLAIN, "train.max_steps=1", "schedule.epochs=2", "ema.enabled=false", "optim.clip_grad=null"]
+    common = [*PLAIN, "train.max_updates=1", "schedule.epochs=2", "ema.enabled=false", "optim.clip_grad=null"]
     common += ["optim.name=sgd", "optim.lr=0.5"]
     big = tiny_recipe(*common, "train.batch_size=32")
     small = tiny_recipe(*common, "train.batch_size=16", "train.accumulation_steps=2")
@@ -101,7 +103,7 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
 def test_gradient_clipping_bounds_the_update(tmp_path: Path):
     common = [
         *PLAIN,
-        "train.max_steps=1",
+        "train.max_updates=1",
         "ema.enabled=false",
         "optim.name=sgd",
         "optim.momentum=0",
@@ -123,12 +125,13 @@ def test_gradient_clipping_bounds_the_update(tmp_path: Path):
 
 def test_bf16_on_cpu_trains_when_asked(tmp_path: Path):
     result = train(
-        tiny_recipe("train.precision=bf16", "schedule.epochs=1", "schedule.warmup_epochs=0", "train.max_steps=2"),
+        tiny_recipe("train.precision=bf16", "schedule.epochs=1", "schedule.warmup_epochs=0", "train.max_updates=2"),
         tmp_path / "bf16",
         console=QUIET,
     )
-    assert result.summary["precision"] == "bf16"
-    assert result.summary["final"]["val_top1"] >= 0.0
+    assert result.summary["precision"] == "bf16" and result.summary["updates"] == 2
+    losses = [s["loss"] for s in read_metrics(tmp_path / "bf16" / "metrics.jsonl", "step")]
+    assert losses and all(math.isfinite(v) for v in [*losses, result.summary["final"]["val_loss"]])
 
 
 def test_fp16_on_cpu_is_refused_before_training(tmp_path: Path):
@@ -144,7 +147,7 @@ def test_batch_larger_than_dataset_is_a_clear_error(tmp_path: Path):
 
 def test_compile_and_channels_last_train_like_eager(tmp_path: Path):
     """torch.compile (inductor, on CPU) and channels-last inputs change speed, not what is learned."""
-    common = [*PLAIN, "train.max_steps=3", "schedule.epochs=2", "ema.enabled=false"]
+    common = [*PLAIN, "train.max_updates=3", "schedule.epochs=2", "ema.enabled=false"]
     train(tiny_recipe(*common), tmp_path / "eager", console=QUIET)
     train(tiny_recipe(*common, "model.compile=true", "model.channels_last=true"), tmp_path / "fast", console=QUIET)
     eager = load_weights(tmp_path / "eager" / "checkpoints" / "last" / "model.safetensors")
@@ -156,7 +159,7 @@ def test_compile_and_channels_last_train_like_eager(tmp_path: Path):
 
 def test_an_accuracy_tie_goes_to_the_lower_validation_loss():
     from vitkit.train.checkpoint import Progress
-    from vitkit.train.loop import improves
+    from vitkit.train.checkpointer import improves
 
     best_so_far = Progress(best_metric=1.0, best_epoch=2, best_val_loss=0.5)  # 100% top-1 already at epoch 2
     assert improves(1.0, {"val_loss": 0.3}, best_so_far, "val_top1")
@@ -166,7 +169,7 @@ def test_an_accuracy_tie_goes_to_the_lower_validation_loss():
 
 
 def test_the_best_checkpoint_says_why_it_was_chosen():
-    from vitkit.train.loop import best_reason
+    from vitkit.train.checkpointer import best_reason
 
     history = [
         {"epoch": 1, "val_top1": 0.50, "val_loss": 1.0},
@@ -208,3 +211,27 @@ def test_the_summary_says_which_ema_decay_was_reached(tmp_path: Path):
     assert ramped["ema"]["reached"] == pytest.approx(1 - (1 + (updates - 1)) ** (-2 / 3))
     plain = train(tiny_recipe("ema.decay=0.998", "ema.warmup=false"), tmp_path / "plain", console=QUIET).summary
     assert plain["ema"] == {"decay": 0.998, "warmup": False, "reached": 0.998}
+
+
+def test_training_validation_and_vitkit_evaluate_score_a_checkpoint_the_same(tmp_path: Path):
+    """One eval pixel path: training validates on the original images through the eval transform, as `vitkit
+    evaluate` does, even when the training images are decoded and downsized into memory (data.cache=memory)."""
+    from PIL import Image
+
+    from vitkit.evaluate.run import evaluate_run
+
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(("cat", "dog", "fox")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for j in range(8):  # 90 x 70: larger than the cache's 2 x img_size, so a cached copy would be resized
+            pixels = rng.integers(0, 200, size=(70, 90, 3), dtype=np.uint8)
+            pixels[::3, ::3, i] = 255
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{j}.png")
+    recipe = tiny_recipe(*PLAIN, "ema.enabled=false", "schedule.epochs=1", "data.cache=memory", "train.batch_size=4")
+    recipe.data.source = str(tmp_path / "images")
+    result = train(recipe, tmp_path / "run", console=QUIET, evaluate=False)
+    epoch = read_metrics(tmp_path / "run" / "metrics.jsonl", "epoch")[-1]
+    doc, _ = evaluate_run(tmp_path / "run", only="accuracy")
+    assert result.summary["best_epoch"] == 1
+    assert doc["results"]["accuracy"]["nll"] == pytest.approx(epoch["val_loss"], rel=1e-6)
+    assert doc["results"]["accuracy"]["top1"] == pytest.approx(epoch["val_top1"], abs=1e-9)

@@ -22,6 +22,20 @@ def shipped_recipes() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+# fields renamed since recipes were first written: (section, old name) -> new name. Old recipe files and run
+# folders keep working; the meaning is unchanged.
+RENAMED = {("train", "max_steps"): "max_updates"}  # it always counted optimizer updates, not (micro-batch) steps
+
+
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    for (section, old), new in RENAMED.items():
+        fields = data.get(section)
+        if isinstance(fields, dict) and old in fields:
+            value = fields.pop(old)
+            fields.setdefault(new, value)
+    return data
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -31,7 +45,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}.")
-    return data
+    return _migrate(data)
 
 
 def _resolve_path(name_or_path: str) -> Path:
@@ -94,6 +108,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise RecipeError(f"override '{item}' is not of the form section.field=value (e.g. optim.lr=1e-3).")
         key, raw_value = item.split("=", 1)
         keys = key.strip().split(".")
+        if len(keys) == 2 and (keys[0], keys[1]) in RENAMED:
+            keys[1] = RENAMED[keys[0], keys[1]]
         valid = _known_fields(Recipe, keys)
         if keys[-1] not in valid:
             hint = difflib.get_close_matches(keys[-1], valid, n=1)

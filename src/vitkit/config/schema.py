@@ -139,8 +139,10 @@ class TrainConfig(Section):
         "auto", description="Autocast precision; auto = bf16 where the device supports it, else fp32."
     )
     seed: int = Field(0, description="Seed for model init, data order, augmentation and splits.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (smoke runs).")
-    log_every: int = Field(20, ge=1, description="Write step metrics every this many steps.")
+    max_updates: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer updates (smoke runs; formerly max_steps)."
+    )
+    log_every: int = Field(20, ge=1, description="Write step metrics every this many steps (micro-batches).")
     log_with: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         ["tensorboard"],
         description="Experiment trackers besides metrics.jsonl: tensorboard, mlflow (pip install 'vitkit[mlflow]'; "

@@ -34,8 +34,8 @@ class Progress:
 
     epoch: int = 0
     step_in_epoch: int = 0  # batches of `epoch` already trained on
-    global_step: int = 0
-    updates: int = 0
+    global_step: int = 0  # steps (micro-batches) trained on, in all epochs
+    updates: int = 0  # optimizer updates applied
     best_metric: float = float("-inf")
     best_epoch: int = -1  # numbered from 1; -1: none yet
     best_val_loss: float = float("inf")  # of the best epoch: breaks accuracy ties
@@ -47,6 +47,14 @@ class Progress:
     nonfinite_skipped: int = 0
     nonfinite_in_a_row: int = 0
     rollbacks: int = 0
+    scaler_skipped: int = 0  # fp16: updates the loss scaler skipped for overflowing gradients (routine, not errors)
+
+
+def where_in_training(progress: Progress) -> str:
+    """Where training stands, with epochs numbered from 1: 'after epoch 2' or 'in epoch 3, after step 5'."""
+    if progress.step_in_epoch:
+        return f"in epoch {progress.epoch + 1}, after step {progress.step_in_epoch}"
+    return f"after epoch {progress.epoch}" if progress.epoch else "at the start"
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vitkit.models.build import num_tokens
+from vitkit.models.finetune import GroupRow
+
+if TYPE_CHECKING:
+    from vitkit.models.pretrained import PretrainedWeights
+    from vitkit.train.setup import Run
 
 
 class TrainDisplay:
@@ -52,3 +60,49 @@ class TrainDisplay:
 
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False)
+
+
+def print_run_header(
+    run: Run, groups: list[GroupRow], workers: int, peak_lr: float, weights: PretrainedWeights | None, console: Console
+) -> None:
+    """What was built: model, data, device, precision, attention, batch, lr, steps; notes, teacher, groups."""
+    cfg, f, s = run.cfg, run.facts, run.settings
+    t = cfg.train
+    console.print(
+        f"[bold]vitkit train[/bold] {cfg.model.name} ({f.parameters / 1e6:.2f}M params, {num_tokens(run.raw_model)} "
+        f"tokens) on {f.data.description}\n  device {run.accelerator.device}, precision {f.precision}, attention "
+        f"{f.attention}, batch {t.batch_size} x {t.accumulation_steps} accumulation, peak lr {peak_lr:.2e}, workers "
+        f"{workers}, {s.steps_per_epoch} steps/epoch, {s.epochs} epochs"
+        + (", deterministic" if t.deterministic else ""),
+        highlight=False,
+    )
+    for note in f.notes:
+        console.print(f"  note: {note}", highlight=False)
+    if weights is not None:
+        console.print(f"  pretrained: {weights.source}, strategy {cfg.finetune.strategy}", highlight=False)
+    if f.teacher is not None:
+        d = cfg.distill
+        heads = "distillation token" if hasattr(run.raw_model, "head_dist") else "the single head (logit distillation)"
+        console.print(
+            f"  teacher: {f.teacher}; {d.type} distillation on {heads}, alpha {d.alpha}, tau {d.tau}", highlight=False
+        )
+    console.print(groups_table(groups))
+
+
+def groups_table(rows: list[GroupRow]) -> Table:
+    table = Table(title="parameters by optimizer group", title_justify="left")
+    for column in ("group", "parameters", "share", "peak lr", "weight decay"):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for r in rows:
+        lr = f"{r.lr:.2e}" if r.group != "frozen" else "-"
+        table.add_row(r.group, f"{r.params:,}", f"{r.share:.2%}", lr, f"{r.weight_decay:g}")
+    return table
+
+
+def epoch_line(record: dict[str, Any]) -> str:
+    parts = [f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}"]
+    if "val_top1" in record:
+        parts.append(f"val top-1 {record['val_top1']:.2%}")
+    if "ema_val_top1" in record:
+        parts.append(f"EMA val top-1 {record['ema_val_top1']:.2%}")
+    return ", ".join(parts)

@@ -1,8 +1,8 @@
-"""Linear probe on cached features: the frozen backbone runs once per image, then only the head trains.
+"""Linear probe on cached features: the frozen backbone's pooled features, and the head that reads them.
 
 With `finetune.strategy=head` the backbone never changes, so with `cache_features` its pooled features are
-computed once (eval transform, no augmentation) and every epoch afterwards costs only the head's matmul. The
-loss, targets, optimizer and schedule are the ones the image loop uses; checkpoints hold the whole model.
+computed once (eval transform, no augmentation) and every epoch afterwards costs only the head's matmul
+(`train.tasks.CachedHead`); checkpoints hold the whole model.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from vitkit.data.pipeline import smooth_targets
-from vitkit.evaluate.metrics import training_metrics
 from vitkit.evaluate.predict import predict_outputs
 
 
@@ -58,44 +55,3 @@ def classifier_forward(model: nn.Module) -> Callable[[torch.Tensor], torch.Tenso
         head, head_dist = classifier
         return lambda f: (head(head_drop(f[:, 0])) + head_dist(head_drop(f[:, 1]))) / 2
     return lambda f: classifier(head_drop(f))
-
-
-def train_head_epoch(
-    model: nn.Module,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int,
-    smoothing: float,
-    num_classes: int,
-    optimizer: torch.optim.Optimizer,
-    on_update: Callable[[], None],
-    generator: torch.Generator,
-    max_updates: float = float("inf"),
-    accumulation_steps: int = 1,
-) -> float:
-    """One epoch over shuffled cached features (full batches only, like the image loader; at most `max_updates`
-    updates of `accumulation_steps` batches each, the gradient averaged over them as the image loop does); the
-    mean loss."""
-    model.train()
-    forward, criterion = classifier_forward(model), SoftTargetCrossEntropy()
-    order = torch.randperm(len(labels), generator=generator)
-    updates = int(min(len(labels) // batch_size // accumulation_steps, max_updates))
-    total = 0.0
-    for step in range(updates * accumulation_steps):
-        idx = order[step * batch_size : (step + 1) * batch_size]
-        loss = criterion(forward(features[idx]), smooth_targets(labels[idx], num_classes, smoothing))
-        (loss / accumulation_steps).backward()
-        total += float(loss.detach())
-        if (step + 1) % accumulation_steps == 0:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            on_update()
-    return total / max(updates * accumulation_steps, 1)
-
-
-def evaluate_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    model.eval()
-    with torch.no_grad():
-        metrics = training_metrics(classifier_forward(model)(features).float().cpu(), labels.cpu())
-    return {"val_top1": metrics["accuracy.top1"], "val_loss": metrics["accuracy.nll"]}

@@ -1,0 +1,406 @@
+"""Everything a run needs before its first step, built once from a resolved recipe: `setup_run(...) -> Run`.
+
+`resolve_recipe` fixes what the recipe leaves open (the pretrained architecture, the teacher's absolute paths);
+`setup_run` then builds device and precision, data, model, optimizer, schedule, EMA, the task and, when resuming,
+restores all of it from the newest undamaged checkpoint. The loop (`train.loop.fit`) reads only `Run` and its
+plain `LoopSettings`, never recipe sections.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from rich.console import Console
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vitkit.checkpoint_files import load_weights
+from vitkit.config.loader import recipe_to_yaml
+from vitkit.config.schema import Recipe
+from vitkit.data.check import BadImage, screen_data
+from vitkit.data.pipeline import (
+    BatchAugment,
+    ImageDataset,
+    auto_workers,
+    eval_transform,
+    make_loader,
+    maybe_cache,
+    train_sampler,
+    train_transform,
+)
+from vitkit.data.sources import DataSplits, load_source
+from vitkit.errors import VitkitError
+from vitkit.evaluate.context import ModelRunner
+from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
+from vitkit.models.finetune import apply_strategy, count_parameters, parameter_table
+from vitkit.models.lora import load_model_state, model_state_dict
+from vitkit.models.pretrained import PretrainedWeights, pretrained_normalization, resolve_pretrained, with_architecture
+from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
+from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
+from vitkit.train.checkpoint import (
+    Progress,
+    load_training_state,
+    newest_valid_checkpoint,
+    progress_from_dict,
+    set_rng_state,
+    where_in_training,
+)
+from vitkit.train.display import print_run_header
+from vitkit.train.optim import build_optimizer, build_scheduler
+from vitkit.train.step import Window
+from vitkit.train.tasks import CachedHead, ImageClassification, Task
+from vitkit.train.trackers import accelerate_trackers
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The recipe's settings the loop acts on. Steps are micro-batches; updates are optimizer steps."""
+
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int  # the run ends after this many steps (all epochs, or train.max_updates' worth)
+    log_every: int  # steps
+    eval_every: int  # epochs
+    nonfinite: str
+    nonfinite_limit: int
+    rollback_lr_factor: float
+
+
+@dataclass
+class RunFacts:
+    """What the summary reports about a run besides its progress."""
+
+    data: DataSplits
+    bad_images: list[BadImage]
+    precision: str
+    attention: str
+    parameters: int
+    trainable_parameters: int
+    teacher: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    cfg: Recipe  # resolved: architecture, normalisation and teacher paths filled in
+    run_dir: Path
+    accelerator: Accelerator
+    model: nn.Module  # as prepared by accelerate (what the step calls)
+    raw_model: nn.Module  # the model itself (what checkpoints hold)
+    optimizer: Any
+    scheduler: Any
+    ema: ModelEmaV3 | None
+    task: Task
+    settings: LoopSettings
+    facts: RunFacts
+    progress: Progress
+    clip: float  # max gradient norm; inf for none
+    resumed: bool = False  # restored from a checkpoint
+    window: Window = field(default_factory=Window)  # the accumulation window in progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_recipe(recipe: Recipe) -> tuple[Recipe, PretrainedWeights | None]:
+    """A copy of `recipe` with what it leaves open decided, checked before anything is written: the pretrained
+    weights (read now) fix the architecture; distillation settings are checked and teacher paths made absolute."""
+    cfg = recipe.model_copy(deep=True)
+    if cfg.finetune.strategy != "full" and not cfg.finetune.pretrained:
+        raise VitkitError(
+            f"finetune.strategy={cfg.finetune.strategy} keeps pretrained weights fixed, but no weights are given: "
+            "pass --pretrained SOURCE (a timm name, a transformers folder, a .safetensors file or a run folder)."
+        )
+    _check_distill_settings(cfg)
+    accelerate_trackers(cfg.train.log_with)  # a missing tracker package is named before anything is written
+    weights = resolve_pretrained(cfg.finetune.pretrained, cfg.model) if cfg.finetune.pretrained else None
+    if weights is not None:
+        cfg.model = with_architecture(cfg.model, weights)
+    return cfg, weights
+
+
+def _check_distill_settings(cfg: Recipe) -> None:
+    """Distillation needs a type and a teacher together; paths are made absolute so a resumed run finds them."""
+    d = cfg.distill
+    if d.type != "none" and not d.teacher:
+        raise VitkitError(
+            f"distill.type={d.type} needs a teacher: pass --teacher RUN_FOLDER (train one with --recipe cnn-teacher "
+            "on the same data) or set distill.teacher."
+        )
+    if d.teacher and d.type == "none":
+        raise VitkitError(
+            f"distill.teacher={d.teacher} is set but distill.type is none: set distill.type=hard or soft, or remove "
+            "the teacher."
+        )
+    for name in ("teacher", "teacher_checkpoint"):
+        value = getattr(d, name)
+        if value and Path(value).expanduser().exists():
+            setattr(d, name, str(Path(value).expanduser().resolve()))
+
+
+def make_accelerator(cfg: Recipe, run_dir: Path) -> tuple[Accelerator, str]:
+    """accelerate's Accelerator for the recipe's device, precision, accumulation and trackers; and the precision."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    AcceleratorState._reset_state(reset_partial_state=True)  # allow several runs in one process
+    trackers = accelerate_trackers(t.log_with)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision],
+        gradient_accumulation_steps=t.accumulation_steps,
+        log_with=trackers or None,
+        project_dir=str(run_dir),
+    )
+    return accelerator, precision
+
+
+def load_data(recipe: Recipe) -> DataSplits:
+    d = recipe.data
+    return load_source(
+        d.source,
+        root=d.root,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        img_size=recipe.model.img_size,
+        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
+    )
+
+
+def setup_run(cfg: Recipe, weights: PretrainedWeights | None, run_dir: Path, *, resume: bool, console: Console) -> Run:
+    """Build the run of the resolved recipe `cfg` (see `resolve_recipe`) in `run_dir`; when `resume`, restore it
+    from the newest undamaged checkpoint there. Prints what it built."""
+    t = cfg.train
+    seed_everything(t.seed)
+    accelerator, precision = make_accelerator(cfg, run_dir)
+    data, bad_images = _screened_data(cfg, run_dir, console)
+    teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
+    loader, workers, image_steps = _train_loader(cfg, data, accelerator.device)
+    model, attention = _build_model(cfg, data, weights, teacher, accelerator.device, precision)
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
+    peak_lr = cfg.effective_lr(accelerator.num_processes)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr, layer_decay=cfg.finetune.layer_decay)
+    groups = parameter_table(model, optimizer, peak_lr)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+    ema = ModelEmaV3(raw_model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
+    runner = ModelRunner(
+        raw_model,
+        accelerator.device,
+        *cfg.data.normalization(),
+        eval_transform(cfg.augment, cfg.model.img_size),
+        t.batch_size,
+        autocast_dtype(precision),
+    )
+    task: Task
+    if cfg.finetune.cache_features:  # the head on cached features: no image augmentation, no EMA
+        ema = None
+        steps = whole_windows(len(data.train), t.batch_size, t.accumulation_steps, len(data.train))
+        task = CachedHead(
+            raw_model, runner, data.train, data.val, t.batch_size, steps, data.num_classes, t.label_smoothing, t.seed
+        )
+    else:
+        task = _image_task(cfg, accelerator, model, loader, image_steps, runner, data, teacher)
+    scheduler = build_scheduler(optimizer, cfg.schedule, task.steps_per_epoch // t.accumulation_steps, peak_lr)
+    n_trainable, n_params = count_parameters(raw_model)
+    facts = RunFacts(
+        data, bad_images, precision, attention, n_params, n_trainable, teacher.description if teacher else None
+    )
+    facts.notes = data.notes + (weights.notes if weights is not None else [])
+    clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
+    settings = loop_settings(cfg, task.steps_per_epoch)
+    run = Run(
+        cfg, run_dir, accelerator, model, raw_model, optimizer, scheduler, ema, task, settings, facts, Progress(), clip
+    )
+    if resume:
+        run.progress, run.resumed = restore(run, console), True
+    _check_disk_space(run_dir, raw_model, ema is not None, cfg)
+    print_run_header(run, groups, workers, peak_lr, weights, console)
+    return run
+
+
+def _screened_data(cfg: Recipe, run_dir: Path, console: Console) -> tuple[DataSplits, list[BadImage]]:
+    """The recipe's data with unreadable files screened out (data.bad_images), and those files."""
+    data, bad_images = screen_data(load_data(cfg), cfg.data)
+    if bad_images:
+        _report_bad_images(run_dir, bad_images, console)
+    if cfg.train.best_metric == "val_top5" and data.num_classes <= 5:
+        raise VitkitError(
+            f"train.best_metric=val_top5 needs more than 5 classes (the data has {data.num_classes}, so top-5 is "
+            "always 100%). Use val_top1 or val_loss."
+        )
+    return data, bad_images
+
+
+def _train_loader(cfg: Recipe, data: DataSplits, device: torch.device) -> tuple[DataLoader[Any], int, int]:
+    """The training images (decoded once into memory when data.cache allows) behind the seeded sampler; the
+    loader, its worker processes and the steps per epoch."""
+    t = cfg.train
+    train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
+    workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
+    train_ds = ImageDataset(train_images, train_transform(cfg.augment, cfg.model.img_size))
+    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed)
+    loader = make_loader(
+        train_ds, t.batch_size, sampler=sampler, workers=workers, drop_last=True, pin_memory=device.type == "cuda"
+    )
+    return loader, workers, whole_windows(len(sampler), t.batch_size, t.accumulation_steps, len(train_ds))
+
+
+def _build_model(
+    cfg: Recipe,
+    data: DataSplits,
+    weights: PretrainedWeights | None,
+    teacher: Teacher | None,
+    device: torch.device,
+    precision: str,
+) -> tuple[nn.Module, str]:
+    """The model with its attention kernel and fine-tuning strategy; fills in the recipe's normalisation from the
+    pretrained weights when it names none. Returns the model and the attention kernel."""
+    model = build_model(cfg.model, data.num_classes, pretrained=weights)
+    if teacher is not None and hasattr(model, "set_distilled_training"):
+        model.set_distilled_training(True)  # type: ignore[operator]  # a distilled DeiT: class and distillation heads get their own terms
+    if cfg.data.mean is None or cfg.data.std is None:
+        norm = pretrained_normalization(model, weights) if weights is not None else None
+        mean, std = norm or cfg.data.normalization()
+        cfg.data.mean, cfg.data.std = cfg.data.mean or mean, cfg.data.std or std
+    attention = choose_attention(cfg.model.attn_impl, device, precision, num_tokens(model))
+    set_attention(model, attention)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return apply_strategy(model, cfg.finetune), attention
+
+
+def _image_task(
+    cfg: Recipe,
+    accelerator: Accelerator,
+    model: nn.Module,
+    loader: DataLoader[Any],
+    steps: int,
+    runner: ModelRunner,
+    data: DataSplits,
+    teacher: Teacher | None,
+) -> ImageClassification:
+    """Image classification, or DeiT distillation when there is a teacher."""
+    device = accelerator.device
+    if teacher is not None:
+        teacher.module.to(device)
+    d = cfg.data.normalization()
+    return ImageClassification(
+        model,
+        torch.compile(model) if cfg.model.compile else model,
+        loader,
+        BatchAugment(cfg.augment, *d, data.num_classes, cfg.train.label_smoothing, device),
+        device,
+        steps,
+        cfg.finetune.strategy,
+        runner,
+        data.val,
+        channels_last=cfg.model.channels_last,
+        teacher=teacher,
+        distill=(cfg.distill.type, cfg.distill.alpha, cfg.distill.tau),
+        autocast=accelerator.autocast,
+    )
+
+
+def whole_windows(sampled: int, batch_size: int, accumulation_steps: int, images: int) -> int:
+    """Steps per epoch: full batches of the `sampled` images, in whole accumulation windows."""
+    steps = (sampled // batch_size) // accumulation_steps * accumulation_steps
+    if steps == 0:
+        raise VitkitError(
+            f"train.batch_size={batch_size} x accumulation_steps={accumulation_steps} is larger than the "
+            f"training set ({images} images). Lower the batch size."
+        )
+    return steps
+
+
+def loop_settings(cfg: Recipe, steps_per_epoch: int) -> LoopSettings:
+    t = cfg.train
+    total_steps = cfg.schedule.epochs * steps_per_epoch
+    if t.max_updates is not None:
+        total_steps = min(total_steps, t.max_updates * t.accumulation_steps)
+    return LoopSettings(
+        epochs=cfg.schedule.epochs,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        log_every=t.log_every,
+        eval_every=t.eval_every,
+        nonfinite=t.nonfinite,
+        nonfinite_limit=t.nonfinite_limit,
+        rollback_lr_factor=t.rollback_lr_factor,
+    )
+
+
+def restore(run: Run, console: Console) -> Progress:
+    """Weights, EMA, optimizer, schedule, loss scale and RNGs from the newest undamaged checkpoint of the run."""
+    folder, warnings = newest_valid_checkpoint(run.run_dir)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if folder is None:
+        raise VitkitError(
+            f"nothing to resume in {run.run_dir}: no undamaged checkpoint (the run stopped before its first save)."
+        )
+    # newest_valid_checkpoint has just verified the folder's checksums
+    load_model_state(run.raw_model, load_weights(folder / "model.safetensors"), where=str(folder))
+    if run.ema is not None and (folder / "ema.safetensors").exists():
+        load_model_state(run.ema.module, load_weights(folder / "ema.safetensors"), where=str(folder))
+    state = load_training_state(folder)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and run.accelerator.scaler is not None:
+        run.accelerator.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    progress = progress_from_dict(state["progress"])
+    where = where_in_training(progress)
+    console.print(f"resuming {run.run_dir} from {folder.name}, {where} (update {progress.updates})", highlight=False)
+    return progress
+
+
+def _report_bad_images(run_dir: Path, bad: list[BadImage], console: Console) -> None:
+    """Name the skipped files on the console and list them all, with reasons, in RUN/bad_images.jsonl."""
+    (run_dir / "bad_images.jsonl").write_text("".join(json.dumps(asdict(b)) + "\n" for b in bad))
+    console.print(
+        f"[yellow]warning:[/yellow] skipping {len(bad)} unreadable image files (data.bad_images=skip; all listed "
+        f"in {run_dir / 'bad_images.jsonl'}):",
+        highlight=False,
+    )
+    for b in bad[:5]:
+        console.print(f"  {b.path}: {b.reason}", highlight=False)
+
+
+def _load_teacher(cfg: Recipe, classes: list[str]) -> Teacher | None:
+    if cfg.distill.type == "none" or not cfg.distill.teacher:
+        return None
+    teacher = load_teacher(cfg.distill.teacher, cfg.distill.teacher_checkpoint, cfg.model.img_size)
+    check_teacher_classes(teacher, classes)
+    return teacher
+
+
+def _check_disk_space(run_dir: Path, model: nn.Module, has_ema: bool, cfg: Recipe) -> None:
+    """Refuse to start when the run folder's disk cannot hold the checkpoints the run will write."""
+    weights = sum(p.numel() * p.element_size() for p in model_state_dict(model).values())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    moments = 2 if cfg.optim.name == "adamw" else 1
+    per_checkpoint = weights * (2 if has_ema else 1) + trainable * moments
+    folders = cfg.train.keep_last + 2  # the kept `last` ones, `best`, and the one being written
+    needed = per_checkpoint * folders
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise VitkitError(
+            f"the disk of {run_dir} has {free / 2**20:.0f} MiB free, but this run's checkpoints need about "
+            f"{needed / 2**20:.0f} MiB ({folders} checkpoints of {per_checkpoint / 2**20:.0f} MiB). Free some "
+            "space, lower train.keep_last, or choose another --out."
+        )
