@@ -95,7 +95,7 @@ def check_teacher_classes(teacher: Teacher, classes: list[str]) -> None:
     if teacher.num_classes != len(classes):
         raise VitkitError(
             f"the teacher {teacher.description} predicts {teacher.num_classes} classes but the data has "
-            f"{len(classes)}. Train a teacher on this data first (vitkit train --recipe cnn-teacher --data ...), "
+            f"{len(classes)}. Train a teacher on this data first (the cnn-teacher recipe, with the same --data), "
             "then pass its run folder with --teacher."
         )
     if teacher.classes is not None and list(teacher.classes) != list(classes):
