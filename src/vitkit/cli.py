@@ -323,6 +323,56 @@ def merge_lora_command(
     console.print(f"merged model ({params / 1e6:.2f}M parameters) written to {folder.resolve()}", highlight=False)
 
 
+@app.command("export")
+def export_command(
+    run: Annotated[
+        Path, typer.Argument(metavar="RUN", help="A run folder, or one of its checkpoints (RUN/checkpoints/NAME).")
+    ],
+    format_: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime) or pt2 (torch.export).")] = "onnx",
+    int8: Annotated[
+        str | None,
+        typer.Option(help="Also write an INT8 ONNX model: dynamic, or static (calibrated on training images)."),
+    ] = None,
+    calibration: Annotated[int, typer.Option(help="Training images that calibrate static INT8.")] = 256,
+    max_int8_drop: Annotated[float, typer.Option(help="Largest validation top-1 loss INT8 may cost, in points.")] = 0.5,
+    version: Annotated[str, typer.Option(help="The model version written into model.json.")] = "1.0.0",
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN/export).")] = None,
+) -> None:
+    """Export a run's model to ONNX or .pt2 with model.json (classes, preprocessing, temperature, version,
+    checksums); checks that the export computes what the checkpoint computes before keeping it."""
+    if format_ not in ("onnx", "pt2"):
+        raise VitkitError(f"--format {format_}: choose onnx or pt2.")
+    if int8 not in (None, "dynamic", "static"):
+        raise VitkitError(f"--int8 {int8}: choose dynamic or static.")
+    if calibration < 1 or not 0 <= max_int8_drop <= 100:
+        raise VitkitError("--calibration needs at least 1 image and --max-int8-drop a value from 0 to 100 points.")
+    from vitkit.deploy.export import ExportOptions, export_run, run_folder_of
+
+    folder = out or run_folder_of(run) / "export"
+    options = ExportOptions(format_, int8, calibration, max_int8_drop / 100, version)  # type: ignore[arg-type]
+    with console.status("exporting and checking"):
+        doc = export_run(run, folder, options)
+    p = doc["parity"]
+    size = (folder / doc["file"]).stat().st_size / 2**20
+    console.print(
+        f"{folder / doc['file']} ({size:.1f} MiB, {doc['format']}, version {doc['version']})", highlight=False
+    )
+    console.print(
+        f"  parity on {p['images']} validation images: max |logit difference| {p['max_abs_diff']:.2e}, top-1 "
+        f"agreement {p['top1_agreement']:.2%}",
+        highlight=False,
+    )
+    if "int8" in doc:
+        q = doc["int8"]
+        console.print(
+            f"  {folder / q['file']}: INT8 {q['mode']}, validation top-1 {q['int8_top1']:.2%} against fp32 "
+            f"{q['fp32_top1']:.2%} ({q['images']} images), top-1 agreement {q['top1_agreement']:.2%}, "
+            f"{len(q['kept_fp32'])} matrix products kept in fp32",
+            highlight=False,
+        )
+    console.print(f"  metadata: {folder / 'model.json'}", highlight=False)
+
+
 @app.command()
 def runs(
     args: Annotated[
