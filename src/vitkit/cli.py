@@ -286,20 +286,47 @@ def report(
 
 @app.command()
 def predict(
-    run: Annotated[Path, typer.Argument(metavar="RUN", help="A run folder written by vitkit train.")],
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files to classify.")],
-    top: Annotated[int, typer.Option(help="How many classes to show per image.")] = 3,
+    target: Annotated[
+        Path, typer.Argument(metavar="MODEL", help="A run folder, or a folder written by vitkit export.")
+    ],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGES", help="Image files, folders or glob patterns.")],
+    top: Annotated[int, typer.Option(help="How many classes to give per image.")] = 3,
+    threshold: Annotated[
+        float, typer.Option(help="Flag a prediction as low-confidence below this top probability.")
+    ] = 0.5,
+    out: Annotated[Path | None, typer.Option(help="Write the predictions to a .csv or .jsonl file.")] = None,
 ) -> None:
-    """Classify image files with a run's model. Probabilities use the temperature vitkit evaluate fitted for that
-    checkpoint, when there is one, so a printed 90% means right about 90% of the time."""
-    from vitkit.evaluate.predict import predict_files
+    """Classify images with a run's model or an exported one, in batches. Probabilities use the temperature vitkit
+    evaluate fitted for those weights, when there is one, so a printed 90% means right about 90% of the time.
+    Unreadable files are listed with the reason and do not stop the others."""
+    if top < 1 or not 0 <= threshold <= 1:
+        raise VitkitError("--top needs at least 1 and --threshold a probability from 0 to 1.")
+    if out is not None:
+        from vitkit.run_folder import check_output_files
 
-    result = predict_files(run, images, top=top)
-    note = f"temperature {result.temperature:.3f}" if result.temperature else "no fitted temperature: raw softmax"
-    console.print(f"{len(images)} images, {note}", highlight=False)
-    for path, guesses in zip(images, result.top, strict=True):
-        shown = ", ".join(f"{name} {p:.1%}" for name, p in guesses)
-        console.print(f"{path}: {escape(shown)}", highlight=False)
+        if out.suffix not in (".csv", ".jsonl"):
+            raise VitkitError(f"--out {out}: write predictions to a .csv or a .jsonl file.")
+        check_output_files(out)
+    from rich.progress import Progress
+
+    from vitkit.deploy.predict import expand_inputs, load_classifier, predict, require_some_readable, write_predictions
+
+    classifier = load_classifier(target)
+    paths, results = expand_inputs(images)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("classifying", total=len(paths))
+        results += predict(classifier, paths, top=top, threshold=threshold, on_batch=lambda n: bar.advance(task, n))
+    require_some_readable(results)
+    t = classifier.temperature
+    note = f"temperature {t:.3f}" if t else "no fitted temperature: raw softmax"
+    console.print(f"{len(results)} images with {classifier.source}, {note}", highlight=False)
+    if out is not None:
+        write_predictions(results, out)
+        console.print(f"predictions written to {out}", highlight=False)
+    for r in results if out is None else [r for r in results if r.error]:
+        shown = r.error and f"[red]cannot read[/red]: {escape(r.error)}"
+        shown = shown or escape(", ".join(f"{name} {p:.1%}" for name, p in r.top))
+        console.print(f"{escape(r.path)}: {shown}" + (" (low confidence)" if r.low_confidence else ""), highlight=False)
 
 
 @app.command("merge-lora")
@@ -371,6 +398,63 @@ def export_command(
             highlight=False,
         )
     console.print(f"  metadata: {folder / 'model.json'}", highlight=False)
+
+
+@app.command()
+def bench(
+    target: Annotated[
+        Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder, or a folder written by vitkit export.")
+    ],
+    batch: Annotated[str, typer.Option(help="Batch sizes to measure throughput at, comma-separated.")] = "1,8,32,64",
+    repeats: Annotated[int, typer.Option(help="Timed batch-1 calls per runtime (warm-up excluded).")] = 50,
+    val_images: Annotated[int, typer.Option(help="Validation images for top-1 (and the timed batches).")] = 1000,
+    int8: Annotated[bool, typer.Option(help="For a run folder: also quantize to INT8 (dynamic and static).")] = True,
+    compile_: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="Include torch.compile (its first call compiles: minutes).")
+    ] = True,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as JSON to this file.")] = None,
+) -> None:
+    """Compare runtimes for one model: eager fp32 (and bf16 where the CPU computes it natively), torch.compile,
+    ONNX Runtime fp32 and INT8. Latency at batch 1, img/s per batch size, memory, file size, validation top-1."""
+    from vitkit.deploy import require_deploy
+    from vitkit.deploy.bench import benchmark, parse_batches
+
+    batches = parse_batches(batch)
+    if repeats < 1 or val_images < 1:
+        raise VitkitError("--repeats and --val-images need at least 1.")
+    if out is not None:
+        from vitkit.run_folder import check_output_files
+
+        check_output_files(out)
+    require_deploy()
+    with console.status("measuring"):
+        table = benchmark(target, batches, repeats, val_images, int8, compile_)
+    _print_bench(table, batches)
+    if out is not None:
+        from vitkit import __version__
+
+        out.write_text(json.dumps({"vitkit": __version__, **table}, indent=1))
+
+
+def _print_bench(table: dict[str, Any], batches: list[int]) -> None:
+    view = Table(title=f"{table['model']} at {table['img_size']} px, {table['threads']} threads", title_justify="left")
+    columns = ["runtime", "p50 ms", "p95 ms", "p99 ms", *[f"img/s @{b}" for b in batches], "memory MiB", "file MiB"]
+    for column in [*columns, "val top-1", "note"]:
+        view.add_column(column, justify="left" if column in ("runtime", "note") else "right")
+    for r in table["rows"]:
+        latency, ips = r["latency_ms"], r["images_per_s"]
+        file_mb = f"{r['file_mb']:.1f}" if r["file_mb"] is not None else "-"
+        view.add_row(
+            r["runtime"],
+            *[f"{latency[p]:.2f}" for p in ("p50", "p95", "p99")],
+            *[f"{ips[b]:.0f}" for b in batches],
+            f"{r['peak_memory_mb']:.0f}",
+            file_mb,
+            f"{r['val_top1']:.2%}",
+            r["note"],
+        )
+    console.print(view)
+    console.print(f"validation top-1 on {table['validation_images']} images", highlight=False)
 
 
 @app.command()

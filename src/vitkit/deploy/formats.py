@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,7 @@ def write_pt2(model: nn.Module, path: Path, img_size: int) -> None:
     torch.export.save(program, str(path))
 
 
-class Runtime(Protocol):
-    def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
+Runtime = Callable[[np.ndarray], np.ndarray]  # float32 NCHW normalised pixels -> logits
 
 
 class OrtModel:

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from vitkit.data.pipeline import normalize_batch
-from vitkit.errors import DataError
 
 # A distilled DeiT returns the average of its class-token and distillation-token heads at inference (as in DeiT);
 # each head's own logits are recorded too, under these names.
@@ -79,37 +75,3 @@ def predict_outputs(
     model.train(was_training)
     outputs = {"logits": torch.cat(all_logits)} | {k: torch.cat(v) for k, v in heads.items() if v}
     return outputs, torch.cat(all_labels)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    probabilities: torch.Tensor  # (N, C), with the fitted temperature applied when there is one
-    top: list[list[tuple[str, float]]]  # per image: (class, probability), most likely first
-    temperature: float | None
-
-
-def predict_files(run_dir: Path, paths: list[Path], top: int = 3) -> Predictions:
-    """Classify image files with a run's best model, its eval transform and, when `vitkit evaluate` fitted one for
-    this checkpoint, its temperature."""
-    from vitkit.data.check import find_bad_images
-    from vitkit.data.sources import ImageSet
-    from vitkit.evaluate.run import make_runner, saved_temperature
-    from vitkit.models.run_model import load_run_model
-
-    model, recipe, info = load_run_model(run_dir)
-    images = ImageSet(list(paths), np.zeros(len(paths), dtype=np.int64))
-    bad = find_bad_images(images, "input", recipe.data.max_image_pixels)
-    if bad:
-        problems = "; ".join(f"{b.path}: {b.reason}" for b in bad)
-        raise DataError(f"cannot classify {problems}. Check the paths, and that each file is an image.")
-    runner = make_runner(model, recipe)
-    logits = torch.cat([runner.logits(x) for x, _ in runner.batches(images)])
-    temperature = saved_temperature(run_dir, info)
-    probs = (logits / (temperature or 1.0)).softmax(dim=1)
-    classes = info.get("classes") or [str(i) for i in range(probs.shape[1])]
-    values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
-    ranked = [
-        [(classes[int(i)], float(v)) for v, i in zip(vs, ids, strict=True)]
-        for vs, ids in zip(values, indices, strict=True)
-    ]
-    return Predictions(probs, ranked, temperature)
