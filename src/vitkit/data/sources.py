@@ -10,13 +10,16 @@ import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
 from vitkit.errors import DataError, MissingExtraError
+
+if TYPE_CHECKING:
+    from vitkit.config.schema import Recipe
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
@@ -390,6 +393,21 @@ def same_source(a: str, b: str) -> bool:
         return str(path.resolve()) if path.exists() else source
 
     return a == b or norm(a) == norm(b)
+
+
+def recipe_splits(recipe: Recipe, source: str | None = None, group_column: str | None = None) -> DataSplits:
+    """The train/val splits of the recipe's data, or of `source` split the same way (the split is seeded by
+    train.seed, so training, evaluation and export all see the run's own validation images)."""
+    d = recipe.data
+    return load_source(
+        source or d.source,
+        root=d.root,
+        val_fraction=d.val_fraction,
+        seed=recipe.train.seed,
+        img_size=recipe.model.img_size,
+        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
+        group_column=group_column,
+    )
 
 
 def load_source(

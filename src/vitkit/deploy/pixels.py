@@ -9,20 +9,12 @@ import torch
 
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import ImageDataset, eval_transform, make_loader, normalize_batch
-from vitkit.data.sources import ImageSet, load_source
+from vitkit.data.sources import ImageSet, recipe_splits
 
 
 def run_splits(recipe: Recipe) -> tuple[ImageSet, ImageSet]:
     """The training and validation images of the run's own data (the split is seeded, so it is the run's split)."""
-    d = recipe.data
-    splits = load_source(
-        d.source,
-        root=d.root,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        img_size=recipe.model.img_size,
-        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
-    )
+    splits = recipe_splits(recipe)
     return splits.train, splits.val
 
 

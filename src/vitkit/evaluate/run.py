@@ -17,7 +17,7 @@ from vitkit import __version__
 from vitkit.checkpoint_files import CHECKSUMS
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import eval_transform
-from vitkit.data.sources import DataSplits, ImageSet, load_source, same_source
+from vitkit.data.sources import DataSplits, ImageSet, load_source, recipe_splits, same_source
 from vitkit.errors import DataError
 from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelRunner, run_evaluator
 from vitkit.evaluate.findings import findings
@@ -121,16 +121,7 @@ def evaluate_run(
     run_dir = Path(info["checkpoint"]).parent.parent
     out = out or run_dir / "eval"
     check_output_files(out / "metrics.json", out / "report.html")  # before the work: a user's file is never replaced
-    d = recipe.data
-    splits = load_source(
-        data or d.source,
-        root=d.root,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        img_size=recipe.model.img_size,
-        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
-        group_column=groups,
-    )
+    splits = recipe_splits(recipe, data, groups)
     classes = info.get("classes") or splits.classes
     images = relabel(splits.val, splits.classes, classes, f"the evaluation data {splits.description}")
     runner = make_runner(model, recipe)
@@ -150,7 +141,7 @@ def evaluate_run(
         "results": results,
         "seconds": seconds,
     }
-    own_data = data is None or same_source(data, d.source or "")
+    own_data = data is None or same_source(data, recipe.data.source or "")
     document["training"] = training_record(run_dir)
     document["findings"] = findings(document)
     save = own_data if save_temperature_for_predict is None else save_temperature_for_predict

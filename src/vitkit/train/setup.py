@@ -39,7 +39,7 @@ from vitkit.data.pipeline import (
     train_sampler,
     train_transform,
 )
-from vitkit.data.sources import DataSplits, load_source
+from vitkit.data.sources import DataSplits, recipe_splits
 from vitkit.errors import VitkitError
 from vitkit.evaluate.context import ModelRunner
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
@@ -169,18 +169,6 @@ def make_accelerator(cfg: Recipe, run_dir: Path) -> tuple[Accelerator, str]:
     return accelerator, precision
 
 
-def load_data(recipe: Recipe) -> DataSplits:
-    d = recipe.data
-    return load_source(
-        d.source,
-        root=d.root,
-        val_fraction=d.val_fraction,
-        seed=recipe.train.seed,
-        img_size=recipe.model.img_size,
-        synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
-    )
-
-
 def setup_run(cfg: Recipe, weights: PretrainedWeights | None, run_dir: Path, *, resume: bool, console: Console) -> Run:
     """Build the run of the resolved recipe `cfg` (see `resolve_recipe`) in `run_dir`; when `resume`, restore it
     from the newest undamaged checkpoint there. Prints what it built."""
@@ -235,7 +223,7 @@ def setup_run(cfg: Recipe, weights: PretrainedWeights | None, run_dir: Path, *, 
 
 def _screened_data(cfg: Recipe, run_dir: Path, console: Console) -> tuple[DataSplits, list[BadImage]]:
     """The recipe's data with unreadable files screened out (data.bad_images), and those files."""
-    data, bad_images = screen_data(load_data(cfg), cfg.data)
+    data, bad_images = screen_data(recipe_splits(cfg), cfg.data)
     if bad_images:
         _report_bad_images(run_dir, bad_images, console)
     if cfg.train.best_metric == "val_top5" and data.num_classes <= 5:
