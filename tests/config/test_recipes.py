@@ -123,3 +123,12 @@ def test_base_chain_merges_sections():
     assert r.model.img_size == 32  # from quickstart
     assert r.optim.weight_decay == 0.05  # from deit-tiny
     assert r.schedule.warmup_lr == 1e-6  # from deit-tiny
+
+
+def test_the_old_name_max_steps_still_means_max_updates(tmp_path):
+    """train.max_steps counted optimizer updates; it is now train.max_updates, and old files and --set still work."""
+    old = tmp_path / "old.yaml"
+    old.write_text("base: quickstart\ntrain:\n  max_steps: 7\n")
+    assert load_recipe(str(old)).train.max_updates == 7
+    assert load_recipe("quickstart", ["train.max_steps=5"]).train.max_updates == 5
+    assert load_recipe("quickstart", ["train.max_updates=3"]).train.max_updates == 3
