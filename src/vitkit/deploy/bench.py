@@ -18,13 +18,13 @@ import psutil
 import torch
 
 from vitkit.config.schema import Recipe
-from vitkit.deploy.export import MODEL_JSON, ExportOptions, export_run, read_model_json
+from vitkit.deploy.export import MODEL_JSON, ExportOptions, add_int8, export_run, read_model_json
 from vitkit.deploy.formats import Logits, OrtModel, run_batched
 from vitkit.deploy.parity import top1
 from vitkit.deploy.pixels import first_images, pixel_batches, run_splits, stacked
 from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_or_checkpoint
-from vitkit.precision import resolve_precision
+from vitkit.precision import cpu_has_native_bf16, cpu_has_vnni
 
 Call = Callable[[np.ndarray], np.ndarray]
 
@@ -94,14 +94,6 @@ def _torch_call(module: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dty
     return call
 
 
-def cpu_has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "vnni" in flags
-
-
 def benchmark(
     target: Path,
     batches: list[int],
@@ -134,13 +126,16 @@ def benchmark(
 
 def _export_for_bench(run: Path, tmp: Path, int8: bool) -> Path:
     """The run's ONNX export, with INT8 dynamic and static beside it (limit lifted: the table shows the drop)."""
-    export_run(run, tmp / "export", ExportOptions(int8="dynamic" if int8 else None, max_int8_drop=1.0))
+    folder = tmp / "export"
+    lifted = ExportOptions(max_int8_drop=1.0)
+    doc = export_run(run, folder, lifted)
     if int8:
-        static = export_run(run, tmp / "static", ExportOptions(int8="static", max_int8_drop=1.0))
-        (tmp / "static" / static["int8"]["file"]).rename(tmp / "export" / "model.int8-static.onnx")
-        (tmp / "export" / "model.int8-dynamic.onnx").write_bytes((tmp / "export" / "model.int8.onnx").read_bytes())
-        (tmp / "export" / "model.int8.onnx").unlink()
-    return tmp / "export"
+        recipe = Recipe.model_validate(doc["recipe"])
+        train, val = run_splits(recipe)
+        calibration = first_images(train, lifted.calibration)
+        for mode in ("dynamic", "static"):
+            add_int8(folder / doc["file"], folder / f"model.int8-{mode}.onnx", mode, recipe, calibration, val, lifted)
+    return folder
 
 
 def _runtimes(folder: Path, doc: dict[str, Any], compile: bool) -> Iterator[tuple[str, Call]]:
@@ -149,7 +144,7 @@ def _runtimes(folder: Path, doc: dict[str, Any], compile: bool) -> Iterator[tupl
         model, _, _ = load_run_or_checkpoint(checkpoint)
         module = Logits(model)
         yield "eager fp32", _torch_call(module)
-        if resolve_precision("auto", torch.device("cpu")) == "bf16":  # native bf16 only: emulated is ~100x slower
+        if cpu_has_native_bf16():  # emulated bf16 is ~100x slower: not worth a row
             yield "eager bf16", _torch_call(module, torch.bfloat16)
         if compile:
             yield "torch.compile fp32", _torch_call(torch.compile(module))

@@ -8,6 +8,9 @@ parity figures that were checked before the files were kept.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,12 +18,13 @@ from typing import Any, Literal
 
 from vitkit import __version__
 from vitkit.checkpoint_files import sha256
+from vitkit.data.sources import ImageSet
 from vitkit.deploy import require_deploy
 from vitkit.deploy.formats import load_runtime, run_batched, write_onnx, write_pt2
-from vitkit.deploy.parity import compare, require_parity, top1
+from vitkit.deploy.parity import compare, require_parity
 from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, run_splits, stacked
 from vitkit.errors import VitkitError
-from vitkit.evaluate.run import saved_temperature
+from vitkit.evaluate.run import saved_temperature, weights_sha256
 from vitkit.models.run_model import load_run_or_checkpoint
 from vitkit.run_folder import EXPORT_MARKER, check_export_folder
 
@@ -43,7 +47,11 @@ def run_folder_of(path: Path) -> Path:
 
 
 def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> dict[str, Any]:
-    """Export the model of a run folder or checkpoint into `out`; returns the model.json document."""
+    """Export the model of a run folder or checkpoint into `out`; returns the model.json document.
+
+    The files are written into a staging folder inside `out` and moved into place only once every check passed,
+    so a failed export leaves an earlier export in `out` as it was.
+    """
     o = options or ExportOptions()
     if o.format == "onnx" or o.int8:
         require_deploy()
@@ -54,9 +62,9 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
     train_images, val_images = run_splits(recipe)
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_MARKER).write_text(json.dumps({"run": str(path), "checkpoint": info["checkpoint"]}))
-    file = out / f"model.{o.format}"
-    written = [file]
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # vitkit's own: removed whatever happens
     try:
+        file = stage / f"model.{o.format}"
         opset = _write(model, file, o.format, recipe.model.img_size)
         pixels, _ = stacked(pixel_batches(recipe, first_images(val_images, o.parity_images)))
         parity = compare(eager_logits(model, pixels), run_batched(load_runtime(file), pixels))
@@ -64,13 +72,12 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
         doc = _metadata(path, info, recipe, o, file, opset)
         doc["parity"] = parity.to_dict()
         if o.int8:
-            int8_file = out / "model.int8.onnx"
-            written.append(int8_file)
-            doc["int8"] = _int8(file, int8_file, o, recipe, train_images, val_images)
-    except BaseException:
-        for f in written:  # an export that failed its checks is not left where it could be served
-            f.unlink(missing_ok=True)
-        raise
+            calibration = first_images(train_images, o.calibration)
+            doc["int8"] = add_int8(file, stage / "model.int8.onnx", o.int8, recipe, calibration, val_images, o)
+        for staged in stage.iterdir():
+            os.replace(staged, out / staged.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     (out / MODEL_JSON).write_text(json.dumps(doc, indent=1))
     return doc
 
@@ -82,19 +89,20 @@ def _write(model: Any, file: Path, fmt: str, img_size: int) -> int | None:
     return None
 
 
-def _int8(fp32: Path, target: Path, o: ExportOptions, recipe: Any, train: Any, val: Any) -> dict[str, Any]:
+def add_int8(
+    fp32: Path, target: Path, mode: str, recipe: Any, calibration: ImageSet, val: ImageSet, o: ExportOptions
+) -> dict[str, Any]:
+    """Quantize the fp32 ONNX file `fp32` into `target` (quantize.quantize_int8); the model.json `int8` record."""
     from vitkit.deploy.quantize import quantize_int8
 
-    assert o.int8 is not None
-    calibration, _ = stacked(pixel_batches(recipe, first_images(train, o.calibration)))
-    report = quantize_int8(fp32, target, o.int8, calibration, stacked(pixel_batches(recipe, val)), o.max_int8_drop)
-    return {"file": target.name, "sha256": sha256(target), "calibration_images": len(calibration), **report.to_dict()}
+    pixels, _ = stacked(pixel_batches(recipe, calibration))
+    report = quantize_int8(fp32, target, mode, pixels, stacked(pixel_batches(recipe, val)), o.max_int8_drop)
+    return {"file": target.name, "sha256": sha256(target), "calibration_images": len(pixels), **report.to_dict()}
 
 
 def _metadata(path: Path, info: dict[str, Any], recipe: Any, o: ExportOptions, file: Path, opset: int | None) -> dict:
     run_dir = run_folder_of(path)
     mean, std = recipe.data.normalization()
-    checkpoint = Path(info["checkpoint"]) / info["weights"]
     return {
         "vitkit": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -113,7 +121,7 @@ def _metadata(path: Path, info: dict[str, Any], recipe: Any, o: ExportOptions, f
         "crop_pct": recipe.augment.crop_pct,
         "temperature": saved_temperature(run_dir, info),
         "model": recipe.model.name,
-        "weights": {"checkpoint": info["checkpoint"], "file": info["weights"], "sha256": sha256(checkpoint)},
+        "weights": {"checkpoint": info["checkpoint"], "file": info["weights"], "sha256": weights_sha256(info)},
         "recipe": recipe.model_dump(mode="json"),
     }
 
@@ -124,14 +132,3 @@ def read_model_json(folder: Path) -> dict[str, Any]:
         raise VitkitError(f"{folder} has no {MODEL_JSON}: it is not a vitkit export. Export a run with vitkit export.")
     doc: dict[str, Any] = json.loads(path.read_text())
     return doc
-
-
-def validation_top1(folder: Path, file: str | None = None) -> float:
-    """Top-1 of an export on its run's validation images (what `vitkit bench` reports)."""
-    from vitkit.config.schema import Recipe
-
-    doc = read_model_json(folder)
-    recipe = Recipe.model_validate(doc["recipe"])
-    _, val = run_splits(recipe)
-    pixels, labels = stacked(pixel_batches(recipe, val))
-    return top1(run_batched(load_runtime(folder / (file or doc["file"])), pixels), labels)

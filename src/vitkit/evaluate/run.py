@@ -170,7 +170,7 @@ def training_record(run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _weights_sha256(info: dict[str, Any]) -> str | None:
+def weights_sha256(info: dict[str, Any]) -> str | None:
     """The checksum the checkpoint recorded for its weights file: it changes whenever `best` is rewritten."""
     path = Path(info["checkpoint"]) / CHECKSUMS
     return json.loads(path.read_text()).get(info["weights"]) if path.exists() else None
@@ -181,7 +181,7 @@ def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], da
         "temperature": temperature,
         "checkpoint": info["checkpoint"],
         "weights": info["weights"],
-        "sha256": _weights_sha256(info),
+        "sha256": weights_sha256(info),
         "data": data,
     }
     (run_dir / TEMPERATURE_FILE).write_text(json.dumps(record, indent=2))
@@ -195,5 +195,5 @@ def saved_temperature(run_dir: Path, info: dict[str, Any]) -> float | None:
         return None
     record = json.loads(path.read_text())
     fitted_for = (record.get("checkpoint"), record.get("weights"), record.get("sha256"))
-    same = fitted_for == (info["checkpoint"], info["weights"], _weights_sha256(info))
+    same = fitted_for == (info["checkpoint"], info["weights"], weights_sha256(info))
     return float(record["temperature"]) if same else None

@@ -154,7 +154,8 @@ def fit(run: Run, console: Console, should_stop: Callable[[Progress], bool] | No
     s = run.settings
     guard = NonFiniteGuard(s.nonfinite, s.nonfinite_limit, s.rollback_lr_factor)
     checkpointer = _checkpointer(run)
-    logger = _open_logger(run)
+    tracking = bool(accelerate_trackers(run.cfg.train.log_with))  # MLflow / W&B through accelerate
+    logger = _open_logger(run, tracking)
     meter = Throughput()
     try:
         with TrainDisplay(s.total_steps, console, s.log_every) as display, stop_on_signals(console) as signalled:
@@ -172,7 +173,7 @@ def fit(run: Run, console: Console, should_stop: Callable[[Progress], bool] | No
                     raise _preempted(run)
     finally:
         logger.close()
-        if accelerate_trackers(run.cfg.train.log_with):
+        if tracking:
             run.accelerator.end_training()
     return meter.total_images
 
@@ -357,19 +358,18 @@ def _checkpointer(run: Run) -> Checkpointer:
     )
 
 
-def _open_logger(run: Run) -> MetricsLogger:
+def _open_logger(run: Run, tracking: bool) -> MetricsLogger:
     """metrics.jsonl, timing.jsonl, TensorBoard and the recipe's other trackers (through accelerate)."""
     log_with = run.cfg.train.log_with
-    trackers = accelerate_trackers(log_with)
-    if trackers:
+    if tracking:
         config = flat_config(run.cfg.model_dump(mode="json"))
-        kwargs = tracker_init_kwargs(trackers, run.run_dir)
+        kwargs = tracker_init_kwargs(accelerate_trackers(log_with), run.run_dir)
         run.accelerator.init_trackers("vitkit", config=config, init_kwargs=kwargs)
     return MetricsLogger(
         run.run_dir,
         tensorboard="tensorboard" in log_with,
         resume_step=run.progress.global_step if run.resumed else None,
-        sink=run.accelerator.log if trackers else None,
+        sink=run.accelerator.log if tracking else None,
     )
 
 
