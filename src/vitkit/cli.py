@@ -6,6 +6,7 @@ Recipe fields and their descriptions (config/schema.py) generate the help of `tr
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from vitkit.config.loader import load_raw, load_recipe, recipe_to_yaml, shipped_recipes
 from vitkit.config.schema import Recipe
-from vitkit.errors import VitkitError
+from vitkit.errors import RankFailed, VitkitError
 
 
 def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any]]:
@@ -49,7 +50,9 @@ advise_app = typer.Typer(
     help="Advisors: settings sized to your data and model.", no_args_is_help=True, context_settings=HELP_OPTIONS
 )
 app.add_typer(advise_app, name="advise")
-console = Console()
+# launched on several processes (accelerate launch, torchrun), the first speaks for the run
+PROCESS = int(os.environ.get("RANK", "0"))
+console = Console(quiet=PROCESS > 0)
 
 
 def _print_version(value: bool) -> None:
@@ -624,7 +627,9 @@ def main() -> None:
         app(standalone_mode=True)
     except VitkitError as exc:
         label = "[bold yellow]stopped:[/bold yellow]" if exc.exit_code != 2 else "[bold red]error:[/bold red]"
-        Console(stderr=True).print(f"{label} {exc}", highlight=False)
+        if PROCESS == 0 or not isinstance(exc, RankFailed):  # process 0 also reports the failure of another
+            where = f"(process {PROCESS}) " if PROCESS else ""
+            Console(stderr=True).print(f"{label} {where}{exc}", highlight=False)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)

@@ -20,3 +20,7 @@ class MissingExtraError(VitkitError):
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
         super().__init__(f"{purpose} needs the package '{package}'. Install it with: pip install 'vitkit[{extra}]'")
+
+
+class RankFailed(VitkitError):
+    """Another process of a multi-process run failed; its message is repeated so that every process exits with it."""

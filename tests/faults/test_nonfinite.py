@@ -7,7 +7,7 @@ import pytest
 import torch
 from rich.console import Console
 
-import vitkit.train.setup as setup
+import vitkit.train.loop as loop
 import vitkit.train.tasks as tasks
 from tests.conftest import PLAIN, tiny_recipe
 from vitkit.train.faults import DIVERGED_EXIT_CODE, TrainingDiverged, nonfinite_action
@@ -128,7 +128,7 @@ def test_an_fp16_loss_scaler_overflow_is_not_a_nonfinite_event(tmp_path: Path, m
     On CPU accelerate makes no scaler, so a real torch.amp.GradScaler("cpu") is put where it keeps the one it makes
     on a GPU; step 3's loss is made large (finite) so that its scaled gradients overflow, then the scale backs off.
     """
-    make_accelerator = setup.make_accelerator
+    make_accelerator = loop.make_accelerator
 
     def with_scaler(cfg, run_dir):
         accelerator, precision = make_accelerator(cfg, run_dir)
@@ -144,7 +144,7 @@ def test_an_fp16_loss_scaler_overflow_is_not_a_nonfinite_event(tmp_path: Path, m
             return parts
         return LossParts(parts.total * 1e35, parts.task, parts.distill)
 
-    monkeypatch.setattr(setup, "make_accelerator", with_scaler)
+    monkeypatch.setattr(loop, "make_accelerator", with_scaler)
     monkeypatch.setattr(tasks, "training_loss", large_at_step_3)
     result = train(tiny_recipe(*BASE, "train.nonfinite=stop"), tmp_path / "run", console=QUIET, evaluate=False)
     assert result.summary["fp16_loss_scaler_skipped_updates"] == 1

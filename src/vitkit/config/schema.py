@@ -133,6 +133,15 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     batch_size: int = Field(128, ge=1, description="Images per step per process.")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per update across all processes; when set, each process's batch_size is this / "
+        "(processes x accumulation_steps), so a run keeps its batch (and lr) on any number of processes.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="Collective backend with several processes: auto = nccl on GPUs, gloo on CPU."
+    )
     accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients are summed before one update.")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Label smoothing (folded into Mixup targets).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

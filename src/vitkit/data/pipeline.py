@@ -263,34 +263,42 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 
 class PositionSeededSampler(Sampler[tuple[int, int]]):
-    """Yields `(index, sample_seed)` from a per-epoch order, starting at any position.
+    """Yields `(index, sample_seed)` from a per-epoch order, starting at any position, for one of `world` processes.
 
-    Because each image's augmentation depends only on (run seed, epoch, position), a run resumed in the middle of
-    an epoch sees exactly the images and augmentations the uninterrupted run would have, with any number of
-    loader workers. `start` skips the positions already trained on.
+    The order is global: the same permutation (or DeiT repeated-augmentation sequence) whatever the number of
+    processes. Process `rank` of `world` takes the positions rank, rank + world, rank + 2 * world, ... so that its
+    k-th batch of b images and the other processes' k-th batches together are positions k*b*world ..
+    (k+1)*b*world - 1: exactly the k-th batch of a single process with batch b*world, and each image is seen once
+    per epoch across processes (DeiT's RASampler also deals positions out round-robin, so the repeats of one image
+    land on different processes). Each image's augmentation depends only on (run seed, epoch, global position),
+    so a run resumed in the middle of an epoch, with any number of loader workers or processes, sees exactly the
+    images and augmentations the uninterrupted run would have. `start` counts global positions already trained on.
     """
 
-    def __init__(self, order: EpochShuffleSampler | RepeatedAugSampler, seed: int) -> None:
-        self.order, self.seed, self.epoch, self.start = order, seed, 0, 0
+    def __init__(
+        self, order: EpochShuffleSampler | RepeatedAugSampler, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.order, self.seed, self.rank, self.world = order, seed, rank, world
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.order.set_epoch(epoch)
         self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
-        return len(self.order) - self.start
+        return len(range(self.rank, len(self.order), self.world)) - len(range(self.rank, self.start, self.world))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for position, index in enumerate(self.order):
-            if position >= self.start:
+            if position >= self.start and position % self.world == self.rank:
                 yield int(index), sample_seed(self.seed, self.epoch, position)
 
 
-def train_sampler(size: int, repeats: int, seed: int) -> PositionSeededSampler:
+def train_sampler(size: int, repeats: int, seed: int, rank: int = 0, world: int = 1) -> PositionSeededSampler:
     """Seeded per-epoch shuffle, or DeiT's repeated-augmentation sampler when repeats > 1, each image with its own
-    augmentation seed; call set_epoch(epoch, start)."""
+    augmentation seed, dealt out over `world` processes; call set_epoch(epoch, start)."""
     order = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
-    sampler = PositionSeededSampler(order, seed)
+    sampler = PositionSeededSampler(order, seed, rank, world)
     sampler.set_epoch(0)
     return sampler
 

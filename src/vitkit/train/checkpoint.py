@@ -48,6 +48,7 @@ class Progress:
     nonfinite_in_a_row: int = 0
     rollbacks: int = 0
     scaler_skipped: int = 0  # fp16: updates the loss scaler skipped for overflowing gradients (routine, not errors)
+    images_per_step: int = 0  # over all processes: a step's place in the epoch's global order (0: not recorded)
 
 
 def where_in_training(progress: Progress) -> str:

@@ -11,6 +11,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from vitkit.train.checkpoint import Progress, progress_to_dict, rng_state, save_checkpoint
+from vitkit.train.ranks import Ranks
 
 
 def best_of(record: dict[str, Any], metric: str) -> tuple[float, str]:
@@ -60,6 +61,7 @@ class Checkpointer:
         self,
         run_dir: Path,
         *,
+        ranks: Ranks | None = None,
         model: nn.Module,
         ema: ModelEmaV3 | None,
         optimizer: Any,
@@ -70,7 +72,7 @@ class Checkpointer:
         keep_last: int,
         best_metric: str,
     ) -> None:
-        self.folder = run_dir / "checkpoints"
+        self.folder, self.ranks = run_dir / "checkpoints", ranks or Ranks()
         self.model, self.ema, self.optimizer, self.scheduler, self.scaler = model, ema, optimizer, scheduler, scaler
         self.model_name, self.run_meta = model_name, run_meta  # run_meta: in every checkpoint's meta.json
         self.keep_last, self.best_metric = keep_last, best_metric
@@ -93,12 +95,20 @@ class Checkpointer:
         return meta
 
     def _save(self, name: str, progress: Progress, meta: dict[str, Any], keep: int) -> None:
+        """Every process calls this; the first writes the checkpoint, with each process's RNG state, and the
+        others wait until it is on disk (a launcher that sees one process exit stops the others)."""
+        rngs = self.ranks.gather(rng_state())
+        self.ranks.on_main(lambda: self._write(name, progress, meta, keep, rngs))  # returns when it is written
+
+    def _write(self, name: str, progress: Progress, meta: dict[str, Any], keep: int, rngs: list[Any]) -> None:
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "progress": progress_to_dict(progress),
-            "rng": rng_state(),
+            "rng": rngs[0],
         }
+        if len(rngs) > 1:
+            state["rng_by_process"] = rngs
         if self.scaler is not None:  # fp16's loss scale
             state["scaler"] = self.scaler.state_dict()
         meta = {

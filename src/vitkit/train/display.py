@@ -71,7 +71,8 @@ def print_run_header(
     console.print(
         f"[bold]vitkit train[/bold] {cfg.model.name} ({f.parameters / 1e6:.2f}M params, {num_tokens(run.raw_model)} "
         f"tokens) on {f.data.description}\n  device {run.accelerator.device}, precision {f.precision}, attention "
-        f"{f.attention}, batch {t.batch_size} x {t.accumulation_steps} accumulation, peak lr {peak_lr:.2e}, workers "
+        f"{f.attention}, batch {_batch_text(t.batch_size, run.ranks.world, t.accumulation_steps)}, peak lr "
+        f"{peak_lr:.2e}, workers "
         f"{workers}, {s.steps_per_epoch} steps/epoch, {s.epochs} epochs"
         + (", deterministic" if t.deterministic else ""),
         highlight=False,
@@ -87,6 +88,15 @@ def print_run_header(
             f"  teacher: {f.teacher}; {d.type} distillation on {heads}, alpha {d.alpha}, tau {d.tau}", highlight=False
         )
     console.print(groups_table(groups))
+
+
+def _batch_text(batch: int, processes: int, accumulation: int) -> str:
+    """'64 x 2 accumulation', or with several processes '32 x 4 processes x 2 accumulation = 256 per update'."""
+    if processes == 1:
+        return f"{batch} x {accumulation} accumulation"
+    return (
+        f"{batch} x {processes} processes x {accumulation} accumulation = {batch * processes * accumulation} per update"
+    )
 
 
 def groups_table(rows: list[GroupRow]) -> Table:

@@ -101,3 +101,22 @@ def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl file, optionally only one kind ('step', 'epoch', ...)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if kind is None or r["kind"] == kind]
+
+
+class NoLogger(MetricsLogger):
+    """The logger of a process that does not write the run folder (every process but the first of a run)."""
+
+    def __init__(self) -> None:  # opens nothing
+        pass
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        pass
+
+    def log_extra(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def log_timing(self, step: int, **values: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,8 +31,9 @@ from vitkit.train.checkpointer import Checkpointer
 from vitkit.train.display import TrainDisplay, epoch_line
 from vitkit.train.faults import TrainingDiverged, TrainingPreempted, stop_on_signals
 from vitkit.train.guard import NonFiniteGuard
-from vitkit.train.logging import MetricsLogger
-from vitkit.train.setup import Run, resolve_recipe, setup_run
+from vitkit.train.logging import MetricsLogger, NoLogger
+from vitkit.train.ranks import Ranks
+from vitkit.train.setup import Run, make_accelerator, resolve_recipe, setup_run
 from vitkit.train.step import StepOutcome, train_step
 from vitkit.train.summary import run_summary
 from vitkit.train.tasks import Batch
@@ -79,22 +80,25 @@ def train(
     if resume == "auto":
         resume, overwrite = _auto_resume(recipe, run_dir, overwrite, console)
     cfg, weights = resolve_recipe(recipe)
-    if resume:
-        with deterministic_algorithms(cfg.train.deterministic), running_marker(run_dir):
-            run = setup_run(cfg, weights, run_dir, resume=True, console=console)
-            summary = _fit_and_summarise(run, console, should_stop)
-    else:
-        claimed = claim_run_folder(run_dir, overwrite, recipe_input_paths(cfg, inputs))
-        try:
-            with deterministic_algorithms(cfg.train.deterministic), running_marker(run_dir):
-                run = setup_run(cfg, weights, run_dir, resume=False, console=console)
+    accelerator, precision = make_accelerator(cfg, run_dir)
+    ranks = Ranks(accelerator)  # launched on several processes, the first one writes the run folder
+    if not ranks.main:
+        console = Console(quiet=True)
+    inputs_of_run = recipe_input_paths(cfg, inputs)
+    claimed = None if resume else ranks.on_main(lambda: claim_run_folder(run_dir, overwrite, inputs_of_run))
+    try:
+        with deterministic_algorithms(cfg.train.deterministic), ExitStack() as marked:
+            ranks.on_main(lambda: marked.enter_context(running_marker(run_dir)))
+            run = setup_run(cfg, weights, run_dir, accelerator, precision, resume=bool(resume), console=console)
+            if claimed is not None:
                 claimed.started()  # every input read and the model built: this run now replaces one it overwrites
-                summary = _fit_and_summarise(run, console, should_stop)
-        except BaseException:
+            summary = _fit_and_summarise(run, console, should_stop)
+    except BaseException:
+        if claimed is not None:
             claimed.abandon()  # when training had not started: the folder (and a replaced run) as they were
-            raise
+        raise
     result = RunResult(run_dir, summary)
-    if evaluate:
+    if evaluate and ranks.main:  # the evaluation of the finished run is one process's work
         from vitkit.evaluate.registry import TRAINING_END
         from vitkit.evaluate.run import evaluate_run
 
@@ -121,7 +125,8 @@ def _fit_and_summarise(run: Run, console: Console, should_stop: Callable[[Progre
     start = time.perf_counter()
     images = fit(run, console, should_stop)
     summary = run_summary(run, time.perf_counter() - start, images)
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if run.ranks.main:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -154,14 +159,14 @@ def fit(run: Run, console: Console, should_stop: Callable[[Progress], bool] | No
     s = run.settings
     guard = NonFiniteGuard(s.nonfinite, s.nonfinite_limit, s.rollback_lr_factor)
     checkpointer = _checkpointer(run)
-    tracking = bool(accelerate_trackers(run.cfg.train.log_with))  # MLflow / W&B through accelerate
-    logger = _open_logger(run, tracking)
+    tracking = bool(accelerate_trackers(run.cfg.train.log_with)) and run.ranks.main  # MLflow / W&B
+    logger = _open_logger(run, tracking) if run.ranks.main else NoLogger()
     meter = Throughput()
     try:
         with TrainDisplay(s.total_steps, console, s.log_every) as display, stop_on_signals(console) as signalled:
 
-            def stop_requested() -> bool:
-                return signalled() or (should_stop is not None and should_stop(run.progress))
+            def stop_requested() -> bool:  # a signal to any process stops all of them at the same update
+                return run.ranks.any(signalled() or (should_stop is not None and should_stop(run.progress)))
 
             loop = _Loop(run, guard, checkpointer, logger, display, meter, stop_requested)
             while not run_finished(run):
@@ -217,7 +222,7 @@ class _Loop:
                 if epoch_finished(run):
                     break
                 if outcome.updated and self.stop_requested():
-                    run.progress.epoch_loss_sum = float(self.epoch_loss)
+                    run.progress.epoch_loss_sum = run.ranks.mean(self.epoch_loss)
                     self.checkpointer.save_last(run.progress)
                     raise _preempted(run)
         return True
@@ -227,7 +232,7 @@ class _Loop:
         p = self.run.progress
         p.global_step += 1
         p.step_in_epoch += 1
-        self.meter.count(batch.size)
+        self.meter.count(batch.size * self.run.ranks.world)  # every process takes a batch of the same size
         self.display.advance(p.global_step)
         return outcome
 
@@ -269,7 +274,7 @@ class _Loop:
         gradient norm to metrics.jsonl; every group's lr to TensorBoard; throughput to timing.jsonl."""
         p, step = self.run.progress, self.run.progress.global_step
         group_lrs = [g["lr"] for g in self.run.optimizer.param_groups]
-        loss, lr = float(outcome.loss), max(group_lrs)
+        loss, lr = self.run.ranks.mean(outcome.loss), max(group_lrs)  # the global batch's loss
         self.logger.log_extra(step, {f"lr/group_{i}": v for i, v in enumerate(group_lrs)})
         parts = outcome.parts
         extra = (
@@ -285,13 +290,14 @@ class _Loop:
     def end_epoch(self) -> None:
         """Validate (every train.eval_every epochs, and at the end), keep the best checkpoint, write `last`."""
         run, p, s = self.run, self.run.progress, self.run.settings
-        record: dict[str, Any] = {"epoch": p.epoch + 1, "train_loss": float(self.epoch_loss) / max(p.epoch_batches, 1)}
+        epoch_loss = run.ranks.mean(self.epoch_loss)  # over the processes: the loss of the global batches
+        record: dict[str, Any] = {"epoch": p.epoch + 1, "train_loss": epoch_loss / max(p.epoch_batches, 1)}
         finished = p.epoch + 1 == s.epochs or p.global_step >= s.total_steps
         if p.step_in_epoch == s.steps_per_epoch:
             p.epoch, p.step_in_epoch, p.epoch_loss_sum, p.epoch_batches = p.epoch + 1, 0, 0.0, 0
         else:
             record["partial"] = True  # train.max_updates ended the run inside this epoch
-            p.epoch_loss_sum = float(self.epoch_loss)
+            p.epoch_loss_sum = epoch_loss
         if record["epoch"] % s.eval_every == 0 or finished:
             record |= run.task.validate(run.raw_model)
             if run.ema is not None:
@@ -346,6 +352,7 @@ def _checkpointer(run: Run) -> Checkpointer:
     cfg = run.cfg
     return Checkpointer(
         run.run_dir,
+        ranks=run.ranks,
         model=run.raw_model,
         ema=run.ema,
         optimizer=run.optimizer,

@@ -58,6 +58,8 @@ from vitkit.train.checkpoint import (
 )
 from vitkit.train.display import print_run_header
 from vitkit.train.optim import build_optimizer, build_scheduler
+from vitkit.train.ranks import Ranks
+from vitkit.train.scaleout import backend_kwargs, check_same_recipe, process_batch_size
 from vitkit.train.step import Window
 from vitkit.train.tasks import CachedHead, ImageClassification, Task
 from vitkit.train.trackers import accelerate_trackers
@@ -75,6 +77,7 @@ class LoopSettings:
     nonfinite: str
     nonfinite_limit: int
     rollback_lr_factor: float
+    images_per_step: int = 0  # over all processes: where a step puts the run in the epoch's global order
 
 
 @dataclass
@@ -108,6 +111,10 @@ class Run:
     clip: float  # max gradient norm; inf for none
     resumed: bool = False  # restored from a checkpoint
     window: Window = field(default_factory=Window)  # the accumulation window in progress
+
+    @property
+    def ranks(self) -> Ranks:
+        return Ranks(self.accelerator)
 
 
 def seed_everything(seed: int) -> None:
@@ -165,21 +172,46 @@ def make_accelerator(cfg: Recipe, run_dir: Path) -> tuple[Accelerator, str]:
         gradient_accumulation_steps=t.accumulation_steps,
         log_with=trackers or None,
         project_dir=str(run_dir),
+        kwargs_handlers=backend_kwargs(t, device),
     )
     return accelerator, precision
 
 
-def setup_run(cfg: Recipe, weights: PretrainedWeights | None, run_dir: Path, *, resume: bool, console: Console) -> Run:
-    """Build the run of the resolved recipe `cfg` (see `resolve_recipe`) in `run_dir`; when `resume`, restore it
-    from the newest undamaged checkpoint there. Prints what it built."""
-    t = cfg.train
-    seed_everything(t.seed)
-    accelerator, precision = make_accelerator(cfg, run_dir)
-    data, bad_images = _screened_data(cfg, run_dir, console)
-    teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
-    loader, workers, image_steps = _train_loader(cfg, data, accelerator.device)
-    model, attention = _build_model(cfg, data, weights, teacher, accelerator.device, precision)
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
+@dataclass
+class _Built:
+    """What setup builds on each process before the processes meet (everything that can fail on one of them)."""
+
+    data: DataSplits
+    bad_images: list[BadImage]
+    teacher: Teacher | None
+    loader: DataLoader[Any]
+    workers: int
+    image_steps: int
+    model: nn.Module
+    attention: str
+
+
+def setup_run(
+    cfg: Recipe,
+    weights: PretrainedWeights | None,
+    run_dir: Path,
+    accelerator: Accelerator,
+    precision: str,
+    *,
+    resume: bool,
+    console: Console,
+) -> Run:
+    """Build the run of the resolved recipe `cfg` (see `resolve_recipe`) in `run_dir` on `accelerator` (one of
+    `make_accelerator`); when `resume`, restore it from the newest undamaged checkpoint there. Prints what it
+    built. With several processes each builds its own copy; only the first writes to `run_dir`."""
+    t, ranks = cfg.train, Ranks(accelerator)
+    seed_everything(t.seed)  # the same initial weights on every process (DDP also copies process 0's)
+    b = ranks.everywhere(lambda: _build(cfg, weights, run_dir, accelerator, precision, ranks, console))
+    data, bad_images, teacher, model = b.data, b.bad_images, b.teacher, b.model
+    if ranks.rank:  # dropout, drop path and Mixup draw differently on each process; process 0 keeps the seed's stream
+        seed_everything(t.seed + ranks.rank)
+    if ranks.main:
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
     peak_lr = cfg.effective_lr(accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.optim, peak_lr, layer_decay=cfg.finetune.layer_decay)
     groups = parameter_table(model, optimizer, peak_lr)
@@ -202,29 +234,58 @@ def setup_run(cfg: Recipe, weights: PretrainedWeights | None, run_dir: Path, *, 
             raw_model, runner, data.train, data.val, t.batch_size, steps, data.num_classes, t.label_smoothing, t.seed
         )
     else:
-        task = _image_task(cfg, accelerator, model, loader, image_steps, runner, data, teacher)
+        task = _image_task(cfg, accelerator, model, b.loader, b.image_steps, runner, data, teacher)
     scheduler = build_scheduler(optimizer, cfg.schedule, task.steps_per_epoch // t.accumulation_steps, peak_lr)
     n_trainable, n_params = count_parameters(raw_model)
     facts = RunFacts(
-        data, bad_images, precision, attention, n_params, n_trainable, teacher.description if teacher else None
+        data, bad_images, precision, b.attention, n_params, n_trainable, teacher.description if teacher else None
     )
     facts.notes = data.notes + (weights.notes if weights is not None else [])
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
-    settings = loop_settings(cfg, task.steps_per_epoch)
+    settings = loop_settings(cfg, task.steps_per_epoch, t.batch_size * ranks.world)
     run = Run(
         cfg, run_dir, accelerator, model, raw_model, optimizer, scheduler, ema, task, settings, facts, Progress(), clip
     )
     if resume:
         run.progress, run.resumed = restore(run, console), True
-    _check_disk_space(run_dir, raw_model, ema is not None, cfg)
-    print_run_header(run, groups, workers, peak_lr, weights, console)
+    run.progress.images_per_step = settings.images_per_step
+    ranks.on_main(lambda: _check_disk_space(run_dir, raw_model, ema is not None, cfg))
+    if ranks.main:
+        print_run_header(run, groups, b.workers, peak_lr, weights, console)
     return run
 
 
-def _screened_data(cfg: Recipe, run_dir: Path, console: Console) -> tuple[DataSplits, list[BadImage]]:
-    """The recipe's data with unreadable files screened out (data.bad_images), and those files."""
+def _build(
+    cfg: Recipe,
+    weights: PretrainedWeights | None,
+    run_dir: Path,
+    accelerator: Accelerator,
+    precision: str,
+    ranks: Ranks,
+    console: Console,
+) -> _Built:
+    """Data, teacher, loader and model: the part of setup that reads the user's files, on every process."""
+    cfg.train.batch_size = process_batch_size(cfg.train, ranks.world)
+    check_same_recipe(cfg, ranks)
+    if ranks.world > 1 and cfg.finetune.cache_features:
+        raise VitkitError(
+            "finetune.cache_features trains the head alone on features computed once; it runs on one process "
+            "(seconds per epoch). Start it without accelerate launch / torchrun, or set finetune.cache_features=false."
+        )
+    data, bad_images = _screened_data(cfg, run_dir, console, write=ranks.main)
+    teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
+    loader, workers, image_steps = _train_loader(cfg, data, accelerator.device, ranks)
+    model, attention = _build_model(cfg, data, weights, teacher, accelerator.device, precision)
+    return _Built(data, bad_images, teacher, loader, workers, image_steps, model, attention)
+
+
+def _screened_data(
+    cfg: Recipe, run_dir: Path, console: Console, write: bool = True
+) -> tuple[DataSplits, list[BadImage]]:
+    """The recipe's data with unreadable files screened out (data.bad_images), and those files (listed in the run
+    folder when `write`)."""
     data, bad_images = screen_data(recipe_splits(cfg), cfg.data)
-    if bad_images:
+    if bad_images and write:
         _report_bad_images(run_dir, bad_images, console)
     if cfg.train.best_metric == "val_top5" and data.num_classes <= 5:
         raise VitkitError(
@@ -234,18 +295,23 @@ def _screened_data(cfg: Recipe, run_dir: Path, console: Console) -> tuple[DataSp
     return data, bad_images
 
 
-def _train_loader(cfg: Recipe, data: DataSplits, device: torch.device) -> tuple[DataLoader[Any], int, int]:
-    """The training images (decoded once into memory when data.cache allows) behind the seeded sampler; the
-    loader, its worker processes and the steps per epoch."""
+def _train_loader(
+    cfg: Recipe, data: DataSplits, device: torch.device, ranks: Ranks
+) -> tuple[DataLoader[Any], int, int]:
+    """The training images (decoded once into memory when data.cache allows) behind the seeded sampler, this
+    process's share of each epoch; the loader, its worker processes and the steps per epoch."""
     t = cfg.train
     train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
     workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
     train_ds = ImageDataset(train_images, train_transform(cfg.augment, cfg.model.img_size))
-    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed)
+    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed, ranks.rank, ranks.world)
     loader = make_loader(
         train_ds, t.batch_size, sampler=sampler, workers=workers, drop_last=True, pin_memory=device.type == "cuda"
     )
-    return loader, workers, whole_windows(len(sampler), t.batch_size, t.accumulation_steps, len(train_ds))
+    # steps per epoch from the global order: the same on every process, and the same as one process's at the
+    # global batch
+    global_batch = t.batch_size * ranks.world
+    return loader, workers, whole_windows(len(sampler.order), global_batch, t.accumulation_steps, len(train_ds))
 
 
 def _build_model(
@@ -301,6 +367,7 @@ def _image_task(
         teacher=teacher,
         distill=(cfg.distill.type, cfg.distill.alpha, cfg.distill.tau),
         autocast=accelerator.autocast,
+        ranks=Ranks(accelerator),
     )
 
 
@@ -315,7 +382,7 @@ def whole_windows(sampled: int, batch_size: int, accumulation_steps: int, images
     return steps
 
 
-def loop_settings(cfg: Recipe, steps_per_epoch: int) -> LoopSettings:
+def loop_settings(cfg: Recipe, steps_per_epoch: int, images_per_step: int = 0) -> LoopSettings:
     t = cfg.train
     total_steps = cfg.schedule.epochs * steps_per_epoch
     if t.max_updates is not None:
@@ -329,6 +396,7 @@ def loop_settings(cfg: Recipe, steps_per_epoch: int) -> LoopSettings:
         nonfinite=t.nonfinite,
         nonfinite_limit=t.nonfinite_limit,
         rollback_lr_factor=t.rollback_lr_factor,
+        images_per_step=images_per_step,
     )
 
 
@@ -350,11 +418,41 @@ def restore(run: Run, console: Console) -> Progress:
     run.scheduler.load_state_dict(state["scheduler"])
     if "scaler" in state and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
     progress = progress_from_dict(state["progress"])
+    _check_same_global_batch(progress, run.settings, run.cfg.train.accumulation_steps)
+    rng = _rng_of_this_process(state, run.ranks, console)
+    if rng is not None:
+        set_rng_state(rng)
     where = where_in_training(progress)
     console.print(f"resuming {run.run_dir} from {folder.name}, {where} (update {progress.updates})", highlight=False)
     return progress
+
+
+def _check_same_global_batch(progress: Progress, settings: LoopSettings, accumulation: int) -> None:
+    """A run continues at a global position in the epoch's order: step x images per step over all processes."""
+    before, now = progress.images_per_step, settings.images_per_step
+    if before and now and before != now:
+        raise VitkitError(
+            f"this run trained on {before} images per step over all its processes; it would continue on {now} "
+            f"(train.batch_size x processes), which moves its place in the epoch and its learning rate. Resume with "
+            f"the same global batch: --set train.global_batch_size={before * accumulation}."
+        )
+
+
+def _rng_of_this_process(state: dict[str, Any], ranks: Ranks, console: Console) -> dict[str, Any] | None:
+    """The RNG state this process saved; on another number of processes, process 0 takes the first process's and
+    the others keep their fresh seeds (data order and augmentation are global and continue exactly; only
+    dropout, drop path and Mixup draw new numbers)."""
+    saved = state.get("rng_by_process", [state["rng"]])
+    if len(saved) != ranks.world:
+        console.print(
+            f"resuming on {ranks.world} processes a run saved by {len(saved)}: the data continue exactly where they "
+            "stopped; dropout, drop path and Mixup draw new random numbers.",
+            highlight=False,
+        )
+    if len(saved) == ranks.world:
+        return dict(saved[ranks.rank])
+    return dict(saved[0]) if ranks.main else None
 
 
 def _report_bad_images(run_dir: Path, bad: list[BadImage], console: Console) -> None:

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from vitkit.train.losses import LossParts
+from vitkit.train.ranks import Ranks
 from vitkit.train.tasks import Batch, Task
 
 
@@ -61,7 +62,8 @@ def train_step(run: Steppable, batch: Batch) -> StepOutcome:
 
     With fp16 the loss scaler owns gradient overflow: an inf gradient norm is its routine signal to skip the
     update and lower the scale (`optimizer.step_was_skipped`), not a non-finite event; only a non-finite loss
-    is. Without a scaler, a non-finite loss or gradient norm means the update is not applied.
+    is. Without a scaler, a non-finite loss or gradient norm means the update is not applied. With several
+    processes the update is skipped on all of them when the loss was not finite on any.
     """
     accelerator, scaler = run.accelerator, run.accelerator.scaler
     with accelerator.accumulate(run.model):
@@ -73,7 +75,8 @@ def train_step(run: Steppable, batch: Batch) -> StepOutcome:
         if accelerator.sync_gradients:
             norm = accelerator.clip_grad_norm_(run.model.parameters(), run.clip)
             finite = run.window.finite & torch.isfinite(torch.as_tensor(norm)) if scaler is None else run.window.finite
-            outcome.updated, outcome.finite = True, bool(finite)  # one host sync per update
+            # one host sync per update; with several processes one all-reduce, so that all make the same decision
+            outcome.updated, outcome.finite = True, Ranks(accelerator).all(finite)
             outcome.grad_norm, outcome.window = float(norm), run.window
             if outcome.finite or scaler is not None:  # the scaler skips inf/NaN gradients itself, and lowers its scale
                 run.optimizer.step()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ from vitkit.models.finetune import set_train_mode
 from vitkit.models.teacher import Teacher
 from vitkit.train.losses import LossParts, training_loss
 from vitkit.train.probe import classifier_forward, extract_features
+from vitkit.train.ranks import Ranks
 
 # accuracy evaluator name -> epoch record name (a distilled DeiT's heads: top1_cls_head -> val_top1_cls_head)
 _RECORD_NAMES = {"top1": "val_top1", "top5": "val_top5", "nll": "val_loss"}
@@ -87,6 +89,7 @@ class ImageClassification:
     teacher: Teacher | None = None
     distill: tuple[str, float, float] = ("none", 0.5, 1.0)  # type, alpha, tau
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext  # the accelerator's, for the teacher
+    ranks: Ranks | None = None  # several processes: each validates its share of the images
 
     def __post_init__(self) -> None:
         # the student's normalisation as (1, C, 1, 1) tensors: the teacher re-normalises the same images its own way
@@ -97,8 +100,8 @@ class ImageClassification:
         return self.runner.mean, self.runner.std
 
     def batches(self, epoch: int, start: int) -> Generator[Batch]:
-        sampler = self.loader.sampler
-        sampler.set_epoch(epoch, start=start * self.loader.batch_size)
+        sampler = self.loader.sampler  # positions are global: `start` steps of every process's batch
+        sampler.set_epoch(epoch, start=start * self.loader.batch_size * sampler.world)
         for images, labels in self.loader:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             x, targets = self.batch_augment(images, labels)
@@ -119,7 +122,22 @@ class ImageClassification:
 
     def validate(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
         runner = replace(self.runner, model=model)
-        return epoch_metrics(predict_context(runner, self.val_images, []), prefix)
+        if self.ranks is None or self.ranks.world == 1:
+            return epoch_metrics(predict_context(runner, self.val_images, []), prefix)
+        share = self.ranks.shard(len(self.val_images))
+        ctx = predict_context(runner, self.val_images.subset(np.arange(share.start, share.stop)), [])
+        return epoch_metrics(gathered(ctx, self.ranks), prefix)
+
+
+def gathered(ctx: EvalContext, ranks: Ranks) -> EvalContext:
+    """The predictions of every process's share (`Ranks.shard`), in order: the whole set, each image once."""
+    shares = ranks.gather((ctx.logits, ctx.labels, ctx.head_logits))
+    heads = {name: torch.cat([share[2][name] for share in shares]) for name in ctx.head_logits}
+    return EvalContext(
+        logits=torch.cat([share[0] for share in shares]),
+        labels=torch.cat([share[1] for share in shares]),
+        head_logits=heads,
+    )
 
 
 @dataclass
