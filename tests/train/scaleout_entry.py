@@ -1,7 +1,7 @@
 """`vitkit` as one process of a multi-process run, with faults injected on one process for the tests.
 
 Run as `python -m tests.train.scaleout_entry ARGS...` with the launcher's environment (RANK, WORLD_SIZE, ...).
-VITKIT_TEST_NAN="RANK:STEP,STEP": that process's loss is NaN at those steps (counted from 1).
+VITKIT_TEST_NAN="RANK:STEP,STEP": that process's loss is NaN at those steps (from 1); its gradient stays finite.
 VITKIT_TEST_SIGTERM="RANK:UPDATE": that process sends itself SIGTERM right after that optimizer update.
 VITKIT_TEST_SEEN=DIR: each process appends the index and augmentation seed of every training image it loads to
 DIR/seen.RANK.
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+
+import torch
 
 import vitkit.data.pipeline as pipeline
 import vitkit.train.step as step
@@ -35,7 +37,10 @@ def _inject_nan(steps: list[int]) -> None:
     def nan_at(*args, **kwargs) -> LossParts:
         parts = original(*args, **kwargs)
         calls[0] += 1
-        return LossParts(parts.total * float("nan"), parts.task, parts.distill) if calls[0] in steps else parts
+        if calls[0] not in steps:
+            return parts
+        # a NaN loss whose gradient is finite: only this process can tell that the step went wrong
+        return LossParts(parts.total + torch.tensor(float("nan")), parts.task, parts.distill)
 
     tasks.training_loss = nan_at
 

@@ -6,6 +6,7 @@ one test goes through `torchrun` itself. Faults are injected on one process by t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,16 +16,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
-from tests.conftest import PLAIN, TINY_OVERRIDES
+from tests.conftest import PLAIN, TINY_OVERRIDES, save_tiny_pretrained, tiny_recipe
 from vitkit.checkpoint_files import load_weights
 from vitkit.config.schema import TrainConfig
 from vitkit.data.pipeline import train_sampler
 from vitkit.errors import VitkitError
+from vitkit.train.faults import PREEMPTED_EXIT_CODE
 from vitkit.train.logging import read_metrics
+from vitkit.train.loop import train
 from vitkit.train.scaleout import backend_kwargs, process_batch_size
 
 ROOT = Path(__file__).resolve().parents[2]
+QUIET = Console(quiet=True)
 TIMEOUT = 240  # seconds for one launch; a hang in a collective fails the test instead of the suite
 
 # every image once per epoch: 96 images = 6 global batches of 16; plain SGD with a large lr so the weights move
@@ -49,30 +54,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def train_args(out: Path, sets: list[str]) -> list[str]:
+    return ["train", "--recipe", "quickstart", "--out", str(out), *[a for s in sets for a in ("--set", s)]]
+
+
 def launch(
     processes: int,
-    out: Path,
-    sets: list[str],
+    args: list[str],
     env: dict[str, str] | None = None,
     per_rank: dict[int, list[str]] | None = None,
 ) -> list[subprocess.CompletedProcess[str]]:
-    """`vitkit train` on `processes` processes, each started as torchrun starts its workers."""
+    """`vitkit ARGS` on `processes` processes, each started as torchrun starts its workers."""
     port, procs = _free_port(), []
     for rank in range(processes):
-        extra = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes)}
-        extra |= {"LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        args = ["train", "--recipe", "quickstart", "--out", str(out)]
-        for s in [*sets, *(per_rank or {}).get(rank, [])]:
-            args += ["--set", s]
+        launcher = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes)}
+        launcher |= {"LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        extra = [a for s in (per_rank or {}).get(rank, []) for a in ("--set", s)]
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tests.train.scaleout_entry", *args],
+                [sys.executable, "-m", "tests.train.scaleout_entry", *args, *extra],
                 cwd=ROOT,
                 env={
                     **os.environ,
                     "OMP_NUM_THREADS": "1",
                     "COLUMNS": "200",
-                    **(extra if processes > 1 else {}),
+                    **(launcher if processes > 1 else {}),
                     **(env or {}),
                 },
                 stdout=subprocess.PIPE,
@@ -116,8 +122,7 @@ def one_process(tmp_path_factory) -> dict[str, Path]:
         lr = "optim.lr=0.5" if optimizer == "sgd" else "optim.lr=0.01"
         (result,) = launch(
             1,
-            root / optimizer / "run",
-            [*RECIPE, f"optim.name={optimizer}", lr],
+            train_args(root / optimizer / "run", [*RECIPE, f"optim.name={optimizer}", lr]),
             {"VITKIT_TEST_SEEN": str(root / optimizer)},
         )
         assert result.returncode == 0, result.stderr
@@ -177,7 +182,8 @@ def test_two_processes_train_the_weights_one_process_trains(optimizer: str, boun
     differences in a gradient near zero grow: measured 2.2e-4 at lr 0.01, bound 0.1 x lr); the same validation
     metrics (each image counted once); one writer."""
     lr = "optim.lr=0.5" if optimizer == "sgd" else "optim.lr=0.01"
-    results = launch(2, tmp_path / "run", [*RECIPE, f"optim.name={optimizer}", lr], {"VITKIT_TEST_SEEN": str(tmp_path)})
+    args = train_args(tmp_path / "run", [*RECIPE, f"optim.name={optimizer}", lr])
+    results = launch(2, args, {"VITKIT_TEST_SEEN": str(tmp_path)})
     assert [r.returncode for r in results] == [0, 0], results[0].stderr + results[1].stderr
     reference = one_process[optimizer]
     ours, theirs = seen(tmp_path, 0) + seen(tmp_path, 1), seen(reference, 0)
@@ -195,3 +201,82 @@ def test_two_processes_train_the_weights_one_process_trains(optimizer: str, boun
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
     assert files_of(tmp_path / "run") == files_of(reference / "run")
     assert "process 1" not in results[1].stdout and results[1].stdout.strip() == ""  # only process 0 speaks
+
+
+# --- faults across processes ---------------------------------------------------------------------------------
+
+
+def test_sigterm_to_one_process_stops_both_at_one_update_and_one_process_resumes_exactly(one_process, tmp_path: Path):
+    """SIGTERM reaches process 1 only, after update 7 (mid-epoch 2): both stop there with exit 75 and one checkpoint;
+    the run then continues on one process (same global batch) and ends with the uninterrupted run's weights."""
+    run = tmp_path / "run"
+    results = launch(2, train_args(run, RECIPE), {"VITKIT_TEST_SIGTERM": "1:7"})
+    assert [r.returncode for r in results] == [PREEMPTED_EXIT_CODE] * 2, results[0].stderr + results[1].stderr
+    assert "--resume" in results[0].stderr
+    meta = json.loads((run / "checkpoints" / "last" / "meta.json").read_text())
+    assert (meta["updates"], meta["epoch"], meta["step_in_epoch"]) == (7, 2, 1)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "last", "last.1"]
+    (resumed,) = launch(1, ["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming on 1 processes a run saved by 2" in resumed.stdout
+    assert max_difference(weights(run), weights(one_process["sgd"] / "run")) < 1e-5
+    steps = [r["step"] for r in read_metrics(run / "metrics.jsonl", "step")]
+    assert steps == [r["step"] for r in read_metrics(one_process["sgd"] / "run" / "metrics.jsonl", "step")]
+
+
+def test_a_nonfinite_loss_on_one_process_skips_the_update_on_both(tmp_path: Path, monkeypatch):
+    """Process 1's loss is NaN at step 3 while its gradient stays finite (so DDP's averaging alone would not
+    tell process 0): both skip that update, as one process with the NaN at the same step does."""
+    results = launch(2, train_args(tmp_path / "two", RECIPE), {"VITKIT_TEST_NAN": "1:3"})
+    assert [r.returncode for r in results] == [0, 0], results[0].stderr + results[1].stderr
+    (one,) = launch(1, train_args(tmp_path / "one", RECIPE), {"VITKIT_TEST_NAN": "0:3"})
+    assert one.returncode == 0, one.stderr
+    events = read_metrics(tmp_path / "two" / "metrics.jsonl", "nonfinite")
+    assert [(e["step"], e["action"]) for e in events] == [(3, "skip")]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["updates"] == 9
+    assert max_difference(weights(tmp_path / "two"), weights(tmp_path / "one")) < 1e-5
+
+
+def test_different_recipes_on_the_processes_are_refused_on_all(tmp_path: Path):
+    results = launch(2, train_args(tmp_path / "run", RECIPE), per_rank={1: ["optim.lr=0.4"]})
+    assert [r.returncode for r in results] == [2, 2]
+    assert "given different recipes: process 1 differs from process 0" in results[0].stderr
+    assert "lr: 0.5 vs lr: 0.4" in results[0].stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- LoRA and distillation under DDP, through torchrun ------------------------------------------------------
+
+
+def test_lora_with_a_teacher_under_torchrun_matches_one_process(tmp_path: Path):
+    """Frozen backbone, LoRA adapters, a frozen CNN teacher: torchrun with 2 processes trains what one does."""
+    pretrained, _ = save_tiny_pretrained(tmp_path / "vit.safetensors")
+    teacher = tmp_path / "teacher"
+    cnn = ["model.name=resnet10t", "model.patch_size=null", "model.embed_dim=null", "model.depth=null"]
+    train(
+        tiny_recipe(*PLAIN, *cnn, "model.num_heads=null", "schedule.epochs=1"), teacher, console=QUIET, evaluate=False
+    )
+    sets = [
+        *RECIPE,
+        "finetune.strategy=lora",
+        f"finetune.pretrained={pretrained}",
+        "distill.type=hard",
+        f"distill.teacher={teacher}",
+    ]
+    (one,) = launch(1, train_args(tmp_path / "one", sets))
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "vitkit", *train_args(tmp_path / "two", sets)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "8 x 2 processes x 1 accumulation = 16 per update" in done.stdout
+    assert "teacher:" in done.stdout and "lora" in done.stdout
+    two, single = weights(tmp_path / "two"), weights(tmp_path / "one")
+    assert any("lora_" in k for k in two)  # the checkpoint holds the adapters (and the head)
+    assert max_difference(two, single) < 1e-5
