@@ -170,6 +170,9 @@ def test_a_backend_the_machine_lacks_is_refused_with_the_alternative(monkeypatch
     with pytest.raises(VitkitError, match=r"train.backend=nccl needs CUDA GPUs.*train.backend=gloo"):
         backend_kwargs(TrainConfig(backend="nccl"), torch.device("cpu"))
     assert backend_kwargs(TrainConfig(backend="auto"), torch.device("cpu")) == []
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --use_fsdp sets
+    with pytest.raises(VitkitError, match=r"asks accelerate for FSDP.*Launch without --use_fsdp"):
+        backend_kwargs(TrainConfig(), torch.device("cpu"))
 
 
 # --- two processes against one -------------------------------------------------------------------------------

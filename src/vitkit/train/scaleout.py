@@ -42,7 +42,15 @@ def process_batch_size(train: TrainConfig, processes: int) -> int:
 
 
 def backend_kwargs(train: TrainConfig, device: torch.device) -> list[InitProcessGroupKwargs]:
-    """accelerate's process-group settings for train.backend; refuses a backend this machine cannot run."""
+    """accelerate's process-group settings for train.backend; refuses a backend this machine cannot run, and a
+    sharded launch (FSDP, DeepSpeed) whose checkpoints vitkit does not yet gather."""
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}") == "true"]
+    if sharded:
+        raise VitkitError(
+            f"this launch asks accelerate for {sharded[0]}, which shards the model over the processes; vitkit's "
+            "checkpoints are full state dicts and are not gathered from shards yet, so the run would save nothing "
+            "it could resume. Launch without --use_fsdp / --use_deepspeed (DDP keeps one full copy per GPU)."
+        )
     if launched_processes() == 1:
         return []
     if not dist.is_available():
