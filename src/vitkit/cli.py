@@ -50,6 +50,10 @@ advise_app = typer.Typer(
     help="Advisors: settings sized to your data and model.", no_args_is_help=True, context_settings=HELP_OPTIONS
 )
 app.add_typer(advise_app, name="advise")
+plan_app = typer.Typer(
+    help="Planners: what a setting costs before you train.", no_args_is_help=True, context_settings=HELP_OPTIONS
+)
+app.add_typer(plan_app, name="plan")
 # launched on several processes (accelerate launch, torchrun), the first speaks for the run
 PROCESS = int(os.environ.get("RANK", "0"))
 console = Console(quiet=PROCESS > 0)
@@ -531,6 +535,44 @@ def advise_freeze_command(
     sets = "".join(f" --set {o}" for o in advice.overrides())
     command = f"vitkit train --recipe finetune-{advice.strategy} --pretrained SOURCE --data DIR{sets}"
     console.print(command, highlight=False, markup=False, soft_wrap=True)
+
+
+@plan_app.command("lora")
+def plan_lora_command(
+    model: Annotated[str, typer.Option(help="timm model name, e.g. vit_base_patch16_224.")],
+    rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 8,
+    alpha: Annotated[int, typer.Option(help="LoRA alpha (the update is scaled by alpha / r).")] = 16,
+    targets: Annotated[str, typer.Option(help="Adapted Linears: q, k, v (or qkv), proj, fc1, fc2.")] = "q,v",
+    num_classes: Annotated[int, typer.Option(help="Classes of your task (the head trains too).")] = 10,
+    sweep: Annotated[str, typer.Option(help="Ranks for the sweep table, comma-separated.")] = "4,8,16,32,64",
+) -> None:
+    """Trainable parameters, adapter file size and memory saved by LoRA, and a rank sweep."""
+    from vitkit.plan.lora import parse_targets, plan_lora, rank_sweep
+
+    chosen = parse_targets(targets)
+    try:
+        ranks = [int(r) for r in sweep.split(",") if r.strip()]
+    except ValueError:
+        raise VitkitError(f"--sweep {sweep}: give ranks as comma-separated integers, e.g. 4,8,16.") from None
+    plan = plan_lora(model, rank, alpha, chosen, num_classes)
+    table = Table(title=f"LoRA on {model}", show_header=False, title_justify="left")
+    table.add_row("rank / alpha / targets", f"r={rank}, alpha={alpha}, {', '.join(plan.targets)}")
+    table.add_row("trainable", f"{plan.trainable:,} of {plan.total:,} parameters ({plan.share:.2%})")
+    table.add_row("adapters / head", f"{plan.adapter:,} / {plan.trainable - plan.adapter:,}")
+    table.add_row("checkpoint weights", f"{plan.file_bytes / 2**20:.2f} MiB (adapters + head, fp32 safetensors)")
+    table.add_row(
+        "memory saved",
+        f"{plan.saved_bytes / 2**30:.2f} GiB of weights, gradients and AdamW state against full fine-tuning "
+        f"({plan.full_state_bytes / 2**30:.2f} GiB); activations are not included",
+    )
+    console.print(table)
+    rows = Table("rank", "alpha", "trainable", "share", "file MiB", "saved GiB", title="rank sweep (alpha / r fixed)")
+    for p in rank_sweep(model, ranks, alpha / rank, chosen, num_classes):
+        saved = f"{p.saved_bytes / 2**30:.2f}"
+        rows.add_row(
+            str(p.rank), str(p.alpha), f"{p.trainable:,}", f"{p.share:.2%}", f"{p.file_bytes / 2**20:.2f}", saved
+        )
+    console.print(rows)
 
 
 @recipes_app.command("list")

@@ -83,3 +83,15 @@ def test_advise_freeze_follows_the_decision_table(size: str, similarity: str, st
 def test_advise_freeze_rejects_unknown_similarity():
     out = vitkit("advise", "freeze", "--train-size", "100", "--similarity", "close")
     assert out.returncode == 2 and "use high, medium or low" in out.stderr
+
+
+def test_plan_lora_prints_the_count_and_a_rank_sweep():
+    out = vitkit(
+        "plan", "lora", "--model", "vit_base_patch16_224", "--rank", "16", "--alpha", "16", "--num-classes", "101",
+        "--sweep", "8,16",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "667,493 of 86,543,818 parameters (0.77%)" in out.stdout and "589,824 / 77,669" in out.stdout
+    assert "rank sweep" in out.stdout and "372,581" in out.stdout  # r=8: 12 x 2 x 8 x 1536 + 77,669
+    bad = vitkit("plan", "lora", "--model", "vit_base_patch16_224", "--sweep", "8,x")
+    assert bad.returncode == 2 and "--sweep 8,x: give ranks as comma-separated integers" in bad.stderr
