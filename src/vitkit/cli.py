@@ -575,6 +575,46 @@ def plan_lora_command(
     console.print(rows)
 
 
+@app.command("schedule")
+def schedule_command(
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
+    train_size: Annotated[
+        int | None, typer.Option(help="Training images (default: the recipe's built-in data size).")
+    ] = None,
+    processes: Annotated[int, typer.Option(help="Processes the run will train on (global batch, lr scaling).")] = 1,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw every parameter group's lr into this PNG.")] = None,
+) -> None:
+    """The learning rate the run will use at every update, stepped through its own scheduler."""
+    from vitkit.plan.schedule import is_our_plot, lr_schedule, plot_schedule, sparkline
+
+    cfg = load_recipe(recipe, set_ or [])
+    if train_size is None:
+        if not (cfg.data.source or "").startswith("builtin:"):
+            raise VitkitError("--train-size N: give the number of training images (the recipe names no built-in data).")
+        train_size = cfg.data.synthetic_train_size
+    if processes < 1:
+        raise VitkitError("--processes needs at least 1.")
+    if plot is not None and plot.exists() and not is_our_plot(plot):
+        raise VitkitError(f"--plot {plot}: the file exists and is not a vitkit schedule plot. Choose another path.")
+    schedule = lr_schedule(cfg, train_size, processes)
+    head, total = schedule.head, len(schedule.lrs)
+    console.print(
+        f"{recipe}: {total:,} updates ({schedule.updates_per_epoch:,} per epoch x {cfg.schedule.epochs} epochs) of "
+        f"{schedule.global_batch} images; warmup {schedule.warmup_updates:,} updates to peak lr "
+        f"{schedule.peak_lr:.3g}, cosine to {cfg.schedule.min_lr:g}; {len(schedule.lrs[0])} parameter groups",
+        highlight=False,
+    )
+    console.print(f"{sparkline(head)}  {head[0]:.2g} -> {max(head):.3g} -> {head[-1]:.2g}", highlight=False)
+    if len({round(lr, 12) for lr in schedule.lrs[schedule.warmup_updates]}) > 1:
+        at_peak = sorted(set(schedule.lrs[schedule.warmup_updates]))
+        console.print(
+            f"at the peak, by group (layer decay): {', '.join(f'{lr:.3g}' for lr in at_peak)}", highlight=False
+        )
+    if plot is not None:
+        console.print(f"plot: {plot_schedule(schedule, plot).resolve()}", highlight=False)
+
+
 @recipes_app.command("list")
 def recipes_list() -> None:
     """The shipped recipes and what each is for."""
