@@ -291,6 +291,18 @@ def report(
     console.print(f"report: {rerender(metrics, out).resolve()}", highlight=False)
 
 
+def _export_folder(run: Path, fmt: str, out: Path | None) -> None:
+    from vitkit.deploy.export import run_folder_of
+    from vitkit.deploy.folders import export_folder
+
+    folder = out or run_folder_of(run) / f"export-{fmt}"
+    with console.status("exporting and checking"):
+        doc = export_folder(run, folder, fmt)
+    console.print(f"{folder} ({'transformers' if fmt == 'hf' else 'timm'} folder with README.md)", highlight=False)
+    for check in doc["checks"].values():
+        console.print(f"  {check['line']}", highlight=False)
+
+
 @app.command()
 def predict(
     target: Annotated[
@@ -336,6 +348,39 @@ def predict(
         console.print(f"{escape(r.path)}: {shown}" + (" (low confidence)" if r.low_confidence else ""), highlight=False)
 
 
+@app.command("push")
+def push_command(
+    path: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder, or an export folder.")],
+    repo: Annotated[str, typer.Option(help="The Hub repository, ORG/NAME; created if it does not exist.")],
+    format_: Annotated[
+        str, typer.Option("--format", help="For a run: export as hf (transformers) or timm first.")
+    ] = "hf",
+    private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="List what would be uploaded; upload nothing.")] = False,
+) -> None:
+    """Upload an exported model (with its model card) to the Hugging Face Hub. Needs a token (hf auth login or
+    HF_TOKEN) and network; HF_ENDPOINT selects another hub."""
+    from vitkit.deploy.push import plan_push, push
+
+    if format_ not in ("hf", "timm"):
+        raise VitkitError(f"--format {format_}: choose hf or timm.")
+    folder = path
+    if (path / "recipe.yaml").exists():
+        folder = path / f"export-{format_}"
+        _export_folder(path, format_, folder)
+    plan = plan_push(folder, repo)
+    total = sum((folder / f).stat().st_size for f in plan.files) / 2**20
+    console.print(f"{len(plan.files)} files ({total:.1f} MiB) from {folder} to {repo}:", highlight=False)
+    for name in plan.files:
+        console.print(f"  {name}", highlight=False)
+    if dry_run:
+        console.print("dry run: nothing was uploaded.")
+        return
+    with console.status(f"uploading to {repo}"):
+        url = push(plan, private=private)
+    console.print(f"uploaded: {url}", highlight=False)
+
+
 @app.command("merge-lora")
 def merge_lora_command(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A LoRA run folder written by vitkit train.")],
@@ -362,7 +407,13 @@ def export_command(
     run: Annotated[
         Path, typer.Argument(metavar="RUN", help="A run folder, or one of its checkpoints (RUN/checkpoints/NAME).")
     ],
-    format_: Annotated[str, typer.Option("--format", help="onnx (ONNX Runtime) or pt2 (torch.export).")] = "onnx",
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx (ONNX Runtime), pt2 (torch.export), hf (a transformers folder) or timm (a timm folder).",
+        ),
+    ] = "onnx",
     int8: Annotated[
         str | None,
         typer.Option(help="Also write an INT8 ONNX model: dynamic, or static (calibrated on training images)."),
@@ -370,12 +421,18 @@ def export_command(
     calibration: Annotated[int, typer.Option(help="Training images that calibrate static INT8.")] = 256,
     max_int8_drop: Annotated[float, typer.Option(help="Largest validation top-1 loss INT8 may cost, in points.")] = 0.5,
     version: Annotated[str, typer.Option(help="The model version written into model.json.")] = "1.0.0",
-    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN/export).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder to write (default RUN/export, RUN/export-hf, ...).")] = None,
 ) -> None:
     """Export a run's model to ONNX or .pt2 with model.json (classes, preprocessing, temperature, version,
-    checksums); checks that the export computes what the checkpoint computes before keeping it."""
-    if format_ not in ("onnx", "pt2"):
-        raise VitkitError(f"--format {format_}: choose onnx or pt2.")
+    checksums), or as a transformers or timm folder; checks that the export computes what the checkpoint computes
+    before keeping it, and writes a model card (README.md) with the run's evaluation."""
+    if format_ not in ("onnx", "pt2", "hf", "timm"):
+        raise VitkitError(f"--format {format_}: choose onnx, pt2, hf or timm.")
+    if format_ in ("hf", "timm"):
+        if int8:
+            raise VitkitError("--int8 quantizes the ONNX model through ONNX Runtime: use it with --format onnx.")
+        _export_folder(run, format_, out)
+        return
     if int8 not in (None, "dynamic", "static"):
         raise VitkitError(f"--int8 {int8}: choose dynamic or static.")
     if calibration < 1 or not 0 <= max_int8_drop <= 100:

@@ -7,6 +7,7 @@ items that are file paths, decoded uint8 arrays or PIL images, so the same datas
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,24 @@ class ImageSet:
         items = self.items[indices] if isinstance(self.items, np.ndarray) else [self.items[int(i)] for i in indices]
         groups = [self.groups[int(i)] for i in indices] if self.groups is not None else None
         return ImageSet(items, self.labels[indices], groups)
+
+
+def images_sha256(images: ImageSet) -> str:
+    """A SHA-256 of a set's images (file bytes, or pixels for in-memory images) and labels, in order: it names
+    exactly the data a metric was computed on."""
+    digest = hashlib.sha256()
+    for item, label in zip(images.items, images.labels, strict=True):
+        if isinstance(item, np.ndarray):
+            digest.update(repr(item.shape).encode() + np.ascontiguousarray(item).tobytes())
+        elif isinstance(item, Image.Image):
+            digest.update(repr((item.mode, item.size)).encode() + item.tobytes())
+        else:
+            try:
+                digest.update(Path(item).read_bytes())
+            except OSError:  # an unreadable file is skipped by evaluation; its name still counts
+                digest.update(str(item).encode())
+        digest.update(int(label).to_bytes(8, "little", signed=True))
+    return digest.hexdigest()
 
 
 @dataclass

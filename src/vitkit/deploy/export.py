@@ -18,11 +18,12 @@ from typing import Any, Literal
 
 from vitkit import __version__
 from vitkit.checkpoint_files import sha256
-from vitkit.data.sources import ImageSet
+from vitkit.data.sources import ImageSet, recipe_splits
 from vitkit.deploy import require_deploy
+from vitkit.deploy.card import CARD, LOAD_SNIPPETS, run_card
 from vitkit.deploy.formats import load_runtime, run_batched, write_onnx, write_pt2
 from vitkit.deploy.parity import compare, require_parity
-from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, run_splits, stacked
+from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, stacked
 from vitkit.errors import VitkitError
 from vitkit.evaluate.run import saved_temperature, weights_sha256
 from vitkit.models.run_model import load_run_or_checkpoint
@@ -59,7 +60,8 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
         raise VitkitError("--int8 quantizes the ONNX model through ONNX Runtime: use it with --format onnx.")
     check_export_folder(out)
     model, recipe, info = load_run_or_checkpoint(path)
-    train_images, val_images = run_splits(recipe)
+    splits = recipe_splits(recipe)
+    train_images, val_images = splits.train, splits.val
     out.mkdir(parents=True, exist_ok=True)
     (out / EXPORT_MARKER).write_text(json.dumps({"run": str(path), "checkpoint": info["checkpoint"]}))
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))  # vitkit's own: removed whatever happens
@@ -74,12 +76,27 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
         if o.int8:
             calibration = first_images(train_images, o.calibration)
             doc["int8"] = add_int8(file, stage / "model.int8.onnx", o.int8, recipe, calibration, val_images, o)
+        (stage / CARD).write_text(run_card(recipe, info, splits, o.format, LOAD_SNIPPETS[o.format], _checks(doc)))
         for staged in stage.iterdir():
             os.replace(staged, out / staged.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     (out / MODEL_JSON).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def _checks(doc: dict[str, Any]) -> list[str]:
+    p = doc["parity"]
+    lines = [
+        f"{doc['format']} against the run, fp32, on {p['images']} validation images: max |logit difference| "
+        f"{p['max_abs_diff']:.2e} (limit {p['limit_max_abs_diff']:g}), top-1 agreement {p['top1_agreement']:.2%}."
+    ]
+    if q := doc.get("int8"):
+        lines.append(
+            f"{q['file']} ({q['mode']} INT8): validation top-1 {q['int8_top1']:.2%} against fp32 {q['fp32_top1']:.2%} "
+            f"on {q['images']} images, top-1 agreement {q['top1_agreement']:.2%}."
+        )
+    return lines
 
 
 def _write(model: Any, file: Path, fmt: str, img_size: int) -> int | None:

@@ -17,7 +17,7 @@ from vitkit import __version__
 from vitkit.checkpoint_files import CHECKSUMS
 from vitkit.config.schema import Recipe
 from vitkit.data.pipeline import eval_transform
-from vitkit.data.sources import DataSplits, ImageSet, load_source, recipe_splits, same_source
+from vitkit.data.sources import DataSplits, ImageSet, images_sha256, load_source, recipe_splits, same_source
 from vitkit.errors import DataError
 from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelRunner, run_evaluator
 from vitkit.evaluate.findings import findings
@@ -137,6 +137,7 @@ def evaluate_run(
         "task": ctx.task,
         "classes": classes,
         "images": len(ctx.labels),
+        "data_sha256": images_sha256(images),
         "settings": asdict(ctx.settings),
         "results": results,
         "seconds": seconds,

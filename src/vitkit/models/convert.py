@@ -146,32 +146,59 @@ _HF_TOP_KEYS = {
 _HF_HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 
 
+_HF_BLOCK = re.compile(r"^(?:vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def timm_name(hf_key: str) -> tuple[str, int | None] | None:
+    """The timm name of a transformers ViT/DeiT weight, with the part (0 q, 1 k, 2 v) it is of timm's fused qkv;
+    None for the pooler, which image classification does not use."""
+    if match := _HF_BLOCK.match(hf_key):
+        index, inner, kind = int(match[1]), match[2], match[3]
+        part = inner.rsplit(".", 1)[-1]
+        if part in _HF_QKV and inner.startswith("attention."):
+            return f"blocks.{index}.attn.qkv.{kind}", _HF_QKV[part]
+        if inner in _HF_BLOCK_KEYS:
+            return f"blocks.{index}.{_HF_BLOCK_KEYS[inner]}.{kind}", None
+    else:
+        prefix, _, rest = hf_key.partition(".")
+        if prefix in ("vit", "deit") and rest in _HF_TOP_KEYS:
+            return _HF_TOP_KEYS[rest], None
+        if prefix in _HF_HEADS:
+            return f"{_HF_HEADS[prefix]}.{rest}", None
+        if rest.startswith("pooler"):  # ViTModel's pooler is unused by image classification
+            return None
+    raise VitkitError(f"unexpected transformers weight {hf_key}: only ViT and DeiT checkpoints convert.")
+
+
 def transformers_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a transformers ViT/DeiT state dict to timm's names, fusing query/key/value into one qkv."""
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
-    block = re.compile(r"^(?:vit|deit)\.(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+    qkv: dict[str, dict[int, torch.Tensor]] = {}
     for key, value in state.items():
-        if match := block.match(key):
-            index, inner, kind = int(match[1]), match[2], match[3]
-            part = inner.rsplit(".", 1)[-1]
-            if part in _HF_QKV and inner.startswith("attention."):
-                qkv.setdefault((index, kind), {})[_HF_QKV[part]] = value
-            elif inner in _HF_BLOCK_KEYS:
-                out[f"blocks.{index}.{_HF_BLOCK_KEYS[inner]}.{kind}"] = value
-            else:
-                raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
+        if (named := timm_name(key)) is None:
             continue
-        prefix, _, rest = key.partition(".")
-        if prefix in ("vit", "deit") and rest in _HF_TOP_KEYS:
-            out[_HF_TOP_KEYS[rest]] = value
-        elif prefix in _HF_HEADS:
-            out[f"{_HF_HEADS[prefix]}.{rest}"] = value
-        elif not rest.startswith("pooler"):  # ViTModel's pooler is unused by image classification
-            raise VitkitError(f"unexpected transformers weight {key}: only ViT and DeiT checkpoints convert.")
-    for (index, kind), parts in qkv.items():
-        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
+        name, part = named
+        if part is None:
+            out[name] = value
+        else:
+            qkv.setdefault(name, {})[part] = value
+    for name, parts in qkv.items():
+        out[name] = torch.cat([parts[0], parts[1], parts[2]])
     return out
+
+
+def timm_to_transformers(state: dict[str, torch.Tensor], hf_keys: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a transformers ViT/DeiT whose weight names are `hf_keys`, taken from a timm state dict
+    (the inverse of `transformers_to_timm`, through the same name table, so the two cannot drift apart)."""
+    out: dict[str, torch.Tensor] = {}
+    for key in hf_keys:
+        if (named := timm_name(key)) is None:
+            continue
+        name, part = named
+        if name not in state:
+            raise VitkitError(f"the model has no {name} for the transformers weight {key}.")
+        out[key] = state[name] if part is None else state[name].chunk(3)[part]
+    return {k: v.contiguous().clone() for k, v in out.items()}
 
 
 def classifier_rows(state: dict[str, torch.Tensor], architecture: str) -> int | None:

@@ -68,14 +68,26 @@ def build_run_architecture(recipe: Recipe, num_classes: int) -> nn.Module:
 def export_plain_model(run_dir: Path, out: Path, which: str = "best") -> tuple[nn.Module, Path]:
     """Write the run's model (LoRA merged) as a timm model folder: model.safetensors and config.json, loadable with
     `timm.create_model("local-dir:OUT", pretrained=True)` or `--pretrained OUT`."""
-    from timm.models._hub import save_for_hf
-
     check_export_folder(out)
     model, recipe, info = load_run_model(run_dir, which)
-    mean, std = recipe.data.normalization()
-    size = recipe.model.img_size
-    data_config = {"input_size": (3, size, size), "mean": mean, "std": std, "crop_pct": recipe.augment.crop_pct}
-    model_config: dict[str, Any] = {"label_names": info["classes"]} if info.get("classes") else {}
-    save_for_hf(model, str(out), model_config=model_config, safe_serialization=True, data_config=data_config)
+    save_timm_folder(model, recipe, info.get("classes"), out)
     (out / EXPORT_MARKER).write_text(json.dumps({"run": str(run_dir), "checkpoint": info["checkpoint"]}))
     return model, out
+
+
+def save_timm_folder(model: nn.Module, recipe: Recipe, classes: list[str] | None, folder: Path) -> None:
+    """timm's own folder format (`save_for_hf`), with the run's evaluation preprocessing as its data config, so
+    timm's `resolve_data_config` + `create_transform` rebuild exactly the run's evaluation transform."""
+    from timm.models._hub import save_for_hf
+
+    mean, std = recipe.data.normalization()
+    size = recipe.model.img_size
+    data_config = {
+        "input_size": (3, size, size),
+        "mean": mean,
+        "std": std,
+        "crop_pct": recipe.augment.crop_pct,
+        "interpolation": recipe.augment.interpolation,
+    }
+    model_config: dict[str, Any] = {"label_names": classes} if classes else {}
+    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
