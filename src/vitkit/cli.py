@@ -54,6 +54,10 @@ plan_app = typer.Typer(
     help="Planners: what a setting costs before you train.", no_args_is_help=True, context_settings=HELP_OPTIONS
 )
 app.add_typer(plan_app, name="plan")
+data_app = typer.Typer(
+    help="Datasets: write one in another format.", no_args_is_help=True, context_settings=HELP_OPTIONS
+)
+app.add_typer(data_app, name="data")
 # launched on several processes (accelerate launch, torchrun), the first speaks for the run
 PROCESS = int(os.environ.get("RANK", "0"))
 console = Console(quiet=PROCESS > 0)
@@ -346,6 +350,34 @@ def predict(
         shown = r.error and f"[red]cannot read[/red]: {escape(r.error)}"
         shown = shown or escape(", ".join(f"{name} {p:.1%}" for name, p in r.top))
         console.print(f"{escape(r.path)}: {shown}" + (" (low confidence)" if r.low_confidence else ""), highlight=False)
+
+
+@data_app.command("export")
+def data_export(
+    source: Annotated[str, typer.Argument(metavar="DATA", help="Any --data source: folder, manifest.csv, hf:, ...")],
+    out: Annotated[Path, typer.Option(help="A new folder for the dataset.")],
+    format_: Annotated[str, typer.Option("--format", help="hf: a datasets DatasetDict (save_to_disk).")] = "hf",
+    val_fraction: Annotated[float, typer.Option(help="Share held out when the data has no validation split.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of that split (train.seed: the split a run with it trains on).")] = 0,
+    groups: Annotated[str | None, typer.Option(help="A manifest column kept as the dataset's group column.")] = None,
+) -> None:
+    """Write a dataset (train and validation splits, images as their files' bytes, class names, groups) as a
+    Hugging Face dataset that datasets.load_from_disk and --data hf:OUT read."""
+    if format_ != "hf":
+        raise VitkitError(f"--format {format_}: vitkit data export writes hf (a datasets DatasetDict).")
+    from vitkit.data.hf import export_hf_dataset
+    from vitkit.data.sources import load_source
+
+    splits = load_source(source, val_fraction=val_fraction, seed=seed, group_column=groups)
+    with console.status("writing the dataset"):
+        written = export_hf_dataset(splits, out)
+    console.print(
+        f"{out}: {written['train']} train and {written['validation']} validation images, "
+        f"{len(written['classes'])} classes. Train on it with --data hf:{out}",
+        highlight=False,
+    )
+    for problem in written["skipped"]:
+        console.print(f"  skipped {problem}", highlight=False)
 
 
 @app.command("push")

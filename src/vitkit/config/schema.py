@@ -51,7 +51,19 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: str | None = Field(
         None,
-        description="Image folder, manifest.csv, hf:PATH, torchvision:NAME or builtin:shapes; usually set by --data.",
+        description="Image folder, manifest.csv, hf:PATH or hf:ORG/NAME (a dataset in the local datasets cache), "
+        "torchvision:NAME or builtin:shapes; usually set by --data.",
+    )
+    hf_splits: tuple[str, str | None] = Field(
+        ("train", None),
+        description="hf: sources: the training split and the validation split (None: validation, val, valid or "
+        "test if there is one, else val_fraction of the training split is held out).",
+    )
+    image_column: str | None = Field(
+        None, description="hf: sources: the image column (None: image, img or pixel_values)."
+    )
+    label_column: str | None = Field(
+        None, description="hf: sources: the class label column (None: label, labels or fine_label)."
     )
     root: str | None = Field(None, description="Download/cache folder for torchvision:NAME sources.")
     val_fraction: float = Field(

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
-from vitkit.errors import DataError, MissingExtraError
+from vitkit.errors import DataError
 
 if TYPE_CHECKING:
     from vitkit.config.schema import Recipe
@@ -140,6 +140,16 @@ def images_sha256(images: ImageSet) -> str:
                 digest.update(str(item).encode())
         digest.update(int(label).to_bytes(8, "little", signed=True))
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class HFColumns:
+    """Which splits and columns of a Hugging Face dataset hold the images and labels (None: found by name)."""
+
+    train_split: str = "train"
+    val_split: str | None = None
+    image: str | None = None
+    label: str | None = None
 
 
 @dataclass
@@ -265,62 +275,6 @@ def load_manifest(path: Path, val_fraction: float, seed: int, group_column: str 
     return _split(full, classes, val_fraction, seed, f"manifest {path}")
 
 
-# --- Hugging Face datasets ---------------------------------------------------------------------------------
-
-
-class _HFColumn(Sequence[Any]):
-    """Lazy view of the image column of a `datasets.Dataset` (decoding happens on access)."""
-
-    def __init__(self, dataset: Any, column: str) -> None:
-        self.dataset, self.column = dataset, column
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: Any) -> Any:
-        return self.dataset[int(i)][self.column]
-
-
-def _hf_columns(ds: Any, where: str) -> tuple[str, str]:
-    names = ds.column_names
-    image_col = next((c for c in ("image", "img", "pixel_values") if c in names), None)
-    label_col = next((c for c in ("label", "labels", "fine_label") if c in names), None)
-    if image_col is None or label_col is None:
-        raise DataError(f"{where}: expected an image column (image/img) and a label column (label); found {names}.")
-    return image_col, label_col
-
-
-def load_hf(path: str, val_fraction: float, seed: int) -> DataSplits:
-    """A dataset saved with `save_to_disk` (Dataset or DatasetDict), or an imagefolder, read with `datasets`."""
-    try:
-        import datasets
-    except ImportError:
-        raise MissingExtraError("datasets", "hf", "--data hf:PATH") from None
-    root = Path(path)
-    if not root.exists():
-        raise DataError(f"hf:{path}: the folder does not exist. Give a folder written by save_to_disk or images.")
-    try:
-        loaded = datasets.load_from_disk(str(root))
-    except FileNotFoundError:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(root))
-    if isinstance(loaded, datasets.DatasetDict):
-        train_ds = loaded.get("train")
-        val_ds = next((loaded[n] for n in VAL_FOLDER_NAMES if n in loaded), None)
-        if train_ds is None:
-            raise DataError(f"hf:{path}: no 'train' split (found {list(loaded)}).")
-    else:
-        train_ds, val_ds = loaded, None
-    image_col, label_col = _hf_columns(train_ds, f"hf:{path}")
-    feature = train_ds.features[label_col]
-    labels = np.asarray(train_ds[label_col], dtype=np.int64)
-    classes = list(feature.names) if hasattr(feature, "names") else [str(i) for i in range(int(labels.max()) + 1)]
-    train = ImageSet(_HFColumn(train_ds, image_col), labels)
-    if val_ds is None:
-        return _split(train, classes, val_fraction, seed, f"Hugging Face dataset {path}")
-    val = ImageSet(_HFColumn(val_ds, image_col), np.asarray(val_ds[label_col], dtype=np.int64))
-    return DataSplits(train, val, classes, f"Hugging Face dataset {path}")
-
-
 # --- torchvision datasets ----------------------------------------------------------------------------------
 
 
@@ -426,6 +380,7 @@ def recipe_splits(recipe: Recipe, source: str | None = None, group_column: str |
         img_size=recipe.model.img_size,
         synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
         group_column=group_column,
+        hf=HFColumns(d.hf_splits[0], d.hf_splits[1], d.image_column, d.label_column),
     )
 
 
@@ -438,11 +393,13 @@ def load_source(
     img_size: int = 32,
     synthetic_sizes: tuple[int, int] = (6000, 1000),
     group_column: str | None = None,
+    hf: HFColumns | None = None,
 ) -> DataSplits:
     """Turn a `--data` string into train/val splits (with group names from a manifest's `group_column`)."""
     if not source:
         raise DataError(
-            "no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|torchvision:NAME|builtin:shapes."
+            "no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|hf:ORG/NAME|torchvision:NAME|"
+            "builtin:shapes."
         )
     if group_column is not None and not source.lower().endswith(".csv"):
         raise DataError(f"groups come from a CSV manifest's column, and --data {source} is not a .csv manifest.")
@@ -451,7 +408,9 @@ def load_source(
             raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
         return load_shapes(*synthetic_sizes, img_size=img_size)
     if source.startswith("hf:"):
-        return load_hf(source[3:], val_fraction, seed)
+        from vitkit.data.hf import load_hf
+
+        return load_hf(source[3:], val_fraction, seed, hf or HFColumns())
     if source.startswith("torchvision:"):
         return load_torchvision(source.split(":", 1)[1], root, val_fraction, seed)
     path = Path(source)
