@@ -56,9 +56,9 @@ def test_splits_and_columns_are_mapped_and_a_missing_column_names_the_setting(tm
     odd.save_to_disk(str(tmp_path / "odd"))
     splits = load_source(f"hf:{tmp_path / 'odd'}", hf=HFColumns("trn", "dev", "picture", "cls"))
     assert (len(splits.train), len(splits.val)) == (6, 3) and splits.classes == CLASSES
-    with pytest.raises(DataError, match="no image column found among.*data.image_column"):
+    with pytest.raises(DataError, match=r"no image column found among.*data.image_column"):
         load_source(f"hf:{tmp_path / 'odd'}", hf=HFColumns("trn", "dev", None, "cls"))
-    with pytest.raises(DataError, match="no 'train' split.*data.hf_splits"):
+    with pytest.raises(DataError, match=r"no 'train' split.*data.hf_splits"):
         load_source(f"hf:{tmp_path / 'odd'}")
 
 

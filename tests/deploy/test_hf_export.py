@@ -17,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from skimage import data as skdata
 
-from tests.conftest import PLAIN, tiny_recipe
+from tests.conftest import PLAIN, tiny_recipe, write_image_folder
 from vitkit.config.schema import AugmentConfig
 from vitkit.data.pipeline import eval_transform, normalize_batch
 from vitkit.data.sources import ImageSet, images_sha256
@@ -209,3 +209,25 @@ def test_cli_exports_a_transformers_folder_and_lists_what_push_would_upload(vit_
     dry = vitkit("push", str(tmp_path / "hf"), "--repo", "my-lab/tiny-vit", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "4 files" in dry.stdout and "README.md" in dry.stdout and "nothing was uploaded" in dry.stdout
+
+
+def test_card_reports_robustness_and_fairness_when_they_were_measured(tmp_path: Path):
+    from vitkit.evaluate.context import EvalSettings
+    from vitkit.evaluate.run import evaluate_run
+
+    images = write_image_folder(tmp_path / "images", ("red", "green", "blue"), per_class=12)
+    rows = ["path,label,group"] + [
+        f"{p.relative_to(images)},{p.parent.name},{'site-a' if int(p.stem) % 2 else 'site-b'}"
+        for p in sorted(images.rglob("*.png"))
+    ]
+    (images / "manifest.csv").write_text("\n".join(rows) + "\n")
+    run = trained(tmp_path, f"data.source={images / 'manifest.csv'}", "data.val_fraction=0.5", evaluate=False)
+    settings = EvalSettings(min_group_size=2, robustness_images=18)
+    metrics, _ = evaluate_run(run, groups="group", only="accuracy,calibration,robustness,fairness", settings=settings)
+    export_folder(run, tmp_path / "timm", "timm")
+    card = (tmp_path / "timm" / "README.md").read_text()
+    values = {m["name"]: m["value"] for m in read_front_matter(card)["model-index"][0]["results"][0]["metrics"]}
+    results = metrics["results"]
+    assert values["Mean top-1 over corruptions and severities"] == results["robustness"]["mean_corruption_top1"]
+    assert values["Largest top-1 gap between groups"] == results["fairness"]["top1_gap"]
+    assert "Robustness to corruptions was not measured" not in card and "was not measured (`--groups" not in card

@@ -20,7 +20,9 @@ CARD_METRICS = (
     ("accuracy", "top1", "accuracy", "Top-1 accuracy"),
     ("accuracy", "top5", "top_5_accuracy", "Top-5 accuracy"),
     ("accuracy", "macro_f1", "f1", "Macro F1"),
-    ("accuracy", "auroc", "roc_auc", "AUROC"),
+    ("accuracy", "exact_match", "exact_match", "Exact match (all labels right)"),
+    ("accuracy", "auroc", "roc_auc", "AUROC (macro over labels when multi-label)"),
+    ("accuracy", "average_precision", "average_precision", "Average precision"),
     ("calibration", "ece", "ece", "Expected calibration error"),
     ("calibration", "ece_before_scaling", "ece", "ECE before temperature scaling (held-out half)"),
     ("calibration", "ece_after_scaling", "ece", "ECE after temperature scaling (held-out half)"),
@@ -209,11 +211,24 @@ def _evaluation(facts: CardFacts) -> list[str]:
         lines += ["", f"Temperature scaling: T = {calibration['temperature']:.4f} (fitted and kept)."]
     elif note := calibration.get("temperature_skipped") or calibration.get("temperature_rejected"):
         lines += ["", f"Temperature scaling: not applied ({note})."]
-    per_class = results.get("accuracy", {}).get("per_class") or []
-    if per_class:
-        lines += ["", "| class | precision | recall | F1 |", "|---|---|---|---|"]
-        lines += [f"| {r['class']} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} |" for r in per_class]
-    return [*lines, ""]
+    return [*lines, *_per_class_table(results.get("accuracy", {}).get("per_class") or []), ""]
+
+
+def _per_class_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The evaluation's per-class (or per-label) rows as a Markdown table, with whatever columns they have."""
+    if not rows:
+        return []
+    columns = [k for k in rows[0] if k != "class"]
+
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    return [
+        "",
+        "| class | " + " | ".join(c.replace("_", " ") for c in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *[f"| {r['class']} | " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows],
+    ]
 
 
 def _training(facts: CardFacts) -> list[str]:
