@@ -389,6 +389,7 @@ def push_command(
     ] = "hf",
     private: Annotated[bool, typer.Option(help="Create the repository as private.")] = False,
     dry_run: Annotated[bool, typer.Option(help="List what would be uploaded; upload nothing.")] = False,
+    create_pr: Annotated[bool, typer.Option(help="Open a pull request instead of committing to main.")] = False,
 ) -> None:
     """Upload an exported model (with its model card) to the Hugging Face Hub. Needs a token (hf auth login or
     HF_TOKEN) and network; HF_ENDPOINT selects another hub."""
@@ -409,7 +410,7 @@ def push_command(
         console.print("dry run: nothing was uploaded.")
         return
     with console.status(f"uploading to {repo}"):
-        url = push(plan, private=private)
+        url = push(plan, private=private, create_pr=create_pr)
     console.print(f"uploaded: {url}", highlight=False)
 
 

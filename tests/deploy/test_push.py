@@ -33,34 +33,74 @@ def no_stored_token(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "stored_tokens"))
 
 
-def test_the_prepared_commit_holds_the_export_and_its_card_only(exported: Path, monkeypatch):
-    captured: dict = {}
+class FakeHub:
+    """HfApi's network calls replaced: a repository with `files` (and `card` as its README), and a record of the
+    commit huggingface_hub prepares."""
 
-    def create_repo(self, repo_id, **kwargs):
-        captured["repo"] = (repo_id, kwargs.get("private"))
-        return f"https://hub.example/{repo_id}"
+    def __init__(self, monkeypatch, tmp: Path) -> None:
+        self.files: list[str] = []
+        self.card = ""
+        self.captured: dict = {}
+        hub = self
 
-    def create_commit(self, repo_id, operations, **kwargs):
-        captured["files"] = sorted(op.path_in_repo for op in operations)
-        captured["bytes"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+        def create_repo(api, repo_id, **kwargs):
+            hub.captured["repo"] = (repo_id, kwargs.get("private"))
+            return f"https://hub.example/{repo_id}"
 
-    def validate_yaml(self, content, **kwargs):  # the hub checks a README's front matter before the commit
-        captured["validated"] = read_front_matter(content)
+        def create_commit(api, repo_id, operations, **kwargs):
+            hub.captured["files"] = sorted(op.path_in_repo for op in operations)
+            hub.captured["bytes"] = {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
+            hub.captured["create_pr"] = kwargs.get("create_pr")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
-    monkeypatch.setattr(huggingface_hub.HfApi, "_validate_yaml", validate_yaml)
-    # one commit holds every file (hf_xet's pipelined upload would stream them from here)
-    monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+        def validate_yaml(api, content, **kwargs):  # the hub checks a README's front matter before the commit
+            hub.captured["validated"] = read_front_matter(content)
+
+        def hf_hub_download(api, repo_id, filename, **kwargs):
+            (tmp / filename).write_text(hub.card)
+            return str(tmp / filename)
+
+        for name, fake in {
+            "create_repo": create_repo,
+            "create_commit": create_commit,
+            "_validate_yaml": validate_yaml,
+            "list_repo_files": lambda api, repo_id, **kwargs: list(hub.files),
+            "hf_hub_download": hf_hub_download,
+        }.items():
+            monkeypatch.setattr(huggingface_hub.HfApi, name, fake)
+        # one commit holds every file (hf_xet's pipelined upload would stream them from here)
+        monkeypatch.setattr(huggingface_hub.hf_api, "is_xet_available", lambda: False)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path: Path) -> FakeHub:
+    return FakeHub(monkeypatch, tmp_path)
+
+
+def test_the_prepared_commit_holds_the_export_and_its_card_only(exported: Path, hub: FakeHub):
     (exported / ".export-leftover").mkdir(exist_ok=True)  # a staging folder must never go up
     (exported / ".export-leftover" / "model.safetensors").write_bytes(b"partial")
     plan = plan_push(exported, "my-lab/tiny-vit")
     url = push(plan, private=True, token="hf_test")
-    assert url == "https://hub.example/my-lab/tiny-vit" and captured["repo"] == ("my-lab/tiny-vit", True)
+    assert url == "https://hub.example/my-lab/tiny-vit" and hub.captured["repo"] == ("my-lab/tiny-vit", True)
     expected = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
-    assert captured["files"] == plan.files == expected
-    assert captured["bytes"]["README.md"] == (exported / "README.md").read_bytes()
-    assert captured["validated"]["library_name"] == "transformers"
+    assert hub.captured["files"] == plan.files == expected
+    assert hub.captured["bytes"]["README.md"] == (exported / "README.md").read_bytes()
+    assert hub.captured["validated"]["library_name"] == "transformers"
+
+
+def test_a_repository_with_someone_elses_card_keeps_its_files(exported: Path, hub: FakeHub):
+    hub.files, hub.card = [".gitattributes", "README.md", "config.json"], "# Our model\nWritten by hand.\n"
+    with pytest.raises(VitkitError, match=r"already holds README.md, config.json.*--create-pr"):
+        push(plan_push(exported, "my-lab/tiny-vit"), token="hf_test")
+    assert "files" not in hub.captured  # nothing was committed
+    push(plan_push(exported, "my-lab/tiny-vit"), token="hf_test", create_pr=True)
+    assert hub.captured["create_pr"] is True and "README.md" in hub.captured["files"]
+
+
+def test_a_new_version_replaces_an_earlier_vitkit_upload(exported: Path, hub: FakeHub):
+    hub.files, hub.card = ["README.md", "config.json"], (exported / "README.md").read_text()
+    push(plan_push(exported, "my-lab/tiny-vit"), token="hf_test")
+    assert hub.captured["create_pr"] is False and "config.json" in hub.captured["files"]
 
 
 def test_no_token_says_how_to_log_in_and_uploads_nothing(exported: Path, no_stored_token):

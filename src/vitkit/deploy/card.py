@@ -33,6 +33,7 @@ CARD_METRICS = (
 
 
 CARD = "README.md"
+SIGNATURE = "from the run's own files; no number here was typed by hand."  # in every card vitkit writes
 
 LOAD_SNIPPETS = {
     "hf": """```python
@@ -167,7 +168,7 @@ def model_card(facts: CardFacts) -> str:
     ]
     if facts.checks:
         body += ["## Export checks", "", *[f"- {line}" for line in facts.checks], ""]
-    body += [f"*Written by vitkit {__version__} from the run's own files; no number here was typed by hand.*", ""]
+    body += [f"*Written by vitkit {__version__} {SIGNATURE}*", ""]
     return f"---\n{matter}---\n\n" + "\n".join(body)
 
 

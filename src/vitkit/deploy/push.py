@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitkit.deploy.card import CARD, SIGNATURE
 from vitkit.errors import MissingExtraError, VitkitError
 from vitkit.run_folder import EXPORT_MARKER
 
@@ -46,8 +47,9 @@ def plan_push(folder: Path, repo: str) -> PushPlan:
     return PushPlan(folder, repo, upload_files(folder))
 
 
-def push(plan: PushPlan, *, private: bool = False, token: str | None = None) -> str:
-    """Upload the planned folder; returns the repository URL."""
+def push(plan: PushPlan, *, private: bool = False, token: str | None = None, create_pr: bool = False) -> str:
+    """Upload the planned folder; returns the repository URL (or the pull request's). Files in an existing
+    repository are replaced only when its model card is one vitkit wrote, or through a pull request."""
     try:
         import huggingface_hub
     except ImportError as exc:
@@ -60,19 +62,43 @@ def push(plan: PushPlan, *, private: bool = False, token: str | None = None) -> 
         )
     api = huggingface_hub.HfApi(token=token)
     try:
+        if not create_pr:
+            _refuse_replacing_foreign_files(api, plan)
         url = api.create_repo(plan.repo, private=private, exist_ok=True)
-        api.upload_folder(
+        commit = api.upload_folder(
             repo_id=plan.repo,
             folder_path=str(plan.folder),
             ignore_patterns=NOT_UPLOADED,
             commit_message="Upload model exported by vitkit",
+            create_pr=create_pr,
         )
+    except VitkitError:
+        raise
     except Exception as exc:  # network, auth and hub errors come from httpx and huggingface_hub in many types
         raise VitkitError(
             f"the upload to {api.endpoint} failed: {_reason(exc)}. Nothing on this machine was changed; check the "
             "network, the token's write access and the repository name, then push again."
         ) from exc
-    return str(url)
+    return str(getattr(commit, "pr_url", None) or url)
+
+
+def _refuse_replacing_foreign_files(api: Any, plan: PushPlan) -> None:
+    """A repository that exists with a model card vitkit did not write keeps its files: refuse, naming them."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        existing = set(api.list_repo_files(plan.repo))
+    except RepositoryNotFoundError:
+        return  # a new repository
+    clash = sorted(existing & set(plan.files))
+    if not clash:
+        return
+    if CARD in existing and SIGNATURE in Path(api.hf_hub_download(plan.repo, CARD)).read_text(errors="replace"):
+        return  # an earlier vitkit upload: a new version replaces it, and the Hub keeps the old one in its history
+    raise VitkitError(
+        f"{plan.repo} already holds {', '.join(clash)}, and its model card was not written by vitkit: they are "
+        "left alone. Push to a new repository, or open a pull request with --create-pr."
+    )
 
 
 def _reason(exc: Any) -> str:
