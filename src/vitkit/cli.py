@@ -380,6 +380,45 @@ def data_export(
         console.print(f"  skipped {problem}", highlight=False)
 
 
+@app.command("serve")
+def serve_command(
+    path: Annotated[
+        Path, typer.Argument(metavar="MODEL_OR_DIR", help="An export, a run, or a folder of NAME/VERSION exports.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    name: Annotated[str | None, typer.Option(help="Model name (default: from the folder).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Most images per forward pass (1 turns batching off).")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 5.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body.")] = 20.0,
+    max_images: Annotated[int, typer.Option(help="Most images per request.")] = 64,
+    max_pixels: Annotated[int, typer.Option(help="Most pixels per image, checked from its header.")] = 40_000_000,
+) -> None:
+    """Serve models over HTTP: KServe v2 endpoints (/v2/...), POST /predict for image files or base64 JSON,
+    Prometheus /metrics, and the API's own docs at /docs. Needs vitkit[serve]."""
+    from vitkit.serve import require_serve
+
+    require_serve()
+    if max_batch < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_images < 1 or max_pixels < 1:
+        raise VitkitError("--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0.")
+    import uvicorn
+
+    from vitkit.serve.app import ServeSettings, create_app
+    from vitkit.serve.inputs import Limits
+    from vitkit.serve.models import load_models
+
+    models = load_models(path, name)
+    limits = Limits(int(max_body_mb * 2**20), max_images, max_pixels)
+    app = create_app(models, ServeSettings(max_batch, max_wait_ms, limits))
+    for model, versions in models.items():
+        listed = ", ".join(f"{v.version} ({v.classifier.runtime})" for v in versions)
+        console.print(f"{model}: {listed}", highlight=False)
+    console.print(f"serving on http://{host}:{port} (API docs: /docs; Ctrl-C stops)", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
 @app.command("push")
 def push_command(
     path: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder, or an export folder.")],

@@ -36,6 +36,9 @@ class Classifier:
     classes: list[str]
     temperature: float | None
     source: str
+    sha256: str | None = None  # of the exported file, or of the checkpoint's weights
+    version: str | None = None  # an export's model version
+    runtime: str = "pytorch"  # onnxruntime, torch.export or pytorch (a run folder, eager)
 
 
 @dataclass
@@ -56,15 +59,30 @@ def load_classifier(target: Path) -> Classifier:
         doc = read_model_json(target)
         runtime = load_runtime(target / doc["file"])
         recipe = Recipe.model_validate(doc["recipe"])
-        return Classifier(runtime, recipe, doc["classes"], doc.get("temperature"), f"{target / doc['file']}")
+        kind = "onnxruntime" if doc["format"] == "onnx" else "torch.export"
+        return Classifier(
+            runtime,
+            recipe,
+            doc["classes"],
+            doc.get("temperature"),
+            f"{target / doc['file']}",
+            doc.get("file_sha256"),
+            doc.get("version"),
+            kind,
+        )
     from vitkit.deploy.pixels import eager_logits
-    from vitkit.evaluate.run import saved_temperature
+    from vitkit.evaluate.run import saved_temperature, weights_sha256
     from vitkit.models.run_model import load_run_model
 
     model, recipe, info = load_run_model(target)
     classes = info.get("classes") or [str(i) for i in range(int(info["num_classes"]))]
     return Classifier(
-        lambda x: eager_logits(model, x), recipe, classes, saved_temperature(target, info), info["checkpoint"]
+        lambda x: eager_logits(model, x),
+        recipe,
+        classes,
+        saved_temperature(target, info),
+        info["checkpoint"],
+        weights_sha256(info),
     )
 
 
