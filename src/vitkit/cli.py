@@ -830,6 +830,13 @@ def recipes_fields(
     console.print(table)
 
 
+def _leave_process_group() -> None:
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # only a launched process has a group (and torch imported)
+        from vitkit.train.ranks import leave_process_group
+
+        leave_process_group()
+
+
 def main() -> None:
     """Entry point. Typer's standalone mode gives usage errors their short message and status 2, and Ctrl-C status
     130; user errors print a one-paragraph message (no traceback) and exit with 2; a preempted run exits with 75
@@ -837,11 +844,15 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except VitkitError as exc:
+        _leave_process_group()
         label = "[bold yellow]stopped:[/bold yellow]" if exc.exit_code != 2 else "[bold red]error:[/bold red]"
         if PROCESS == 0 or not isinstance(exc, RankFailed):  # process 0 also reports the failure of another
             where = f"(process {PROCESS}) " if PROCESS else ""
             Console(stderr=True).print(f"{label} {where}{exc}", highlight=False)
         raise SystemExit(exc.exit_code) from None
+    except SystemExit:
+        _leave_process_group()
+        raise
     except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None

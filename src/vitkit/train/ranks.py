@@ -131,3 +131,23 @@ def _rank_failed(rank: int, failure: tuple[str, int]) -> RankFailed:
     error = RankFailed(f"process {rank} of the run failed: {failure[0]}")
     error.exit_code = failure[1]
     return error
+
+
+def leave_process_group(timeout_s: float = 30.0) -> None:
+    """Close a multi-process run's process group together: every process waits for the others (bounded) before
+    closing, so none closes its connections while another still uses them, which gloo answers with an abort
+    (exit -6) instead of the exit code the run decided on."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass  # another process is gone already: close this one anyway
+    dist.destroy_process_group()
