@@ -395,6 +395,10 @@ def serve_command(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body.")] = 20.0,
     max_images: Annotated[int, typer.Option(help="Most images per request.")] = 64,
     max_pixels: Annotated[int, typer.Option(help="Most pixels per image, checked from its header.")] = 40_000_000,
+    log: Annotated[Path | None, typer.Option(help="Prediction log (JSONL) for vitkit compare and /feedback.")] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="VITKIT_ADMIN_TOKEN", help="Turns on /admin/... (rollout, promote, reload).")
+    ] = None,
 ) -> None:
     """Serve models over HTTP: KServe v2 endpoints (/v2/...), POST /predict for image files or base64 JSON,
     Prometheus /metrics, and the API's own docs at /docs. Needs vitkit[serve]."""
@@ -405,18 +409,46 @@ def serve_command(
         raise VitkitError("--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0.")
     import uvicorn
 
-    from vitkit.serve.app import ServeSettings, create_app
+    from vitkit.serve.app import create_app
     from vitkit.serve.inputs import Limits
     from vitkit.serve.models import load_models
+    from vitkit.serve.registry import ServeSettings
 
     models = load_models(path, name)
     limits = Limits(int(max_body_mb * 2**20), max_images, max_pixels)
-    app = create_app(models, ServeSettings(max_batch, max_wait_ms, limits))
+    settings = ServeSettings(max_batch, max_wait_ms, limits, admin_token=admin_token, log=log, source=path, name=name)
+    app = create_app(models, settings)
     for model, versions in models.items():
         listed = ", ".join(f"{v.version} ({v.classifier.runtime})" for v in versions)
         console.print(f"{model}: {listed}", highlight=False)
     console.print(f"serving on http://{host}:{port} (API docs: /docs; Ctrl-C stops)", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command("compare")
+def compare_command(
+    log: Annotated[Path, typer.Argument(metavar="LOG", help="A prediction log written by vitkit serve --log.")],
+    a: Annotated[str, typer.Option("--a", help="The version to compare against (usually the stable one).")],
+    b: Annotated[str, typer.Option("--b", help="The candidate version.")],
+    model: Annotated[str | None, typer.Option(help="The model, when the log holds several.")] = None,
+) -> None:
+    """Say whether version B is better than A from a serving log: accuracy with a significance test where true
+    labels were sent to /feedback, agreement and confidence otherwise."""
+    from vitkit.serve.compare import compare
+    from vitkit.serve.log import read_log
+
+    if not log.is_file():
+        raise VitkitError(f"{log}: no such file. Give the file passed to vitkit serve --log.")
+    try:
+        result = compare(read_log(log), a, b, model)
+    except ValueError as exc:
+        raise VitkitError(f"{log}: {exc}") from None
+    measure = "accuracy" if result.labelled else "mean confidence"
+    console.print(f"{measure}: {a} {result.a_value:.4f} (n={result.n_a})  {b} {result.b_value:.4f} (n={result.n_b})")
+    if result.agreement is not None:
+        console.print(f"agreement on shared images: {result.agreement:.2%}")
+    console.print(f"{result.test}: p = {result.p_value:.4g}", highlight=False)
+    console.print(f"{b}: {result.verdict}", highlight=False)
 
 
 @app.command("push")

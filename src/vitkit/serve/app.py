@@ -9,32 +9,24 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vitkit import __version__
-from vitkit.serve.batching import MicroBatcher
+from vitkit.serve.admin import admin_routes
 from vitkit.serve.inputs import InputError, Limits, check_count, decode_base64, decode_image, v2_pixels
 from vitkit.serve.limits import BodyLimit
 from vitkit.serve.metrics import ServerMetrics
 from vitkit.serve.models import ServedModel
-
-
-@dataclass
-class ServeSettings:
-    max_batch: int = 32
-    max_wait_ms: float = 5.0
-    limits: Limits = field(default_factory=Limits)
-    low_confidence: float = 0.5  # predictions below this top-1 probability are flagged
+from vitkit.serve.registry import Answer, Registry, ServeSettings
 
 
 class InferTensor(BaseModel):
@@ -56,6 +48,7 @@ class Label(BaseModel):
 
 
 class ImagePrediction(BaseModel):
+    id: str = Field(description="Send it back with the true label to POST /feedback.")
     top: list[Label]
     low_confidence: bool
 
@@ -64,7 +57,13 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     sha256: str | None
+    fallback_from: str | None = Field(None, description="A candidate version that failed; stable answered.")
     predictions: list[ImagePrediction]
+
+
+class Feedback(BaseModel):
+    id: str = Field(description="A prediction's id.")
+    label: str = Field(description="The true class.")
 
 
 PREDICT_BODY = {
@@ -90,49 +89,6 @@ PREDICT_BODY = {
 }
 
 
-class Registry:
-    """The loaded models and one batcher per version; the last version of a name serves by default."""
-
-    def __init__(self, models: dict[str, list[ServedModel]], settings: ServeSettings, metrics: ServerMetrics) -> None:
-        self.models, self.settings, self.metrics = models, settings, metrics
-        self.batchers: dict[tuple[str, str], MicroBatcher] = {}
-        self.ready = False
-
-    def pick(self, name: str | None, version: str | None) -> ServedModel:
-        if name is None:
-            if len(self.models) > 1:
-                raise InputError(400, f"this server holds several models ({', '.join(self.models)}): name one.")
-            name = next(iter(self.models))
-        versions = self.models.get(name)
-        if versions is None:
-            raise InputError(404, f"no model '{name}'; this server serves {', '.join(self.models)}.")
-        if version is None:
-            return versions[-1]
-        for served in versions:
-            if served.version == version:
-                return served
-        raise InputError(404, f"model '{name}' has no version '{version}' (it has {[v.version for v in versions]}).")
-
-    async def start(self) -> None:
-        s = self.settings
-        for versions in self.models.values():
-            for served in versions:
-                observe = self.metrics.observer(f"{served.name}:{served.version}")
-                batcher = MicroBatcher(served.classifier.logits, s.max_batch, s.max_wait_ms, observe)
-                batcher.start()
-                self.batchers[(served.name, served.version)] = batcher
-                size = served.img_size
-                await batcher.infer(np.zeros((1, 3, size, size), np.float32))  # warm-up: the first call is slow
-        self.ready = True
-
-    async def stop(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.stop()
-
-    async def logits(self, served: ServedModel, pixels: np.ndarray) -> np.ndarray:
-        return await self.batchers[(served.name, served.version)].infer(pixels)
-
-
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -153,6 +109,7 @@ def create_app(models: dict[str, list[ServedModel]], settings: ServeSettings | N
     _handlers(app, metrics)
     _v2_routes(app, registry)
     _predict_route(app, registry)
+    admin_routes(app, registry)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
@@ -203,8 +160,10 @@ def _v2_routes(app: FastAPI, registry: Registry) -> None:
     def metadata(name: str, version: str | None) -> dict[str, Any]:
         served = registry.pick(name, version)
         doc = served.metadata()
+        doc["parameters"]["broken"] = registry.broken.get((served.name, served.version))
         if version is None:
-            doc["versions"] = [v.version for v in registry.models[name]]
+            doc["versions"] = registry.versions(served.name)
+            doc["parameters"]["rollout"] = registry.rollouts[served.name].to_dict()
         return doc
 
     @app.get("/v2/models/{name}")
@@ -219,30 +178,37 @@ def _v2_routes(app: FastAPI, registry: Registry) -> None:
     def model_ready(name: str) -> dict[str, Any]:
         return {"name": registry.pick(name, None).name, "ready": registry.ready}
 
-    async def infer(name: str, version: str | None, body: InferRequest) -> dict[str, Any]:
-        served = registry.pick(name, version)
-        limits = registry.settings.limits
-        pixels = v2_pixels([t.model_dump() for t in body.inputs], served.img_size, limits)
-        logits = await registry.logits(served, pixels)
-        probabilities = served.probabilities(logits)
-        shape = list(logits.shape)
+    async def infer(name: str, version: str | None, body: InferRequest, key: str | None) -> dict[str, Any]:
+        tensors = [t.model_dump() for t in body.inputs]
+
+        async def pixels_for(served: ServedModel) -> np.ndarray:
+            return v2_pixels(tensors, served.img_size, registry.settings.limits)
+
+        answer = await registry.answer(name, version, key, pixels_for)
+        probabilities = answer.served.probabilities(answer.logits)
+        for i, row in enumerate(probabilities):
+            registry.record(answer.served, row, f"{answer.request_id}:{i}", key, "answer")
+        shape = list(answer.logits.shape)
         return {
-            "model_name": served.name,
-            "model_version": served.version,
+            "model_name": answer.served.name,
+            "model_version": answer.served.version,
             "id": body.id,
+            "parameters": {"request_id": answer.request_id, "fallback_from": answer.fallback_from},
             "outputs": [
-                {"name": "logits", "shape": shape, "datatype": "FP32", "data": logits.ravel().tolist()},
+                {"name": "logits", "shape": shape, "datatype": "FP32", "data": answer.logits.ravel().tolist()},
                 {"name": "probabilities", "shape": shape, "datatype": "FP32", "data": probabilities.ravel().tolist()},
             ],
         }
 
     @app.post("/v2/models/{name}/infer")
-    async def model_infer(name: str, body: InferRequest) -> dict[str, Any]:
-        return await infer(name, None, body)
+    async def model_infer(
+        name: str, body: InferRequest, key: str | None = Header(None, alias="X-Request-Key")
+    ) -> dict[str, Any]:
+        return await infer(name, None, body, key)
 
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def version_infer(name: str, version: str, body: InferRequest) -> dict[str, Any]:
-        return await infer(name, version, body)
+        return await infer(name, version, body, None)
 
 
 async def _image_payloads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
@@ -271,30 +237,40 @@ def _predict_route(app: FastAPI, registry: Registry) -> None:
     async def predict(
         request: Request,
         model: str | None = Query(None, description="Model name; needed when the server holds several."),
-        version: str | None = Query(None, description="Model version; the newest when omitted."),
+        version: str | None = Query(None, description="A version; when omitted, the rollout picks one."),
         top_k: int = Query(3, ge=1, le=100, description="Classes per image, most likely first."),
+        key: str | None = Header(None, alias="X-Request-Key", description="Sticky A/B assignment."),
     ) -> dict[str, Any]:
-        served = registry.pick(model, version)
         limits = registry.settings.limits
         payloads = await _image_payloads(request, limits)
+        images = await run_in_threadpool(lambda: [decode_image(data, limits, name) for name, data in payloads])
 
-        def prepare() -> np.ndarray:
-            return np.stack([served.pixels(decode_image(data, limits, name)) for name, data in payloads])
+        async def pixels_for(served: ServedModel) -> np.ndarray:
+            return await run_in_threadpool(lambda: np.stack([served.pixels(image) for image in images]))
 
-        pixels = await run_in_threadpool(prepare)
-        probabilities = served.probabilities(await registry.logits(served, pixels))
-        return {
-            "model": served.name,
-            "version": served.version,
-            "sha256": served.classifier.sha256,
-            "predictions": [_ranked(served, p, top_k, registry) for p in probabilities],
-        }
+        answer = await registry.answer(model, version, key, pixels_for)
+        return _predictions(answer, top_k, key, registry)
+
+    @app.post("/feedback")
+    def feedback(body: Feedback) -> dict[str, Any]:
+        """The true label of an earlier prediction, for `vitkit compare`."""
+        return registry.feedback(body.id, body.label)
 
 
-def _ranked(served: ServedModel, probabilities: np.ndarray, top_k: int, registry: Registry) -> dict[str, Any]:
-    order = np.argsort(-probabilities)[:top_k]
-    top = [{"label": served.classes[i], "probability": float(probabilities[i])} for i in order]
-    m = registry.metrics
-    m.predictions.labels(served.name, served.version, top[0]["label"]).inc()
-    m.confidence.labels(served.name, served.version).observe(top[0]["probability"])
-    return {"top": top, "low_confidence": top[0]["probability"] < registry.settings.low_confidence}
+def _predictions(answer: Answer, top_k: int, key: str | None, registry: Registry) -> dict[str, Any]:
+    served = answer.served
+    predictions = []
+    for i, probabilities in enumerate(served.probabilities(answer.logits)):
+        request_id = f"{answer.request_id}:{i}"
+        registry.record(served, probabilities, request_id, key, "answer")
+        order = np.argsort(-probabilities)[:top_k]
+        top = [{"label": served.classes[j], "probability": float(probabilities[j])} for j in order]
+        low = top[0]["probability"] < registry.settings.low_confidence
+        predictions.append({"id": request_id, "top": top, "low_confidence": low})
+    return {
+        "model": served.name,
+        "version": served.version,
+        "sha256": served.classifier.sha256,
+        "fallback_from": answer.fallback_from,
+        "predictions": predictions,
+    }

@@ -46,6 +46,12 @@ class ServerMetrics:
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
+        self.version_errors = Counter(
+            "vitkit_version_errors",
+            "Forward passes that failed, by version and role (answer or shadow).",
+            ["model", "version", "role"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
 
     def observer(self, model: str):

@@ -1,0 +1,55 @@
+"""The prediction log: one JSON line per answer a version gave (returned or shadow), and per label a client sent
+back (POST /feedback). `vitkit compare` reads it to judge a candidate against the stable version."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from vitkit.errors import VitkitError
+
+
+class PredictionLog:
+    """Appends records to a JSONL file, one write per record, flushed, safe across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.exists() and path.stat().st_size and not _is_prediction_log(path):
+            raise VitkitError(f"--log {path} is a file vitkit did not write; it is left alone. Name a new file.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def _is_prediction_log(path: Path) -> bool:
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        first = fh.readline()
+    try:
+        return "kind" in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        return False
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                # a line cut off by a crash mid-write is the only damage an append-only log can take
+                records.append({"kind": "damaged", "line": number})
+    return records
