@@ -399,6 +399,7 @@ def serve_command(
     admin_token: Annotated[
         str | None, typer.Option(envvar="VITKIT_ADMIN_TOKEN", help="Turns on /admin/... (rollout, promote, reload).")
     ] = None,
+    monitor_window: Annotated[int, typer.Option(help="Recent images tested for drift against the reference.")] = 200,
 ) -> None:
     """Serve models over HTTP: KServe v2 endpoints (/v2/...), POST /predict for image files or base64 JSON,
     Prometheus /metrics, and the API's own docs at /docs. Needs vitkit[serve]."""
@@ -407,16 +408,22 @@ def serve_command(
     require_serve()
     if max_batch < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_images < 1 or max_pixels < 1:
         raise VitkitError("--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0.")
+    if monitor_window < 20:
+        raise VitkitError("--monitor-window needs at least 20 images for a drift test to mean anything.")
     import uvicorn
 
     from vitkit.serve.app import create_app
     from vitkit.serve.inputs import Limits
     from vitkit.serve.models import load_models
+    from vitkit.serve.monitor import MonitorSettings
     from vitkit.serve.registry import ServeSettings
 
     models = load_models(path, name)
     limits = Limits(int(max_body_mb * 2**20), max_images, max_pixels)
-    settings = ServeSettings(max_batch, max_wait_ms, limits, admin_token=admin_token, log=log, source=path, name=name)
+    monitoring = MonitorSettings(window=monitor_window, min_images=min(50, monitor_window // 2))
+    settings = ServeSettings(
+        max_batch, max_wait_ms, limits, admin_token=admin_token, log=log, source=path, name=name, monitor=monitoring
+    )
     app = create_app(models, settings)
     for model, versions in models.items():
         listed = ", ".join(f"{v.version} ({v.classifier.runtime})" for v in versions)
@@ -449,6 +456,28 @@ def compare_command(
         console.print(f"agreement on shared images: {result.agreement:.2%}")
     console.print(f"{result.test}: p = {result.p_value:.4g}", highlight=False)
     console.print(f"{b}: {result.verdict}", highlight=False)
+
+
+@app.command("monitor")
+def monitor_command(
+    log: Annotated[Path, typer.Argument(metavar="LOG", help="A prediction log written by vitkit serve --log.")],
+    out: Annotated[Path, typer.Option(help="The HTML page to write.")] = Path("monitor.html"),
+) -> None:
+    """Render the drift reports of a serving log (p-values, attention-entropy shift, latency p99, memory) as one
+    self-contained HTML page."""
+    from vitkit.run_folder import check_output_files
+    from vitkit.serve.log import read_log
+    from vitkit.serve.monitor_page import monitor_page
+
+    if not log.is_file():
+        raise VitkitError(f"{log}: no such file. Give the file passed to vitkit serve --log.")
+    check_output_files(out)
+    try:
+        page = monitor_page(read_log(log))
+    except ValueError as exc:
+        raise VitkitError(f"{log}: {exc}.") from None
+    out.write_text(page)
+    console.print(f"wrote {out}", highlight=False)
 
 
 @app.command("push")

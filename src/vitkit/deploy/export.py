@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from vitkit import __version__
 from vitkit.checkpoint_files import sha256
 from vitkit.data.sources import ImageSet, recipe_splits
@@ -30,6 +32,8 @@ from vitkit.models.run_model import load_run_or_checkpoint
 from vitkit.run_folder import EXPORT_MARKER, check_export_folder
 
 MODEL_JSON = "model.json"
+MONITOR_REFERENCE_IMAGES = 512  # validation images whose statistics a server compares its traffic with
+MONITOR_MAX_ABS_DIFF = 1e-3  # embeddings and entropies of the exported monitor against eager PyTorch
 
 
 @dataclass
@@ -76,6 +80,7 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
         if o.int8:
             calibration = first_images(train_images, o.calibration)
             doc["int8"] = add_int8(file, stage / "model.int8.onnx", o.int8, recipe, calibration, val_images, o)
+        doc["monitor"] = add_monitor(model, stage, o.format, recipe, val_images, doc["temperature"])
         (stage / CARD).write_text(run_card(recipe, info, splits, o.format, LOAD_SNIPPETS[o.format], _checks(doc)))
         for staged in stage.iterdir():
             os.replace(staged, out / staged.name)
@@ -83,6 +88,35 @@ def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> d
         shutil.rmtree(stage, ignore_errors=True)
     (out / MODEL_JSON).write_text(json.dumps(doc, indent=1))
     return doc
+
+
+def add_monitor(model: Any, stage: Path, fmt: str, recipe: Any, val: ImageSet, temperature: float | None) -> dict:
+    """reference.safetensors (validation statistics) and the monitor model, checked against eager PyTorch; the
+    model.json `monitor` record. A model whose monitor does not export is still exported, monitored on confidence
+    only, and the record says why."""
+    from safetensors.numpy import save_file
+
+    from vitkit.deploy.monitoring import REFERENCE, reference_statistics, write_monitor
+
+    pixels, _ = stacked(pixel_batches(recipe, first_images(val, MONITOR_REFERENCE_IMAGES)))
+    stats = reference_statistics(model, pixels, temperature)
+    save_file(stats, str(stage / REFERENCE))
+    record: dict[str, Any] = {"reference": REFERENCE, "images": len(pixels), "file": None}
+    file = stage / f"monitor.{fmt}"
+    try:
+        write_monitor(model, file, recipe.model.img_size)
+        embedding, entropy = load_runtime(file).outputs(pixels[:64])  # type: ignore[attr-defined]
+    except Exception as exc:  # torch.export/ONNX raise many types; the model itself is exported regardless
+        file.unlink(missing_ok=True)
+        return {**record, "skipped": f"the monitor model did not export ({type(exc).__name__}): confidence only"}
+    diff = max(
+        float(np.abs(embedding - stats["embedding"][:64]).max(initial=0)),
+        float(np.abs(entropy - stats["attention_entropy"][:64]).max(initial=0)),
+    )
+    if diff > MONITOR_MAX_ABS_DIFF:
+        file.unlink()
+        return {**record, "skipped": f"the monitor model differs from eager PyTorch by {diff:.2g}: confidence only"}
+    return {**record, "file": file.name, "sha256": sha256(file), "max_abs_diff": diff}
 
 
 def _checks(doc: dict[str, Any]) -> list[str]:

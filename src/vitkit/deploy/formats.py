@@ -29,12 +29,12 @@ class Logits(nn.Module):
         return out if isinstance(out, torch.Tensor) else torch.stack(list(out)).mean(0)
 
 
-def _example(img_size: int) -> torch.Tensor:
+def example_pixels(img_size: int) -> torch.Tensor:
     # batch 2: torch.export specialises a dimension of size 1 to a constant, which would fix the batch at 1
     return torch.randn(2, 3, img_size, img_size)
 
 
-def _batch_dim() -> dict[int, Any]:
+def batch_dim() -> dict[int, Any]:
     return {0: torch.export.Dim("batch", min=1, max=65536)}
 
 
@@ -45,12 +45,12 @@ def write_onnx(model: nn.Module, path: Path, img_size: int) -> int:
     with torch.no_grad():
         torch.onnx.export(
             Logits(model).eval(),
-            (_example(img_size),),
+            (example_pixels(img_size),),
             str(path),
             dynamo=True,
             input_names=[INPUT],
             output_names=[OUTPUT],
-            dynamic_shapes=(_batch_dim(),),
+            dynamic_shapes=(batch_dim(),),
             opset_version=ONNX_OPSET,
             external_data=False,
             verbose=False,
@@ -62,7 +62,7 @@ def write_onnx(model: nn.Module, path: Path, img_size: int) -> int:
 
 def write_pt2(model: nn.Module, path: Path, img_size: int) -> None:
     with torch.no_grad():
-        program = torch.export.export(Logits(model).eval(), (_example(img_size),), dynamic_shapes=(_batch_dim(),))
+        program = torch.export.export(Logits(model).eval(), (example_pixels(img_size),), dynamic_shapes=(batch_dim(),))
     torch.export.save(program, str(path))
 
 
@@ -86,7 +86,10 @@ class OrtModel:
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input: pixels.astype(np.float32, copy=False)})[0])
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(None, {self.input: pixels.astype(np.float32, copy=False)})]
 
 
 class Pt2Model:
@@ -94,8 +97,12 @@ class Pt2Model:
         self.module = torch.export.load(str(path)).module()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
-            return self.module(torch.from_numpy(pixels)).float().numpy()
+            out = self.module(torch.from_numpy(pixels))
+        return [t.float().numpy() for t in (out if isinstance(out, tuple | list) else (out,))]
 
 
 def load_runtime(path: Path) -> Runtime:

@@ -33,6 +33,20 @@ def attention_modules(model: nn.Module) -> list[Attention]:
     return [m for m in model.modules() if isinstance(m, Attention)]
 
 
+def attention_probabilities(module: Attention, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The probabilities (B, heads, N, N) an attention block computes for its inputs, recomputed from its own q/k
+    projections (and q/k norms) exactly as timm's unfused path does. For use in a forward pre-hook."""
+    x = args[0]
+    attn_mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
+    b, n, _ = x.shape
+    qkv = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, _v = qkv.unbind(0)
+    q, k = module.q_norm(q), module.k_norm(k)
+    attn = (q * module.scale) @ k.transpose(-2, -1)
+    attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, kwargs.get("is_causal", False)))
+    return attn.softmax(dim=-1)
+
+
 @contextmanager
 def capture_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """While active, every forward appends each attention block's probabilities (B, heads, N, N), float32 on CPU,
@@ -40,16 +54,8 @@ def capture_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     maps: list[torch.Tensor] = []
 
     def pre_hook(module: Attention, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        x = args[0]
-        attn_mask = kwargs.get("attn_mask", args[1] if len(args) > 1 else None)
-        b, n, _ = x.shape
         with torch.no_grad():
-            qkv = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, _v = qkv.unbind(0)
-            q, k = module.q_norm(q), module.k_norm(k)
-            attn = (q * module.scale) @ k.transpose(-2, -1)
-            attn = maybe_add_mask(attn, resolve_self_attn_mask(n, attn, attn_mask, kwargs.get("is_causal", False)))
-            maps.append(attn.softmax(dim=-1).float().cpu())
+            maps.append(attention_probabilities(module, args, kwargs).float().cpu())
 
     handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in attention_modules(model)]
     try:

@@ -174,6 +174,12 @@ def _v2_routes(app: FastAPI, registry: Registry) -> None:
     def version_metadata(name: str, version: str) -> dict[str, Any]:
         return metadata(name, version)
 
+    @app.get("/v2/models/{name}/monitor")
+    async def monitor(name: str, version: str | None = Query(None)) -> dict[str, Any]:
+        """Drift of the recent traffic against the export's validation data: KS on confidence, MMD on
+        embeddings, attention-entropy shift per layer; latency p99 and the memory trend."""
+        return await registry.monitor_report(registry.pick(name, version))
+
     @app.get("/v2/models/{name}/ready")
     def model_ready(name: str) -> dict[str, Any]:
         return {"name": registry.pick(name, None).name, "ready": registry.ready}

@@ -4,7 +4,7 @@ registry, so several apps in one process (tests) do not mix their counts."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from vitkit.serve.batching import BatchRecord
 
@@ -52,7 +52,29 @@ class ServerMetrics:
             ["model", "version", "role"],
             registry=r,
         )
+        labels = ["model", "version"]
+        self.drift_p = Gauge("vitkit_drift_p_value", "Latest drift test p-value.", [*labels, "test"], registry=r)
+        self.entropy_shift = Gauge(
+            "vitkit_attention_entropy_shift", "Largest |z| of a layer's attention entropy.", labels, registry=r
+        )
+        self.drift_alarm = Gauge("vitkit_drift_alarm", "1 while a drift test is below alpha.", labels, registry=r)
+        self.latency_p99 = Gauge("vitkit_latency_p99_seconds", "p99 latency over the window.", labels, registry=r)
+        self.rss_trend = Gauge(
+            "vitkit_rss_trend_mib_per_1k_images", "Resident memory growth per 1000 images.", labels, registry=r
+        )
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+
+    def monitor_report(self, model: str, version: str, report: dict) -> None:
+        for test in ("confidence", "embedding"):
+            if test in report:
+                self.drift_p.labels(model, version, test).set(report[test]["p_value"])
+        if "attention" in report:
+            self.entropy_shift.labels(model, version).set(report["attention"]["max_abs_z"])
+        self.drift_alarm.labels(model, version).set(float(report.get("alarm", False)))
+        if report.get("latency_p99_ms") is not None:
+            self.latency_p99.labels(model, version).set(report["latency_p99_ms"] / 1000)
+        if report.get("rss_trend_mib_per_1k") is not None:
+            self.rss_trend.labels(model, version).set(report["rss_trend_mib_per_1k"])
 
     def observer(self, model: str):
         def observe(record: BatchRecord) -> None:

@@ -34,6 +34,8 @@ class ServedModel:
     version: str
     classifier: Classifier
     transform: Callable[[Image.Image], Any] = field(repr=False)
+    monitor_forward: Callable[[np.ndarray], list[np.ndarray]] | None = field(default=None, repr=False)
+    reference: dict[str, np.ndarray] | None = field(default=None, repr=False)  # the export's validation statistics
 
     @property
     def classes(self) -> list[str]:
@@ -85,7 +87,30 @@ def served_model(folder: Path, name: str, version: str | None = None) -> ServedM
     classifier = load_classifier(folder)
     recipe = classifier.recipe
     transform = eval_transform(recipe.augment, recipe.model.img_size)
-    return ServedModel(name, version or classifier.version or "1", classifier, transform)
+    served = ServedModel(name, version or classifier.version or "1", classifier, transform)
+    served.monitor_forward, served.reference = _monitoring(folder)
+    return served
+
+
+def _monitoring(folder: Path) -> tuple[Callable[[np.ndarray], list[np.ndarray]] | None, dict[str, np.ndarray] | None]:
+    """The export's monitor model and reference statistics, where it has them (exports from vitkit 0.x before
+    monitoring, and run folders, have none: they are served without drift tests)."""
+    import json
+
+    if not (folder / MODEL_JSON).exists():
+        return None, None
+    record = json.loads((folder / MODEL_JSON).read_text()).get("monitor") or {}
+    if not record.get("reference") or not (folder / record["reference"]).exists():
+        return None, None
+    from safetensors.numpy import load_file
+
+    from vitkit.deploy.formats import load_runtime
+
+    reference = load_file(str(folder / record["reference"]))
+    if not record.get("file"):
+        return None, reference
+    runtime: Any = load_runtime(folder / record["file"])
+    return runtime.outputs, reference
 
 
 def _version_key(version: str) -> tuple[Any, ...]:

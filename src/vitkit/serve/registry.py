@@ -10,6 +10,7 @@ on can be scanned again (`reload`) to add versions without a restart.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from vitkit.serve.inputs import InputError, Limits
 from vitkit.serve.log import PredictionLog
 from vitkit.serve.metrics import ServerMetrics
 from vitkit.serve.models import ServedModel, load_models
+from vitkit.serve.monitor import MonitorSettings, VersionMonitor
 from vitkit.serve.rollout import Rollout, route
 
 PixelsFor = Callable[[ServedModel], Awaitable[np.ndarray]]  # a request's pixels, prepared for one version
@@ -38,6 +40,7 @@ class ServeSettings:
     log: Path | None = None  # the prediction log (JSONL)
     source: Path | None = None  # the folder the models came from, scanned again by reload
     name: str | None = None
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Registry:
     def __init__(self, models: dict[str, list[ServedModel]], settings: ServeSettings, metrics: ServerMetrics) -> None:
         self.models, self.settings, self.metrics = models, settings, metrics
         self.batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self.monitors: dict[tuple[str, str], VersionMonitor] = {}
         self.rollouts = {name: Rollout(versions[-1].version) for name, versions in models.items()}
         self.log = PredictionLog(settings.log) if settings.log else None
         self.ready = False
@@ -87,6 +91,9 @@ class Registry:
         batcher = MicroBatcher(served.classifier.logits, s.max_batch, s.max_wait_ms, observe)
         batcher.start()
         self.batchers[(served.name, served.version)] = batcher
+        monitor = VersionMonitor(served.reference, served.monitor_forward, s.monitor)
+        monitor.start()
+        self.monitors[(served.name, served.version)] = monitor
         size = served.img_size
         try:
             await batcher.infer(np.zeros((1, 3, size, size), np.float32))  # warm-up: the first call is slow
@@ -107,6 +114,8 @@ class Registry:
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
+        for monitor in self.monitors.values():
+            await monitor.stop()
         if self.log is not None:
             self.log.close()
 
@@ -135,17 +144,19 @@ class Registry:
 
     async def answer(self, name: str | None, version: str | None, key: str | None, pixels_for: PixelsFor) -> Answer:
         """Run a request on the version that answers it (and the shadow version, in the background)."""
-        request_id = uuid.uuid4().hex
+        request_id, start = uuid.uuid4().hex, time.perf_counter()
         if version is not None:
             served = self.pick(name, version)
-            return Answer(served, await self.logits(served, await pixels_for(served)), request_id)
+            pixels = await pixels_for(served)
+            return self._observed(Answer(served, await self.logits(served, pixels), request_id), pixels, start)
         name = self.model(name)
         chosen = route(self.rollouts[name], name, key)
         served = self.pick(name, chosen.answer)
         if chosen.shadow is not None:
             self._in_background(self._shadow(self.pick(name, chosen.shadow), pixels_for, request_id, key))
         try:
-            return Answer(served, await self.logits(served, await pixels_for(served)), request_id)
+            pixels = await pixels_for(served)
+            return self._observed(Answer(served, await self.logits(served, pixels), request_id), pixels, start)
         except InputError:
             raise
         except Exception as exc:
@@ -153,8 +164,29 @@ class Registry:
             if chosen.fallback is None:
                 raise
             stable = self.pick(name, chosen.fallback)
-            logits = await self.logits(stable, await pixels_for(stable))
-            return Answer(stable, logits, request_id, fallback_from=served.version)
+            pixels = await pixels_for(stable)
+            answer = Answer(stable, await self.logits(stable, pixels), request_id, fallback_from=served.version)
+            return self._observed(answer, pixels, start)
+
+    def _observed(self, answer: Answer, pixels: np.ndarray, start: float) -> Answer:
+        """Feed an answer to its version's monitor; every `report_every` images, test for drift off the loop."""
+        served = answer.served
+        confidence = served.probabilities(answer.logits).max(axis=1)
+        monitor = self.monitors[(served.name, served.version)]
+        if monitor.add(confidence, pixels, time.perf_counter() - start):
+            self._in_background(self._publish(served))
+        return answer
+
+    async def monitor_report(self, served: ServedModel) -> dict[str, Any]:
+        monitor = self.monitors[(served.name, served.version)]
+        report = await asyncio.get_running_loop().run_in_executor(None, monitor.report)
+        self.metrics.monitor_report(served.name, served.version, report)
+        return {"model": served.name, "version": served.version, **report}
+
+    async def _publish(self, served: ServedModel) -> None:
+        report = await self.monitor_report(served)
+        if self.log is not None:
+            self.log.write({"kind": "monitor", **report})
 
     def _in_background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
