@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 from rich.console import Console
 
 from tests.conftest import PLAIN, tiny_recipe, write_image_folder
@@ -209,3 +211,27 @@ def test_model_folders_are_named_and_versioned(models: Path, tmp_path: Path):
     assert list(load_models(models / "shapes" / "1.1.0")) == ["shapes"]
     with pytest.raises(Exception, match="holds no model"):
         load_models(tmp_path)
+
+
+def test_no_generated_request_gets_a_5xx(strict: Server):
+    """Requests generated from the server's own OpenAPI schema (schemathesis), 12 per operation: none is answered
+    with a server error, and every refusal is a JSON error message."""
+    schema = schemathesis.openapi.from_url(f"{strict.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    calls = []
+
+    for operation in operations:
+
+        @given(operation.as_strategy())
+        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        def call(case) -> None:
+            response = case.call(base_url=strict.url, timeout=30)
+            calls.append(response.status_code)
+            assert response.status_code < 500, (case.method, case.formatted_path, response.text[:300])
+            if response.status_code >= 400:
+                assert "error" in response.json()
+
+        call()
+    assert len(calls) > 5 * len(operations)
+    assert strict.get("/v2/health/ready").status == 200
