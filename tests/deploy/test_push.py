@@ -4,6 +4,7 @@ messages for a missing token, an unreachable hub and a wrong repository name."""
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import huggingface_hub
@@ -108,11 +109,23 @@ def test_no_token_says_how_to_log_in_and_uploads_nothing(exported: Path, no_stor
         push(plan_push(exported, "my-lab/tiny-vit"))
 
 
+class NoWaits:
+    """The time module without its waits."""
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
 def test_an_unreachable_hub_is_a_clear_message(exported: Path, monkeypatch):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    # huggingface_hub retries a refused connection five times with backoff (23 s); its waits are skipped here
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", NoWaits())
     with pytest.raises(VitkitError, match=rf"the upload to http://127.0.0.1:{port} failed: .*check the network"):
         push(plan_push(exported, "my-lab/tiny-vit"), token="hf_test")
 
