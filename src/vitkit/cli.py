@@ -400,6 +400,9 @@ def serve_command(
         str | None, typer.Option(envvar="VITKIT_ADMIN_TOKEN", help="Turns on /admin/... (rollout, promote, reload).")
     ] = None,
     monitor_window: Annotated[int, typer.Option(help="Recent images tested for drift against the reference.")] = 200,
+    ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (vitkit[ray]).")] = False,
+    replicas: Annotated[int, typer.Option(help="--ray: replicas (the least, when autoscaling).")] = 1,
+    max_replicas: Annotated[int, typer.Option(help="--ray: autoscale up to this many replicas.")] = 0,
 ) -> None:
     """Serve models over HTTP: KServe v2 endpoints (/v2/...), POST /predict for image files or base64 JSON,
     Prometheus /metrics, and the API's own docs at /docs. Needs vitkit[serve]."""
@@ -424,6 +427,14 @@ def serve_command(
     settings = ServeSettings(
         max_batch, max_wait_ms, limits, admin_token=admin_token, log=log, source=path, name=name, monitor=monitoring
     )
+    if ray:
+        from vitkit.serve.ray_app import run_ray
+
+        if replicas < 1:
+            raise VitkitError("--replicas needs at least 1.")
+        console.print(f"serving with Ray Serve on http://{host}:{port} (Ctrl-C stops)", highlight=False)
+        run_ray(path, name, settings, host, port, replicas, max_replicas)
+        return
     app = create_app(models, settings)
     for model, versions in models.items():
         listed = ", ".join(f"{v.version} ({v.classifier.runtime})" for v in versions)

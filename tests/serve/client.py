@@ -39,7 +39,8 @@ class Reply:
 class Server:
     """`python -m vitkit serve ARGS` on a free port; stopped by `close()`."""
 
-    def __init__(self, *args: str, startup_seconds: float = 120) -> None:
+    def __init__(self, *args: str, startup_seconds: float = 120, stop_seconds: float = 20) -> None:
+        self.stop_seconds = stop_seconds
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "COLUMNS": "200"}
@@ -92,7 +93,7 @@ class Server:
     def close(self) -> None:
         self.process.terminate()
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=self.stop_seconds)
         except subprocess.TimeoutExpired:
             self.process.kill()
 

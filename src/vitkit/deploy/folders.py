@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,19 @@ from vitkit.run_folder import EXPORT_MARKER, check_export_folder
 
 PIXEL_MATCH = 1e-5  # normalised pixel values; one grey level is about 0.017
 LIBRARY = {"hf": "transformers", "timm": "timm"}
+
+
+@dataclass
+class FolderJob:
+    """A model to write into `folder`, with the validation images, pixels and logits it is checked on."""
+
+    model: torch.nn.Module
+    recipe: Any
+    classes: list[str]
+    folder: Path
+    images: ImageSet
+    pixels: np.ndarray
+    reference: np.ndarray
 
 
 def export_folder(path: Path, out: Path, fmt: str, parity_images: int = 64) -> dict[str, Any]:
@@ -51,10 +65,8 @@ def export_folder(path: Path, out: Path, fmt: str, parity_images: int = 64) -> d
     (out / EXPORT_MARKER).write_text(json.dumps({"run": str(path), "checkpoint": info["checkpoint"]}))
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        if fmt == "hf":
-            checks = _write_transformers(model, recipe, classes, stage, images, pixels, reference)
-        else:
-            checks = _write_timm(model, recipe, classes, stage, images, pixels, reference)
+        job = FolderJob(model, recipe, classes, stage, images, pixels, reference)
+        checks = _write_transformers(job) if fmt == "hf" else _write_timm(job)
         lines = [c["line"] for c in checks.values()]
         (stage / CARD).write_text(run_card(recipe, info, splits, LIBRARY[fmt], LOAD_SNIPPETS[fmt], lines))
         for staged in stage.iterdir():
@@ -75,15 +87,9 @@ def _logit_check(parity: Parity, what: str) -> dict[str, Any]:
     return {**parity.to_dict(), "line": line}
 
 
-def _write_transformers(
-    model: torch.nn.Module,
-    recipe: Any,
-    classes: list[str],
-    folder: Path,
-    images: ImageSet,
-    pixels: np.ndarray,
-    reference: np.ndarray,
-) -> dict[str, Any]:
+def _write_transformers(job: FolderJob) -> dict[str, Any]:
+    model, recipe, classes, folder = job.model, job.recipe, job.classes, job.folder
+    images, pixels, reference = job.images, job.pixels, job.reference
     transformers = require_transformers("vitkit export --format hf")
     hf_model = to_transformers(model, classes)
     hf_model.save_pretrained(str(folder))
@@ -132,15 +138,9 @@ def processor_parity(folder: Path, images: ImageSet, pixels: np.ndarray) -> dict
     return out
 
 
-def _write_timm(
-    model: torch.nn.Module,
-    recipe: Any,
-    classes: list[str],
-    folder: Path,
-    images: ImageSet,
-    pixels: np.ndarray,
-    reference: np.ndarray,
-) -> dict[str, Any]:
+def _write_timm(job: FolderJob) -> dict[str, Any]:
+    model, recipe, classes, folder = job.model, job.recipe, job.classes, job.folder
+    images, pixels, reference = job.images, job.pixels, job.reference
     import timm
 
     save_timm_folder(model, recipe, classes, folder)

@@ -7,13 +7,14 @@ when the server was started without one.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Header
 from pydantic import BaseModel, Field
 
 from vitkit.serve.inputs import InputError
-from vitkit.serve.rollout import promote, rollback, updated
+from vitkit.serve.rollout import Rollout, promote, rollback, updated
 
 if TYPE_CHECKING:
     from vitkit.serve.registry import Registry
@@ -42,27 +43,24 @@ def admin_routes(app: FastAPI, registry: Registry) -> None:
         authorise(authorization)
         return registry.rollouts[registry.model(name)].to_dict()
 
-    @app.put("/admin/models/{name}/rollout")
-    def change(name: str, body: RolloutChange, authorization: str | None = Header(None)) -> dict[str, Any]:
+    def apply(name: str, authorization: str | None, change: Callable[[Rollout], Rollout]) -> dict[str, Any]:
         authorise(authorization)
         name = registry.model(name)
-        fields = body.model_dump(exclude_unset=True)
-        registry.rollouts[name] = updated(registry.rollouts[name], fields, registry.versions(name))
+        registry.rollouts[name] = change(registry.rollouts[name])
         return registry.rollouts[name].to_dict()
+
+    @app.put("/admin/models/{name}/rollout")
+    def change(name: str, body: RolloutChange, authorization: str | None = Header(None)) -> dict[str, Any]:
+        fields = body.model_dump(exclude_unset=True)
+        return apply(name, authorization, lambda r: updated(r, fields, registry.versions(registry.model(name))))
 
     @app.post("/admin/models/{name}/promote")
     def promote_candidate(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        authorise(authorization)
-        name = registry.model(name)
-        registry.rollouts[name] = promote(registry.rollouts[name])
-        return registry.rollouts[name].to_dict()
+        return apply(name, authorization, promote)
 
     @app.post("/admin/models/{name}/rollback")
     def roll_back(name: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        authorise(authorization)
-        name = registry.model(name)
-        registry.rollouts[name] = rollback(registry.rollouts[name])
-        return registry.rollouts[name].to_dict()
+        return apply(name, authorization, rollback)
 
     @app.post("/admin/reload")
     async def reload(authorization: str | None = Header(None)) -> dict[str, Any]:

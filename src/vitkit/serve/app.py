@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vitkit import __version__
 from vitkit.serve.admin import admin_routes
+from vitkit.serve.batching import MakeBatcher, MicroBatcher
 from vitkit.serve.inputs import InputError, Limits, check_count, decode_base64, decode_image, v2_pixels
 from vitkit.serve.limits import BodyLimit
 from vitkit.serve.metrics import ServerMetrics
@@ -93,10 +94,14 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(models: dict[str, list[ServedModel]], settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    models: dict[str, list[ServedModel]],
+    settings: ServeSettings | None = None,
+    make_batcher: MakeBatcher = MicroBatcher,
+) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = ServerMetrics()
-    registry = Registry(models, settings, metrics)
+    registry = Registry(models, settings, metrics, make_batcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -13,10 +13,24 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class Batcher(Protocol):
+    """What the server needs of a batcher: MicroBatcher here, Ray Serve's @serve.batch under --ray."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def infer(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+MakeBatcher = Callable[[Forward, int, float, "Callable[[BatchRecord], None] | None"], Batcher]
 
 
 @dataclass

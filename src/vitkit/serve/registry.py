@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vitkit.serve.batching import MicroBatcher
+from vitkit.serve.batching import Batcher, MakeBatcher, MicroBatcher
 from vitkit.serve.inputs import InputError, Limits
 from vitkit.serve.log import PredictionLog
 from vitkit.serve.metrics import ServerMetrics
@@ -52,9 +52,16 @@ class Answer:
 
 
 class Registry:
-    def __init__(self, models: dict[str, list[ServedModel]], settings: ServeSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        models: dict[str, list[ServedModel]],
+        settings: ServeSettings,
+        metrics: ServerMetrics,
+        make_batcher: MakeBatcher = MicroBatcher,
+    ) -> None:
         self.models, self.settings, self.metrics = models, settings, metrics
-        self.batchers: dict[tuple[str, str], MicroBatcher] = {}
+        self.make_batcher = make_batcher
+        self.batchers: dict[tuple[str, str], Batcher] = {}
         self.monitors: dict[tuple[str, str], VersionMonitor] = {}
         self.rollouts = {name: Rollout(versions[-1].version) for name, versions in models.items()}
         self.log = PredictionLog(settings.log) if settings.log else None
@@ -88,7 +95,7 @@ class Registry:
     async def _start_version(self, served: ServedModel) -> None:
         s = self.settings
         observe = self.metrics.observer(f"{served.name}:{served.version}")
-        batcher = MicroBatcher(served.classifier.logits, s.max_batch, s.max_wait_ms, observe)
+        batcher = self.make_batcher(served.classifier.logits, s.max_batch, s.max_wait_ms, observe)
         batcher.start()
         self.batchers[(served.name, served.version)] = batcher
         monitor = VersionMonitor(served.reference, served.monitor_forward, s.monitor)
