@@ -12,6 +12,8 @@ latency: for each server mode (batch-1: --max-batch 1; batched: --max-batch 32 -
 concurrency, `--requests` requests: img/s, p50/p95/p99 latency, errors.
 memory: the batched server's resident memory (its own /metrics) before and after `--requests` requests at
 concurrency 8.
+ceiling: the exported model alone in ONNX Runtime, in this process, img/s at batch 1 and batch 32: how much
+batching can gain at most when the forward pass is what costs.
 
 Each result is appended to benchmarks/results/serve_load.jsonl as it ends.
 """
@@ -70,6 +72,7 @@ def make_export(folder: Path) -> Path:
         "train.max_updates=1",
         "train.precision=fp32",
         "schedule.epochs=1",
+        "schedule.warmup_epochs=0",
     ]
     train(load_recipe("quickstart", overrides), folder / "run", console=Console(quiet=True), evaluate=False)
     export_run(folder / "run", folder / "export")
@@ -132,16 +135,36 @@ def load(server: Server, concurrency: int, requests: int, image: bytes) -> dict:
     }
 
 
+def ceiling(export: Path, seconds: float = 20.0) -> dict:
+    import numpy as np
+
+    from vitkit.deploy.formats import OrtModel
+
+    model = OrtModel(export / "model.onnx")
+    result = {}
+    for batch in (1, 32):
+        pixels = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+        model(pixels)  # warm-up
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            model(pixels)
+            done += batch
+        result[f"model_img_per_s_batch{batch}"] = round(done / (time.perf_counter() - start), 2)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--part", choices=["latency", "memory"], required=True)
+    parser.add_argument("--part", choices=["latency", "memory", "ceiling"], required=True)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--levels", default="1,8,32")
     args = parser.parse_args()
     image = photo_jpeg()
     with tempfile.TemporaryDirectory() as tmp:
         export = make_export(Path(tmp))
-        if args.part == "latency":
+        if args.part == "ceiling":
+            append({"part": "ceiling", **ceiling(export)})
+        elif args.part == "latency":
             for level in (int(x) for x in args.levels.split(",")):
                 for mode, flags in MODES.items():
                     server = Server(str(export), *flags)

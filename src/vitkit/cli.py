@@ -400,6 +400,9 @@ def serve_command(
         str | None, typer.Option(envvar="VITKIT_ADMIN_TOKEN", help="Turns on /admin/... (rollout, promote, reload).")
     ] = None,
     monitor_window: Annotated[int, typer.Option(help="Recent images tested for drift against the reference.")] = 200,
+    monitor_sample: Annotated[
+        float, typer.Option(help="Share of images the monitor model sees (embeddings, attention).")
+    ] = 0.1,
     ray: Annotated[bool, typer.Option("--ray", help="Serve as a Ray Serve deployment (vitkit[ray]).")] = False,
     replicas: Annotated[int, typer.Option(help="--ray: replicas (the least, when autoscaling).")] = 1,
     max_replicas: Annotated[int, typer.Option(help="--ray: autoscale up to this many replicas.")] = 0,
@@ -411,8 +414,8 @@ def serve_command(
     require_serve()
     if max_batch < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_images < 1 or max_pixels < 1:
         raise VitkitError("--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0.")
-    if monitor_window < 20:
-        raise VitkitError("--monitor-window needs at least 20 images for a drift test to mean anything.")
+    if monitor_window < 20 or not 0 <= monitor_sample <= 1:
+        raise VitkitError("--monitor-window needs at least 20 images, --monitor-sample a share from 0 to 1.")
     import uvicorn
 
     from vitkit.serve.app import create_app
@@ -423,7 +426,7 @@ def serve_command(
 
     models = load_models(path, name)
     limits = Limits(int(max_body_mb * 2**20), max_images, max_pixels)
-    monitoring = MonitorSettings(window=monitor_window, min_images=min(50, monitor_window // 2))
+    monitoring = MonitorSettings(window=monitor_window, min_images=min(50, monitor_window // 2), sample=monitor_sample)
     settings = ServeSettings(
         max_batch, max_wait_ms, limits, admin_token=admin_token, log=log, source=path, name=name, monitor=monitoring
     )

@@ -97,7 +97,17 @@ def send(server: Server, images: list[np.ndarray]) -> None:
 
 
 def test_same_distribution_raises_no_alarm_and_corruption_does(export: Path, tmp_path: Path):
-    server = Server(str(export), "--name", "shapes", "--monitor-window", "100", "--log", str(tmp_path / "log.jsonl"))
+    server = Server(
+        str(export),
+        "--name",
+        "shapes",
+        "--monitor-window",
+        "100",
+        "--monitor-sample",
+        "1",
+        "--log",
+        str(tmp_path / "log.jsonl"),
+    )
     try:
         held_out = [p for _, p in colour_images(40, seed=5)]
         send(server, held_out)

@@ -32,6 +32,7 @@ class MonitorSettings:
     entropy_z: float = 5.0  # an attention layer whose window mean is this many standard errors off
     entropy_min_change: float = 0.05  # ... and at least this many nats: near-constant entropies are not an alarm
     queue: int = 256  # images waiting for the monitor model; more are dropped, never waited for
+    sample: float = 0.1  # share of answered images the monitor model sees (it costs about one more forward pass)
     report_every: int = 100  # answered images between reports written to the log and the gauges
     rss_every: int = 50  # answered images between memory samples
 
@@ -72,11 +73,15 @@ class VersionMonitor:
             before, self.answered = self.answered, self.answered + len(confidences)
             if before // self.s.rss_every != self.answered // self.s.rss_every:
                 self.memory.append((self.answered, psutil.Process().memory_info().rss / 2**20))
-        if self.forward is not None:
+        # every 1/sample-th image, by count, so the sample is spread evenly over the traffic
+        chosen = [
+            i for i in range(len(pixels)) if int((before + i + 1) * self.s.sample) > int((before + i) * self.s.sample)
+        ]
+        if self.forward is not None and chosen:
             try:
-                self._queue.put_nowait(pixels)
+                self._queue.put_nowait(pixels[chosen])
             except asyncio.QueueFull:
-                self.dropped += len(pixels)
+                self.dropped += len(chosen)
         return before // self.s.report_every != self.answered // self.s.report_every
 
     async def _loop(self) -> None:
