@@ -779,6 +779,90 @@ def plan_lora_command(
     console.print(rows)
 
 
+@plan_app.command("memory")
+def plan_memory_command(
+    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="A shipped recipe name or a recipe YAML file.")],
+    batch: Annotated[
+        int | None, typer.Option(help="Images per process (default: the recipe's train.batch_size).")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, bf16 or fp16 (default: the recipe's).")] = None,
+    grad_checkpointing: Annotated[bool, typer.Option(help="Plan with gradient checkpointing.")] = False,
+    attn: Annotated[str | None, typer.Option(help="fused or math attention (default: the recipe's).")] = None,
+    strategy: Annotated[str | None, typer.Option(help="full, partial, head or lora (default: the recipe's).")] = None,
+    device_memory: Annotated[str, typer.Option(help="Memory of one device, e.g. 24GB, 80GiB.")] = "24GB",
+    num_classes: Annotated[int, typer.Option(help="Classes of the head.")] = 1000,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field: section.key=value.")] = None,
+) -> None:
+    """Predict the memory of one training step: weights, gradients, AdamW, EMA and the activations autograd
+    saves (traced on the model itself), the largest batch that fits, and the switches that make it fit."""
+    from vitkit.plan.memory import parse_size, plan_memory, switches
+
+    overrides = list(set_ or [])
+    for field, value in (("train.precision", precision), ("model.attn_impl", attn), ("finetune.strategy", strategy)):
+        if value is not None:
+            overrides.append(f"{field}={value}")
+    if grad_checkpointing:
+        overrides.append("model.grad_checkpointing=true")
+    cfg = load_recipe(recipe, overrides)
+    try:
+        device = parse_size(device_memory)
+    except ValueError as exc:
+        raise VitkitError(f"--device-memory {device_memory}: {exc}.") from None
+    size = batch or cfg.train.batch_size
+    if size < 1 or num_classes < 1:
+        raise VitkitError("--batch and --num-classes need at least 1.")
+    with console.status("tracing one forward pass on the meta device"):
+        plan = plan_memory(cfg, size, num_classes)
+    _print_memory_plan(plan, cfg.model.name, device)
+    if plan.peak > device:
+        with console.status("trying the switches"):
+            options = switches(cfg, plan, device, num_classes)
+        console.print("switches, one at a time (predicted peak, what it costs):")
+        for option in options:
+            verdict = "fits" if option.plan.peak <= device else "still too large"
+            console.print(
+                f"  {option.change:<52} {_gib(option.plan.peak):>9}  {verdict}; {option.cost}", highlight=False
+            )
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _print_memory_plan(plan: Any, model: str, device: int) -> None:
+    console.print(
+        f"{model}: batch {plan.batch}, {plan.precision}, {plan.attention} attention, "
+        f"{'gradient checkpointing, ' if plan.checkpointing else ''}{plan.strategy} fine-tuning, "
+        f"{plan.parameters / 1e6:.1f}M parameters ({plan.trainable / 1e6:.2f}M trained)",
+        highlight=False,
+    )
+    rows = [
+        ("weights (fp32)", plan.weights),
+        ("gradients", plan.gradients),
+        ("AdamW moments", plan.optimizer),
+        ("EMA copy", plan.ema_bytes),
+        ("saved activations", plan.activations),
+        ("backward workspace", plan.workspace),
+        ("predicted peak", plan.peak),
+    ]
+    for name, value in rows:
+        console.print(f"  {name:<22} {_gib(value):>10}", highlight=False)
+    blocks = {k: v for k, v in plan.per_block().items() if k.startswith("block")}
+    if blocks:
+        first = next(iter(blocks.values()))
+        console.print(f"  per block: {first / 2**20:.1f} MiB saved x {len(blocks)} blocks", highlight=False)
+    closed = plan.closed_form_per_layer()
+    if closed:
+        console.print(
+            f"  Korthikanti et al. closed form, fp16 with dropout, per layer: {closed / 2**20:.1f} MiB "
+            f"(s={plan.tokens}, b={plan.batch}, h={plan.width}, a={plan.heads})",
+            highlight=False,
+        )
+    fits = plan.largest_batch(device)
+    state = "fits in" if plan.peak <= device else "does not fit in"
+    console.print(f"{state} {device / 2**30:.1f} GiB; the largest batch that fits: {fits}", highlight=False)
+
+
 @app.command("schedule")
 def schedule_command(
     recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],

@@ -1,0 +1,262 @@
+"""The memory planner: what a training step of a recipe holds, counted on the model itself.
+
+Activations are not a formula here: one forward pass runs on the meta device (no memory, no weights) under
+`torch.autograd.graph.saved_tensors_hooks`, which sees every tensor autograd keeps for the backward pass, as the
+recipe builds the model (any timm family, frozen layers, LoRA). Views of one tensor count once, parameters not at
+all. Timm's attention is traced in its explicit (math) form; for fused attention (SDPA with a flash or
+memory-efficient kernel) the saved N x N probabilities are replaced by the kernel's log-sum-exp (B, heads, N).
+With gradient checkpointing a block keeps only its input, and the backward pass holds one block's activations
+again while it recomputes them.
+
+Weights are fp32 (the master copy under mixed precision), gradients fp32 for what trains, AdamW two fp32 moments
+per trainable parameter, EMA one fp32 copy. With bf16/fp16 the saved activations are 2 bytes, as autocast feeds
+the matrix products.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitkit.config.schema import Recipe
+from vitkit.models.build import build_model, num_tokens, set_attention
+from vitkit.models.finetune import apply_strategy
+
+ADAM_MOMENTS = 2
+CHECKPOINT_SLOWDOWN = "about 20-30% slower: each block's forward runs twice"
+
+
+@dataclass
+class Saved:
+    where: str  # "embed", "block 3", "head"
+    nbytes: int
+    shape: tuple[int, ...]
+
+
+@dataclass
+class MemoryPlan:
+    batch: int
+    precision: str
+    attention: str
+    checkpointing: bool
+    strategy: str
+    parameters: int
+    trainable: int
+    ema: bool
+    saved: list[Saved] = field(repr=False)
+    tokens: int = 0
+    width: int = 0
+    heads: int = 0
+    depth: int = 0
+
+    @property
+    def weights(self) -> int:
+        return 4 * self.parameters
+
+    @property
+    def gradients(self) -> int:
+        return 4 * self.trainable
+
+    @property
+    def optimizer(self) -> int:
+        return 4 * ADAM_MOMENTS * self.trainable
+
+    @property
+    def ema_bytes(self) -> int:
+        return 4 * self.parameters if self.ema else 0
+
+    @property
+    def static(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.ema_bytes
+
+    def per_block(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.saved:
+            out[s.where] = out.get(s.where, 0) + s.nbytes
+        return out
+
+    @property
+    def activations(self) -> int:
+        """Saved for backward over the whole step (with checkpointing: block inputs, the rest, one block again)."""
+        blocks = {k: v for k, v in self.per_block().items() if k.startswith("block")}
+        other = sum(v for k, v in self.per_block().items() if not k.startswith("block"))
+        if not self.checkpointing or not blocks:
+            return other + sum(blocks.values())
+        inputs = len(blocks) * self.batch * self.tokens * self.width * self.element_bytes
+        return other + inputs + max(blocks.values())
+
+    @property
+    def element_bytes(self) -> int:
+        return 4 if self.precision == "fp32" else 2
+
+    @property
+    def workspace(self) -> int:
+        """Transient buffers of the backward pass: taken as twice the largest saved tensor."""
+        return 2 * max((s.nbytes for s in self.saved), default=0)
+
+    @property
+    def peak(self) -> int:
+        return self.static + self.activations + self.workspace
+
+    def largest_batch(self, device_bytes: int) -> int:
+        """The largest batch whose predicted peak fits `device_bytes` (activations grow with the batch)."""
+        per_image = (self.activations + self.workspace) / self.batch
+        room = device_bytes - self.static
+        return max(0, int(room // per_image)) if per_image > 0 else 0
+
+    def closed_form_per_layer(self) -> int | None:
+        """Korthikanti et al. (2022), activations of one transformer layer in fp16 with dropout:
+        s*b*h*(34 + 5*a*s/h) bytes; with fused attention the s^2 term vanishes."""
+        if not (self.tokens and self.width and self.heads):
+            return None
+        s, b, h, a = self.tokens, self.batch, self.width, self.heads
+        quadratic = 0 if self.attention == "fused" else 5 * a * s / h
+        return int(s * b * h * (34 + quadratic))
+
+
+def _is_attention_probabilities(shape: tuple[int, ...], tokens: int) -> bool:
+    return len(shape) >= 3 and shape[-1] == tokens and shape[-2] == tokens
+
+
+def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype) -> list[Saved]:
+    """Every tensor autograd saves in one forward pass of `model` on the meta device: views of one tensor once,
+    parameters never; each tagged with the block it was saved in."""
+    parameters = {id(p) for p in model.parameters()}
+    where = ["embed"]
+    handles = [
+        block.register_forward_pre_hook(lambda _m, _a, i=i: where.__setitem__(0, f"block {i}"))
+        for i, block in enumerate(getattr(model, "blocks", []))
+    ]
+    for name in ("norm", "fc_norm", "head"):
+        if isinstance(module := getattr(model, name, None), nn.Module):
+            handles.append(module.register_forward_pre_hook(lambda _m, _a: where.__setitem__(0, "head")))
+    seen: set[int] = set()
+    saved: list[Saved] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        if id(base) not in parameters and id(base) not in seen:
+            seen.add(id(base))
+            saved.append(Saved(where[0], base.numel() * base.element_size(), tuple(base.shape)))
+        return tensor
+
+    pixels = torch.empty(batch, 3, img_size, img_size, device="meta", dtype=dtype)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(pixels)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return saved
+
+
+def _fused(saved: list[Saved], tokens: int, heads: int, batch: int) -> list[Saved]:
+    """The attention probabilities of the math path replaced by a fused kernel's log-sum-exp (fp32)."""
+    out = []
+    for s in saved:
+        if _is_attention_probabilities(s.shape, tokens):
+            out.append(Saved(s.where, 4 * batch * heads * tokens, (batch, heads, tokens)))
+        else:
+            out.append(s)
+    return out
+
+
+def plan_memory(cfg: Recipe, batch: int, num_classes: int = 1000) -> MemoryPlan:
+    """The memory plan of one training step of `cfg` at `batch` images per process."""
+    # auto is bf16 on the GPUs this plans for (every recent NVIDIA GPU computes it)
+    precision = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
+    attention = "math" if cfg.model.attn_impl == "math" else "fused"
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    model_cfg = cfg.model.model_copy(update={"grad_checkpointing": False})  # checkpointing is accounted below
+    with torch.device("meta"):
+        model = apply_strategy(build_model(model_cfg, num_classes), cfg.finetune)
+    set_attention(model, "math")
+    model.train()
+    model.to(dtype)
+    base: Any = getattr(model, "base_model", model)
+    base = getattr(base, "model", base)
+    tokens = num_tokens(base)
+    first = next(iter(getattr(base, "blocks", [])), None)
+    heads = int(getattr(getattr(first, "attn", None), "num_heads", 0) or 0)
+    saved = trace_saved(model, batch, cfg.model.img_size, dtype)
+    if attention == "fused" and heads:
+        saved = _fused(saved, tokens, heads, batch)
+    return MemoryPlan(
+        batch=batch,
+        precision=precision,
+        attention=attention,
+        checkpointing=cfg.model.grad_checkpointing,
+        strategy=cfg.finetune.strategy,
+        parameters=sum(p.numel() for p in model.parameters()),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        ema=cfg.ema.enabled,
+        saved=saved,
+        tokens=tokens,
+        width=int(getattr(base, "embed_dim", 0) or 0),
+        heads=heads,
+        depth=len(getattr(base, "blocks", [])),
+    )
+
+
+@dataclass
+class Switch:
+    change: str
+    cost: str
+    plan: MemoryPlan
+
+
+def switches(cfg: Recipe, plan: MemoryPlan, device_bytes: int, num_classes: int = 1000) -> list[Switch]:
+    """Each single change that lowers the peak, with its predicted plan and what it costs."""
+    options: list[tuple[str, str, dict[str, Any]]] = []
+    if plan.precision == "fp32":
+        options.append(("train.precision=bf16", "none on GPUs with bf16 (faster there)", {"precision": "bf16"}))
+    if plan.attention == "math":
+        options.append(("model.attn_impl=fused", "none: fused attention is also faster", {"attn": "fused"}))
+    if not plan.checkpointing:
+        options.append(("model.grad_checkpointing=true", CHECKPOINT_SLOWDOWN, {"checkpointing": True}))
+    if plan.strategy == "full":
+        options.append(("finetune.strategy=lora", "another training: only adapters and head train", {"lora": True}))
+    out = []
+    for change, cost, what in options:
+        out.append(Switch(change, cost, plan_memory(_changed(cfg, what), plan.batch, num_classes)))
+    fits = plan.largest_batch(device_bytes)
+    if 0 < fits < plan.batch:
+        steps = math.ceil(plan.batch / fits)
+        micro = math.ceil(plan.batch / steps)
+        option = plan_memory(cfg, micro, num_classes)
+        out.append(
+            Switch(
+                f"train.batch_size={micro} train.accumulation_steps={steps}",
+                f"the same global batch of {micro * steps} in {steps} micro-batches per update; a little slower",
+                option,
+            )
+        )
+    return sorted(out, key=lambda s: s.plan.peak)
+
+
+def _changed(cfg: Recipe, what: dict[str, Any]) -> Recipe:
+    model, train, finetune = cfg.model, cfg.train, cfg.finetune
+    if "precision" in what:
+        train = train.model_copy(update={"precision": what["precision"]})
+    if "attn" in what:
+        model = model.model_copy(update={"attn_impl": what["attn"]})
+    if "checkpointing" in what:
+        model = model.model_copy(update={"grad_checkpointing": True})
+    if "lora" in what:
+        finetune = finetune.model_copy(update={"strategy": "lora"})
+    return cfg.model_copy(update={"model": model, "train": train, "finetune": finetune})
+
+
+def parse_size(text: str) -> int:
+    """'24GB', '80 GiB', '512MB' -> bytes (GB and GiB both as 2^30, as GPU memory is quoted)."""
+    units = {"kb": 2**10, "kib": 2**10, "mb": 2**20, "mib": 2**20, "gb": 2**30, "gib": 2**30, "tb": 2**40}
+    cleaned = text.strip().lower().replace(" ", "")
+    number = cleaned.rstrip("kmgtib")
+    unit = cleaned[len(number) :] or "gb"
+    if unit not in units:
+        raise ValueError(f"'{text}' is not a memory size like 24GB or 80GiB")
+    return int(float(number) * units[unit])
