@@ -4,10 +4,13 @@ checkpointing, the largest batch that fits, Korthikanti's closed form, and the C
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import PLAIN, tiny_recipe
 from tests.e2e.test_cli import vitkit
 from vitkit.config import load_recipe
+from vitkit.models.build import build_model, set_attention
+from vitkit.models.finetune import apply_strategy
 from vitkit.plan.lora import plan_lora
 from vitkit.plan.memory import parse_size, plan_memory
 
@@ -24,7 +27,7 @@ def hand_block_bytes(b: int, n: int, d: int, h: int, fused: bool) -> int:
     proj input, norm2 input + stats, fc1 input, GELU input, fc2 input (the last two 4*d wide)."""
     width = b * n * d * (1 + 1 + 1 + 1 + 1 + 1 + 1 + 1) + 2 * b * n * 4 * d
     stats = 2 * 2 * b * n
-    attention = b * h * n if fused else b * h * n * n
+    attention = b * h * n if fused else b * h * n * n  # the fused kernel's log-sum-exp, or the probabilities
     return 4 * (width + stats + attention)
 
 
@@ -68,6 +71,56 @@ def test_the_largest_batch_is_the_last_that_fits():
     fits = plan_memory(cfg, B, 10).largest_batch(device)
     assert fits > 0
     assert plan_memory(cfg, fits, 10).peak <= device < plan_memory(cfg, fits + 1, 10).peak
+
+
+def measured_saved_bytes(model: torch.nn.Module, pixels: torch.Tensor) -> int:
+    """What a real forward pass on CPU makes autograd keep: distinct storages, parameters excluded."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    total = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total[0] += storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(pixels)
+    return total[0]
+
+
+FAMILIES = ("vit_small_patch16_224", "deit_tiny_distilled_patch16_224", "swin_tiny_patch4_window7_224")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_predicted_activations_equal_what_a_real_cpu_pass_keeps(name: str):
+    """Three timm families, four strategies, both attention paths; the meta-device prediction against the saved
+    storages of a real fp32 forward pass on CPU (where fused attention is PyTorch's flash kernel)."""
+    for strategy in ("full", "partial", "head", "lora"):
+        for attn in ("math", "fused"):
+            cfg = load_recipe(
+                "deit-small",
+                [
+                    f"model.name={name}",
+                    "model.depth=2" if "swin" not in name else "model.drop_path_rate=0",
+                    "train.precision=fp32",
+                    f"model.attn_impl={attn}",
+                    f"finetune.strategy={strategy}",
+                    "finetune.freeze_blocks=1",
+                    "model.drop_path_rate=0",
+                ],
+            )
+            predicted = plan_memory(cfg, 2, 10).activations
+            torch.manual_seed(0)
+            model = apply_strategy(build_model(cfg.model, 10), cfg.finetune)
+            set_attention(model, attn)
+            measured = measured_saved_bytes(model.train(), torch.randn(2, 3, 224, 224))
+            # LoRA with fused attention keeps up to 9% more than predicted on ViTs (the split q/k/v of the adapted
+            # qkv reach the flash kernel in another layout); every other case is within 5%, most to the byte
+            bound = 0.10 if (strategy, attn) == ("lora", "fused") else 0.05
+            assert abs(predicted - measured) <= bound * measured, (strategy, attn, predicted, measured)
 
 
 def test_vit_b16_at_batch_256_and_korthikantis_closed_form():

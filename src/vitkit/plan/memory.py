@@ -35,6 +35,7 @@ class Saved:
     where: str  # "embed", "block 3", "head"
     nbytes: int
     shape: tuple[int, ...]
+    head_dim: int = 0  # set on the N x N attention probabilities of an attention module, 0 elsewhere
 
 
 @dataclass
@@ -118,8 +119,8 @@ class MemoryPlan:
         return int(s * b * h * (34 + quadratic))
 
 
-def _is_attention_probabilities(shape: tuple[int, ...], tokens: int) -> bool:
-    return len(shape) >= 3 and shape[-1] == tokens and shape[-2] == tokens
+def _pop(stack: list[int]) -> None:
+    stack.pop()  # returns None: a forward hook that returns a value replaces the module's output
 
 
 def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype) -> list[Saved]:
@@ -134,14 +135,24 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype)
     for name in ("norm", "fc_norm", "head"):
         if isinstance(module := getattr(model, name, None), nn.Module):
             handles.append(module.register_forward_pre_hook(lambda _m, _a: where.__setitem__(0, "head")))
+    inside: list[int] = []  # the head dim of the attention module running, if any
+    for module in model.modules():
+        if hasattr(module, "fused_attn") and hasattr(module, "head_dim"):
+            handles.append(module.register_forward_pre_hook(lambda m, _a: inside.append(int(m.head_dim))))
+            handles.append(module.register_forward_hook(lambda _m, _a, _o: _pop(inside)))
     seen: set[int] = set()
+    kept: list[torch.Tensor] = []  # holds every base, so that no id is reused by another tensor during the trace
     saved: list[Saved] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         base = tensor._base if tensor._base is not None else tensor
+        kept.append(base)
         if id(base) not in parameters and id(base) not in seen:
             seen.add(id(base))
-            saved.append(Saved(where[0], base.numel() * base.element_size(), tuple(base.shape)))
+            shape = tuple(base.shape)
+            square = len(shape) >= 3 and shape[-1] == shape[-2]
+            head_dim = inside[-1] if inside and square else 0
+            saved.append(Saved(where[0], base.numel() * base.element_size(), shape, head_dim))
         return tensor
 
     pixels = torch.empty(batch, 3, img_size, img_size, device="meta", dtype=dtype)
@@ -154,14 +165,14 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype)
     return saved
 
 
-def _fused(saved: list[Saved], tokens: int, heads: int, batch: int) -> list[Saved]:
-    """The attention probabilities of the math path replaced by a fused kernel's log-sum-exp (fp32)."""
+def _fused(saved: list[Saved]) -> list[Saved]:
+    """What a fused kernel (flash attention) keeps instead of the math path's N x N probabilities: the fp32
+    log-sum-exp (..., N) of each row. The kernel also keeps its output, but timm's math path keeps the scaled
+    queries, a tensor of the same size, which the fused path does not (measured on CPU: equal to the byte)."""
     out = []
     for s in saved:
-        if _is_attention_probabilities(s.shape, tokens):
-            out.append(Saved(s.where, 4 * batch * heads * tokens, (batch, heads, tokens)))
-        else:
-            out.append(s)
+        rows = math.prod(s.shape[:-1])
+        out.append(Saved(s.where, 4 * rows, s.shape[:-1]) if s.head_dim else s)
     return out
 
 
@@ -183,8 +194,8 @@ def plan_memory(cfg: Recipe, batch: int, num_classes: int = 1000) -> MemoryPlan:
     first = next(iter(getattr(base, "blocks", [])), None)
     heads = int(getattr(getattr(first, "attn", None), "num_heads", 0) or 0)
     saved = trace_saved(model, batch, cfg.model.img_size, dtype)
-    if attention == "fused" and heads:
-        saved = _fused(saved, tokens, heads, batch)
+    if attention == "fused":
+        saved = _fused(saved)
     return MemoryPlan(
         batch=batch,
         precision=precision,
