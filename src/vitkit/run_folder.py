@@ -228,9 +228,30 @@ def claim_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) ->
 EXPORT_MARKER = ".vitkit-export"  # in a folder written by vitkit merge-lora: it may be written again
 
 
+PREDICTION_COLUMNS = ("path", "top", "low_confidence", "error")  # a vitkit predict JSONL row
+
+
+def _is_prediction_file(path: Path) -> bool:
+    """A CSV or JSONL file `vitkit predict` wrote, told by its first line (its header, or its first row)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            first = fh.readline().strip()
+    except OSError:
+        return False
+    if path.suffix == ".csv":
+        return first.startswith("path,label_1,prob_1") and first.endswith(",low_confidence,error")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and tuple(row) == PREDICTION_COLUMNS
+
+
 def written_by_vitkit(path: Path) -> bool:
-    """Whether an existing output file is one vitkit wrote (a metrics.json or report.html), so rewriting it loses
-    nothing of the user's."""
+    """Whether an existing output file is one vitkit wrote (a metrics.json, a report or monitor page, a predictions
+    CSV or JSONL), so rewriting it loses nothing of the user's."""
+    if path.suffix in (".csv", ".jsonl"):
+        return _is_prediction_file(path)
     try:
         text = path.read_text(errors="replace")
     except OSError:

@@ -101,3 +101,17 @@ def test_bench_table_has_every_runtime_and_consistent_figures(exported):
     assert rows["ORT fp32"]["val_top1"] == rows["eager fp32"]["val_top1"]  # the parity-checked export
     assert rows["ORT fp32"]["file_mb"] == pytest.approx((export / "model.onnx").stat().st_size / 2**20)
     assert table["validation_images"] == 8  # of the 12 validation images
+
+
+def test_predict_writes_again_over_its_own_file_and_never_over_a_users(exported, tmp_path: Path):
+    _, export, images = exported
+    for name in ("again.csv", "again.jsonl"):
+        first = vitkit("predict", str(export), str(images / "red"), "--out", str(tmp_path / name))
+        second = vitkit("predict", str(export), str(images / "green"), "--out", str(tmp_path / name))
+        assert first.returncode == 0 and second.returncode == 0, second.stderr
+        assert "green" in (tmp_path / name).read_text() and "/red/" not in (tmp_path / name).read_text()
+    mine = tmp_path / "mine.csv"
+    mine.write_text("path,label\nphoto.jpg,cat\n")
+    refused = vitkit("predict", str(export), str(images / "red"), "--out", str(mine))
+    assert refused.returncode == 2 and "was not written by vitkit" in refused.stderr
+    assert mine.read_text() == "path,label\nphoto.jpg,cat\n"
