@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,7 +170,8 @@ def export_hf_dataset(splits: DataSplits, out: Path) -> dict[str, Any]:
     train, skipped_train = _dataset(splits.train, splits.classes, datasets)
     val, skipped_val = _dataset(splits.val, splits.classes, datasets)
     # written beside OUT and renamed into place: a failure leaves no half-written dataset behind
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # new: vitkit's own
     try:
         datasets.DatasetDict({"train": train, "validation": val}).save_to_disk(str(stage))
         if out.exists():

@@ -35,8 +35,15 @@ class MonitorOutputs(nn.Module):
         super().__init__()
         self.model = model.eval()
         self._entropies: list[torch.Tensor] = []
-        for module in attention_modules(model):
+        self._handles = [
             module.register_forward_pre_hook(self._entropy_hook, with_kwargs=True)
+            for module in attention_modules(model)
+        ]
+
+    def remove_hooks(self) -> None:
+        """Leave the model as it was (only these hooks go; any other hook on it stays)."""
+        for handle in self._handles:
+            handle.remove()
 
     def _entropy_hook(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         attn = attention_probabilities(module, args, kwargs)
@@ -59,13 +66,8 @@ def monitor_outputs(model: nn.Module, pixels: np.ndarray, batch_size: int = 64) 
         with torch.inference_mode():
             parts = [wrapper(torch.from_numpy(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size)]
     finally:
-        _remove_hooks(model)
+        wrapper.remove_hooks()
     return torch.cat([p[0] for p in parts]).float().numpy(), torch.cat([p[1] for p in parts]).float().numpy()
-
-
-def _remove_hooks(model: nn.Module) -> None:
-    for module in attention_modules(model):
-        module._forward_pre_hooks.clear()
 
 
 def write_monitor(model: nn.Module, path: Path, img_size: int) -> None:
@@ -93,7 +95,7 @@ def write_monitor(model: nn.Module, path: Path, img_size: int) -> None:
                 program = torch.export.export(wrapper, (example_pixels(img_size),), dynamic_shapes=(batch_dim(),))
                 torch.export.save(program, str(path))
     finally:
-        _remove_hooks(model)
+        wrapper.remove_hooks()
 
 
 def reference_statistics(model: nn.Module, pixels: np.ndarray, temperature: float | None) -> dict[str, np.ndarray]:

@@ -196,7 +196,7 @@ def _v2_routes(app: FastAPI, registry: Registry) -> None:
             return v2_pixels(tensors, served.img_size, registry.settings.limits)
 
         answer = await registry.answer(name, version, key, pixels_for)
-        probabilities = answer.served.probabilities(answer.logits)
+        probabilities = answer.probabilities
         for i, row in enumerate(probabilities):
             registry.record(answer.served, row, f"{answer.request_id}:{i}", key, "answer")
         shape = list(answer.logits.shape)
@@ -271,7 +271,7 @@ def _predict_route(app: FastAPI, registry: Registry) -> None:
 def _predictions(answer: Answer, top_k: int, key: str | None, registry: Registry) -> dict[str, Any]:
     served = answer.served
     predictions = []
-    for i, probabilities in enumerate(served.probabilities(answer.logits)):
+    for i, probabilities in enumerate(answer.probabilities):
         request_id = f"{answer.request_id}:{i}"
         registry.record(served, probabilities, request_id, key, "answer")
         order = np.argsort(-probabilities)[:top_k]

@@ -47,6 +47,7 @@ class ServeSettings:
 class Answer:
     served: ServedModel
     logits: np.ndarray
+    probabilities: np.ndarray  # calibrated: softmax(logits / temperature)
     request_id: str
     fallback_from: str | None = None  # the version that failed, when the stable one answered instead
 
@@ -153,17 +154,14 @@ class Registry:
         """Run a request on the version that answers it (and the shadow version, in the background)."""
         request_id, start = uuid.uuid4().hex, time.perf_counter()
         if version is not None:
-            served = self.pick(name, version)
-            pixels = await pixels_for(served)
-            return self._observed(Answer(served, await self.logits(served, pixels), request_id), pixels, start)
+            return await self._run(self.pick(name, version), pixels_for, request_id, start)
         name = self.model(name)
         chosen = route(self.rollouts[name], name, key)
         served = self.pick(name, chosen.answer)
         if chosen.shadow is not None:
             self._in_background(self._shadow(self.pick(name, chosen.shadow), pixels_for, request_id, key))
         try:
-            pixels = await pixels_for(served)
-            return self._observed(Answer(served, await self.logits(served, pixels), request_id), pixels, start)
+            return await self._run(served, pixels_for, request_id, start)
         except InputError:
             raise
         except Exception as exc:
@@ -171,16 +169,22 @@ class Registry:
             if chosen.fallback is None:
                 raise
             stable = self.pick(name, chosen.fallback)
-            pixels = await pixels_for(stable)
-            answer = Answer(stable, await self.logits(stable, pixels), request_id, fallback_from=served.version)
-            return self._observed(answer, pixels, start)
+            return await self._run(stable, pixels_for, request_id, start, fallback_from=served.version)
 
-    def _observed(self, answer: Answer, pixels: np.ndarray, start: float) -> Answer:
-        """Feed an answer to its version's monitor; every `report_every` images, test for drift off the loop."""
-        served = answer.served
-        confidence = served.probabilities(answer.logits).max(axis=1)
+    async def _run(
+        self,
+        served: ServedModel,
+        pixels_for: PixelsFor,
+        request_id: str,
+        start: float,
+        fallback_from: str | None = None,
+    ) -> Answer:
+        """One version's answer, fed to its monitor; every `report_every` images, drift is tested off the loop."""
+        pixels = await pixels_for(served)
+        logits = await self.logits(served, pixels)
+        answer = Answer(served, logits, served.probabilities(logits), request_id, fallback_from)
         monitor = self.monitors[(served.name, served.version)]
-        if monitor.add(confidence, pixels, time.perf_counter() - start):
+        if monitor.add(answer.probabilities.max(axis=1), pixels, time.perf_counter() - start):
             self._in_background(self._publish(served))
         return answer
 
