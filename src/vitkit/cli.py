@@ -218,7 +218,10 @@ def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
     summary_path = Path(doc["run"]) / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
-        table.add_row("chance level", f"{1 / summary['num_classes']:.2%}")
+        if doc.get("task") == "multilabel":
+            table.add_row("chance level", "AUROC 0.5 per label")
+        else:
+            table.add_row("chance level", f"{1 / summary['num_classes']:.2%}")
         table.add_row("train time", f"{summary['wall_seconds']:.0f} s ({summary['train_images_per_second']:.0f} img/s)")
         table.add_row("precision / attention", f"{summary['precision']} / {summary['attention']}")
     console.print(table)

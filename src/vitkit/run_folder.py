@@ -39,6 +39,8 @@ RUN_ENTRIES = frozenset(
         "eval",
         "calibration.json",
         "bad_images.jsonl",
+        "data_split.json",
+        "thresholds.json",
         "merged",
         "mlruns",
         "wandb",

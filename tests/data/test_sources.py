@@ -71,7 +71,7 @@ def test_manifest_with_groups_and_split(tmp_path: Path):
 def test_manifest_without_label_column_is_an_error(tmp_path: Path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,class\na.png,x\n")
-    with pytest.raises(DataError, match="'path' and 'label'"):
+    with pytest.raises(DataError, match="needs a 'path' column and labels: 'label'"):
         load_source(str(manifest))
 
 

@@ -51,8 +51,9 @@ class ModelConfig(Section):
 class DataConfig(Section):
     source: str | None = Field(
         None,
-        description="Image folder, manifest.csv, hf:PATH or hf:ORG/NAME (a dataset in the local datasets cache), "
-        "torchvision:NAME or builtin:shapes; usually set by --data.",
+        description="Image folder, manifest.csv (single- or multi-label; NIH ChestX-ray14 and CheXpert CSVs too), "
+        "arrays.npz (incl. MedMNIST), hf:PATH or hf:ORG/NAME (a dataset in the local datasets cache), "
+        "torchvision:NAME, builtin:shapes or builtin:xray; usually set by --data.",
     )
     hf_splits: tuple[str, str | None] = Field(
         ("train", None),
@@ -89,8 +90,23 @@ class DataConfig(Section):
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="Images with more pixels are treated as bad (decompression-bomb guard)."
     )
-    synthetic_train_size: int = Field(6000, ge=10, description="Training images of builtin:shapes.")
-    synthetic_val_size: int = Field(1000, ge=10, description="Validation images of builtin:shapes.")
+    synthetic_train_size: int = Field(6000, ge=10, description="Training images of builtin:shapes and builtin:xray.")
+    synthetic_val_size: int = Field(1000, ge=10, description="Validation images of builtin:shapes and builtin:xray.")
+    label_columns: list[str] | None = Field(
+        None,
+        description="Multi-label manifests: the 0/1 finding columns (None: a 'labels' column of findings separated "
+        "by |, or every column holding only 0, 1, -1 or blanks).",
+    )
+    uncertain_labels: Literal["ones", "zeros", "ignore"] = Field(
+        "ignore",
+        description="CheXpert-style -1 (uncertain) labels: ones (U-Ones), zeros (U-Zeros) or ignore (left out of "
+        "the loss and the metrics).",
+    )
+    patient_column: str | None = Field(
+        None,
+        description="Manifest column with the patient id (None: patient, patient_id or Patient ID if present); "
+        "with patients, the train/val split keeps each patient on one side.",
+    )
     mean: tuple[float, float, float] | None = Field(
         None, description="Normalisation mean (RGB); None takes the pretrained weights' values, else ImageNet's."
     )
@@ -174,11 +190,23 @@ class TrainConfig(Section):
     keep_last: int = Field(
         2, ge=1, description="Checkpoints kept besides best: checkpoints/last, last.1, ... (resume skips damaged ones)."
     )
-    best_metric: Literal["val_top1", "val_top5", "val_loss"] = Field(
-        "val_top1",
+    best_metric: Literal["auto", "val_top1", "val_top5", "val_loss", "val_auroc"] = Field(
+        "auto",
         description="What checkpoints/best is chosen by (raw or EMA model, whichever is better); val_loss is "
-        "minimised, accuracies maximised.",
+        "minimised, the others maximised; auto = val_top1, or val_auroc (macro over labels) for multi-label tasks.",
     )
+    task: Literal["auto", "multiclass", "binary", "multilabel"] = Field(
+        "auto",
+        description="auto follows the data: multilabel for multi-label labels, binary for two classes, else "
+        "multiclass. multilabel on single-label data trains one sigmoid per class (BCE).",
+    )
+    imbalance: Literal["none", "pos_weight", "sampler", "focal"] = Field(
+        "none",
+        description="Class imbalance: pos_weight (multi-label: positives weighted negatives/positives per label; "
+        "single-label: inverse-frequency class weights), sampler (draw images inversely to their class "
+        "frequency), focal (focal loss, gamma train.focal_gamma) or none.",
+    )
+    focal_gamma: float = Field(2.0, gt=0.0, description="Focal loss gamma (train.imbalance=focal).")
     deterministic: bool = Field(
         False,
         description="Deterministic algorithms only (torch.use_deterministic_algorithms); with the seeds, two runs "
@@ -284,6 +312,11 @@ class Recipe(Section):
             raise ValueError(
                 f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below schedule.epochs="
                 f"{self.schedule.epochs}"
+            )
+        if self.train.imbalance == "sampler" and a.repeated_aug > 1:
+            raise ValueError(
+                "train.imbalance=sampler draws its own epoch order and cannot be combined with augment.repeated_aug="
+                f"{a.repeated_aug}; set augment.repeated_aug=1 or choose another train.imbalance"
             )
         f = self.finetune
         if f.layer_decay is not None and f.strategy not in ("full", "partial"):

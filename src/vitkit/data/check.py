@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vitkit.config.schema import DataConfig
+from vitkit.data.labels import keep_labels
 from vitkit.data.sources import DataSplits, ImageSet, image_problem
 from vitkit.errors import DataError
 
@@ -38,7 +39,8 @@ def find_bad_images(images: ImageSet, split: str, max_pixels: int, threads: int 
     workers = threads or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         problems = list(pool.map(lambda path: image_problem(path, max_pixels), images.items))
-    found = zip(images.items, images.labels, problems, strict=True)
+    labels = images.labels if not images.multilabel else np.full(len(images), -1)
+    found = zip(images.items, labels, problems, strict=True)
     return [BadImage(str(p), split, why, int(label)) for p, label, why in found if why is not None]
 
 
@@ -50,7 +52,11 @@ def _without(images: ImageSet, bad: list[BadImage]) -> ImageSet:
 
 def apply_class_list(splits: DataSplits, classes: list[str]) -> DataSplits:
     """Relabel both splits to `classes` (data.classes): its order gives the label numbers; a label not in it is
-    an error that names the label and an example image."""
+    an error that names the label and an example image. A multi-label set keeps just the labels named."""
+    if splits.multilabel:
+        train = splits.train.with_labels(keep_labels(splits.train.labels, splits.classes, classes, splits.description))
+        val = splits.val.with_labels(keep_labels(splits.val.labels, splits.classes, classes, splits.description))
+        return DataSplits(train, val, list(classes), splits.description, splits.notes, splits.split)
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in splits.classes if name not in index]
     for split, images in (("train", splits.train), ("val", splits.val)):
@@ -65,14 +71,35 @@ def apply_class_list(splits: DataSplits, classes: list[str]) -> DataSplits:
     mapping = np.asarray([index.get(name, -1) for name in splits.classes], dtype=np.int64)
 
     def relabel(images: ImageSet) -> ImageSet:
-        return ImageSet(images.items, mapping[images.labels], images.groups)
+        return images.with_labels(mapping[images.labels])
 
-    return DataSplits(relabel(splits.train), relabel(splits.val), list(classes), splits.description, splits.notes)
+    return DataSplits(
+        relabel(splits.train), relabel(splits.val), list(classes), splits.description, splits.notes, splits.split
+    )
+
+
+def check_label_sets(splits: DataSplits) -> None:
+    """Multi-label: every label has positive training images (else nothing can be learnt for it); a label with no
+    positive validation image gets a note (its AUROC is undefined there)."""
+    positives = np.nansum(splits.train.labels, axis=0)
+    empty = [c for c, k in zip(splits.classes, positives, strict=True) if k == 0]
+    if empty:
+        raise DataError(
+            f"labels with no positive training image: {empty}. Add images showing them, or leave them out with "
+            "data.classes (the labels to keep)."
+        )
+    val_positives = np.nansum(splits.val.labels, axis=0)
+    missing = [c for c, k in zip(splits.classes, val_positives, strict=True) if k == 0]
+    if missing and len(splits.val):
+        splits.notes.append(f"no positive validation image for {missing}: their AUROC cannot be measured")
 
 
 def check_class_sets(splits: DataSplits, skipped: list[BadImage] | None = None) -> None:
     """At least two classes, every class has training images, labels fit the class list, and train and val cover
     the same classes. `skipped` (unreadable files left out) is named when it is why a class is empty."""
+    if splits.multilabel:
+        check_label_sets(splits)
+        return
     n = splits.num_classes
     if n < 2:
         raise DataError(
@@ -130,6 +157,7 @@ def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[B
             splits.classes,
             splits.description,
             splits.notes,
+            splits.split,
         )
     check_class_sets(splits, bad)
     return splits, bad

@@ -44,8 +44,10 @@ class ImageDataset(Dataset[tuple[Any, int]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _item(self, index: int) -> tuple[Any, int]:
-        return self.transform(to_pil(self.images.items[index])), int(self.images.labels[index])
+    def _item(self, index: int) -> tuple[Any, Any]:
+        label = self.images.labels[index]
+        target = torch.from_numpy(label) if self.images.multilabel else int(label)  # a multi-label row stays float
+        return self.transform(to_pil(self.images.items[index])), target
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
         return self.__getitems__([key])[0]
@@ -108,7 +110,7 @@ def decode_all(images: ImageSet, max_side: int, threads: int = 2) -> ImageSet:
         return images
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL releases the GIL while decoding
         arrays = list(pool.map(lambda item: _decode(item, max_side), images.items))
-    return ImageSet(arrays, images.labels, images.groups)
+    return ImageSet(arrays, images.labels, images.groups, images.patients)
 
 
 def maybe_cache(images: ImageSet, cfg: DataConfig, img_size: int) -> tuple[ImageSet, bool]:
@@ -159,8 +161,40 @@ def normalize_batch(images: torch.Tensor, mean: tuple[float, ...], std: tuple[fl
 
 
 def smooth_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
-    """One-hot targets with label smoothing: 1 - s + s/K on the true class, s/K elsewhere."""
+    """One-hot targets with label smoothing: 1 - s + s/K on the true class, s/K elsewhere; multi-label rows (see
+    `multilabel_targets`) as they are, smoothed."""
+    if labels.ndim == 2:
+        return multilabel_targets(labels, 1.0, smoothing)
     return mixup_target(labels, num_classes, lam=1.0, smoothing=smoothing)
+
+
+def multilabel_targets(labels: torch.Tensor, lam: float | torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Soft multi-label targets: each 0/1 label smoothed towards 1/2 (y(1 - s) + s/2, timm's multi-label
+    smoothing: every label is its own two-class problem), then mixed with the reversed batch,
+    lam x y + (1 - lam) x y_reversed (`lam` a number, or one per image as (B, 1)).
+
+    An unknown label (NaN) stays unknown wherever it carries weight in the mix, and never leaks into a mix that
+    does not use it (lam = 1 keeps the image's own labels even when its partner's are unknown)."""
+    y = labels.float() * (1.0 - smoothing) + 0.5 * smoothing
+    if not torch.is_tensor(lam) and lam == 1.0:
+        return y
+    lam_t = torch.as_tensor(lam, dtype=y.dtype, device=y.device)
+    partner = y.flip(0)
+    mixed = torch.nan_to_num(y) * lam_t + torch.nan_to_num(partner) * (1.0 - lam_t)
+    unknown = (y.isnan() & (lam_t > 0)) | (partner.isnan() & (lam_t < 1))
+    return mixed.masked_fill(unknown, float("nan"))
+
+
+class MultiLabelMixup(Mixup):
+    """timm's Mixup/CutMix on the images, with multi-label targets mixed by `multilabel_targets` (timm's own
+    multi-label targets turn a label unknown in the partner image into NaN even when the batch is not mixed)."""
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(x) % 2:
+            raise ValueError("Mixup/CutMix needs an even batch")
+        mix = {"elem": self._mix_elem, "pair": self._mix_pair}.get(self.mode, self._mix_batch)
+        lam = mix(x)  # mixes x in place; a number, or (B, 1) per image
+        return x, multilabel_targets(target, lam, self.label_smoothing)
 
 
 class BatchAugment:
@@ -174,6 +208,7 @@ class BatchAugment:
         num_classes: int,
         label_smoothing: float,
         device: torch.device,
+        multilabel: bool = False,
     ) -> None:
         self.mean, self.std = mean, std
         self.num_classes, self.smoothing = num_classes, label_smoothing
@@ -183,7 +218,7 @@ class BatchAugment:
             else None
         )
         self.mixup = (
-            Mixup(
+            (MultiLabelMixup if multilabel else Mixup)(
                 mixup_alpha=aug.mixup,
                 cutmix_alpha=aug.cutmix,
                 prob=aug.mix_prob,
@@ -239,6 +274,39 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+class WeightedOrder(Sampler[int]):
+    """Each epoch, `len(weights)` images drawn with replacement in proportion to `weights` (a class-balancing
+    sampler), seeded by (run seed, epoch) so the order is reproducible and resumable like the shuffle's."""
+
+    def __init__(self, weights: np.ndarray, seed: int) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=generator).tolist())
+
+
+def balancing_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-image draw weights that give each class (or label) equal weight in expectation: 1 / its count. A
+    multi-label image counts for its rarest positive label; an image with no positive label counts as one
+    more class ("no finding"). Unknown (NaN) labels count as absent."""
+    if labels.ndim == 1:
+        counts = np.bincount(labels)
+        return 1.0 / counts[labels]
+    positive = np.nan_to_num(labels) > 0.5
+    counts = positive.sum(axis=0)
+    none = ~positive.any(axis=1)
+    inverse = np.where(positive, 1.0 / np.maximum(counts, 1), 0.0).max(axis=1)
+    return np.where(none, 1.0 / max(int(none.sum()), 1), inverse)
+
+
 class RepeatedAugSampler(RepeatAugSampler):
     """timm's repeated-augmentation sampler (DeiT), single process; its shuffle also depends on the run seed."""
 
@@ -276,7 +344,7 @@ class PositionSeededSampler(Sampler[tuple[int, int]]):
     """
 
     def __init__(
-        self, order: EpochShuffleSampler | RepeatedAugSampler, seed: int, rank: int = 0, world: int = 1
+        self, order: EpochShuffleSampler | RepeatedAugSampler | WeightedOrder, seed: int, rank: int = 0, world: int = 1
     ) -> None:
         self.order, self.seed, self.rank, self.world = order, seed, rank, world
         self.epoch, self.start = 0, 0
@@ -294,10 +362,17 @@ class PositionSeededSampler(Sampler[tuple[int, int]]):
                 yield int(index), sample_seed(self.seed, self.epoch, position)
 
 
-def train_sampler(size: int, repeats: int, seed: int, rank: int = 0, world: int = 1) -> PositionSeededSampler:
-    """Seeded per-epoch shuffle, or DeiT's repeated-augmentation sampler when repeats > 1, each image with its own
-    augmentation seed, dealt out over `world` processes; call set_epoch(epoch, start)."""
-    order = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
+def train_sampler(
+    size: int, repeats: int, seed: int, rank: int = 0, world: int = 1, weights: np.ndarray | None = None
+) -> PositionSeededSampler:
+    """Seeded per-epoch shuffle, DeiT's repeated-augmentation sampler when repeats > 1, or a weighted draw when
+    `weights` are given; each image with its own augmentation seed, dealt out over `world` processes; call
+    set_epoch(epoch, start)."""
+    order: EpochShuffleSampler | RepeatedAugSampler | WeightedOrder
+    if weights is not None:
+        order = WeightedOrder(weights, seed)
+    else:
+        order = RepeatedAugSampler(size, repeats, seed) if repeats > 1 else EpochShuffleSampler(size, seed)
     sampler = PositionSeededSampler(order, seed, rank, world)
     sampler.set_epoch(0)
     return sampler

@@ -1,7 +1,9 @@
-"""Data sources: image folders, CSV manifests, Hugging Face datasets, torchvision datasets and builtin:shapes.
+"""Data sources: image folders, CSV manifests (incl. multi-label and the NIH/CheXpert layouts), .npz arrays (incl.
+MedMNIST), Hugging Face datasets, torchvision datasets, builtin:shapes and builtin:xray.
 
 Every source becomes a `DataSplits`: a train and a val `ImageSet` plus the class names. An `ImageSet` holds
-items that are file paths, decoded uint8 arrays or PIL images, so the same dataset code serves all sources.
+items that are file paths, decoded uint8 arrays or PIL images, so the same dataset code serves all sources; its
+labels are class indices (N,) or, for a multi-label set, a float32 (N, C) matrix (see data/labels.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from vitkit.data.labels import LabelSpec, read_table
+from vitkit.data.patients import check_disjoint, patient_split, random_split
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
 from vitkit.errors import DataError
 
@@ -109,19 +113,29 @@ def to_pil(item: Any) -> Image.Image:
 
 @dataclass
 class ImageSet:
-    """Images (paths, arrays or PIL images) with integer labels and optional group names."""
+    """Images (paths, arrays or PIL images) with labels (class indices, or a multi-label 0/1/NaN matrix) and
+    optional group names and patient ids."""
 
     items: Sequence[Any] | np.ndarray
     labels: np.ndarray
     groups: list[str] | None = None
+    patients: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.labels.ndim == 2
+
     def subset(self, indices: np.ndarray) -> ImageSet:
         items = self.items[indices] if isinstance(self.items, np.ndarray) else [self.items[int(i)] for i in indices]
         groups = [self.groups[int(i)] for i in indices] if self.groups is not None else None
-        return ImageSet(items, self.labels[indices], groups)
+        patients = [self.patients[int(i)] for i in indices] if self.patients is not None else None
+        return ImageSet(items, self.labels[indices], groups, patients)
+
+    def with_labels(self, labels: np.ndarray) -> ImageSet:
+        return ImageSet(self.items, labels, self.groups, self.patients)
 
 
 def images_sha256(images: ImageSet) -> str:
@@ -138,7 +152,10 @@ def images_sha256(images: ImageSet) -> str:
                 digest.update(Path(item).read_bytes())
             except OSError:  # an unreadable file is skipped by evaluation; its name still counts
                 digest.update(str(item).encode())
-        digest.update(int(label).to_bytes(8, "little", signed=True))
+        if np.ndim(label):  # a multi-label row
+            digest.update(np.asarray(label, dtype=np.float32).tobytes())
+        else:
+            digest.update(int(label).to_bytes(8, "little", signed=True))
     return digest.hexdigest()
 
 
@@ -159,10 +176,22 @@ class DataSplits:
     classes: list[str]
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=lambda: {"method": "given by the data"})  # how val was chosen
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
+
+def split_files(images: ImageSet) -> list[str] | None:
+    """The file paths of a split's images for the run's split record (None for in-memory images)."""
+    if isinstance(images.items, np.ndarray) or not len(images) or not isinstance(images.items[0], (str, Path)):
+        return None
+    return [str(p) for p in images.items]
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -180,9 +209,28 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def _split(full: ImageSet, classes: list[str], val_fraction: float, seed: int, description: str) -> DataSplits:
-    train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
-    note = f"no validation split found: held out {len(val_idx)} images ({val_fraction:.0%}, stratified, seed {seed})"
-    return DataSplits(full.subset(train_idx), full.subset(val_idx), classes, description, [note])
+    """Hold out `val_fraction`: whole patients when the images have patient ids, else stratified by class (a
+    multi-label set: a seeded random split)."""
+    if full.patients is not None:
+        train_idx, val_idx = patient_split(full.patients, val_fraction, seed)
+        method = "patient-disjoint"
+    elif full.multilabel:
+        train_idx, val_idx = random_split(len(full), val_fraction, seed)
+        method = "random (images; no patient ids)"
+    else:
+        train_idx, val_idx = stratified_split(full.labels, val_fraction, seed)
+        method = "stratified"
+    note = f"no validation split found: held out {len(val_idx)} images ({val_fraction:.0%}, {method}, seed {seed})"
+    split = {"method": method, "seed": seed, "val_fraction": val_fraction}
+    return DataSplits(full.subset(train_idx), full.subset(val_idx), classes, description, [note], split)
+
+
+def given_split(full: ImageSet, is_train: np.ndarray, classes: list[str], description: str) -> DataSplits:
+    """The data's own train/val split; with patient ids it must keep each patient on one side."""
+    train, val = full.subset(np.flatnonzero(is_train)), full.subset(np.flatnonzero(~is_train))
+    if train.patients is not None and val.patients is not None:
+        check_disjoint(train.patients, val.patients, description)
+    return DataSplits(train, val, classes, description)
 
 
 # --- image folders -----------------------------------------------------------------------------------------
@@ -243,36 +291,31 @@ def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:
 # --- CSV manifests -----------------------------------------------------------------------------------------
 
 
-def load_manifest(path: Path, val_fraction: float, seed: int, group_column: str | None = None) -> DataSplits:
-    """CSV with columns path,label and optional split (train/val) and group column (`group` unless named);
-    paths are relative to the CSV."""
+def load_manifest(
+    path: Path, val_fraction: float, seed: int, group_column: str | None = None, spec: LabelSpec | None = None
+) -> DataSplits:
+    """A CSV manifest (see data/labels.py for the label layouts) with an optional split column (train/val), group
+    column (`group` unless named) and patient column; paths are relative to the CSV."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        columns = set(reader.fieldnames or [])
-        if not {"path", "label"} <= columns:
-            raise DataError(f"{path}: a manifest needs the columns 'path' and 'label' (found: {sorted(columns)}).")
+        columns = list(reader.fieldnames or [])
         rows = list(reader)
     if not rows:
         raise DataError(f"{path}: the manifest has no rows.")
-    classes = sorted({r["label"] for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    paths = [(path.parent / r["path"]) if not Path(r["path"]).is_absolute() else Path(r["path"]) for r in rows]
-    labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
+    table = read_table(path, rows, columns, spec or LabelSpec())
     if group_column is not None and group_column not in columns:
         raise DataError(f"{path}: no column '{group_column}' for the groups (columns: {sorted(columns)}).")
     group_column = group_column or "group"
     groups = [r.get(group_column, "") for r in rows] if group_column in columns else None
-    full = ImageSet(paths, labels, groups)
+    full = ImageSet(table.paths, table.labels, groups, table.patients)
+    description = f"manifest {path}" if table.layout == "manifest" else f"manifest {path} ({table.layout})"
     if "split" in columns:
         splits = np.asarray([r["split"].strip().lower() for r in rows])
         unknown = sorted(set(splits) - {"train", *VAL_FOLDER_NAMES})
         if unknown:
             raise DataError(f"{path}: column 'split' has values {unknown}; use 'train' or 'val'.")
-        is_train = splits == "train"
-        return DataSplits(
-            full.subset(np.flatnonzero(is_train)), full.subset(np.flatnonzero(~is_train)), classes, f"manifest {path}"
-        )
-    return _split(full, classes, val_fraction, seed, f"manifest {path}")
+        return given_split(full, splits == "train", table.classes, description)
+    return _split(full, table.classes, val_fraction, seed, description)
 
 
 # --- torchvision datasets ----------------------------------------------------------------------------------
@@ -324,23 +367,51 @@ def load_torchvision(name: str, root: str | None, val_fraction: float, seed: int
 
 
 def load_arrays(path: Path, val_fraction: float, seed: int) -> DataSplits:
-    """An .npz with x_train (N, H, W[, C]) uint8 and y_train, optionally x_val/y_val and classes."""
+    """An .npz with x_train (N, H, W[, C]) uint8 and y_train, optionally x_val/y_val and classes; or a MedMNIST
+    file (train_images/train_labels, val_images/val_labels; its test arrays are left for evaluation)."""
     with np.load(path, allow_pickle=False) as arrays:
         data = {k: arrays[k] for k in arrays.files}
+    if {"train_images", "train_labels"} <= data.keys():
+        return load_medmnist(path, data, val_fraction, seed)
     if not {"x_train", "y_train"} <= data.keys():
-        raise DataError(f"{path}: an .npz source needs arrays x_train and y_train (found {sorted(data)}).")
-
-    def rgb(x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.uint8)
-        return np.repeat(x[..., None], 3, axis=-1) if x.ndim == 3 else x
-
-    train = ImageSet(rgb(data["x_train"]), data["y_train"].astype(np.int64))
+        raise DataError(
+            f"{path}: an .npz source needs arrays x_train and y_train, or MedMNIST's train_images and train_labels "
+            f"(found {sorted(data)})."
+        )
+    train = ImageSet(_rgb(data["x_train"]), data["y_train"].astype(np.int64))
     n = int(train.labels.max()) + 1
     classes = [str(c) for c in data["classes"]] if "classes" in data else [str(i) for i in range(n)]
     if "x_val" not in data:
         return _split(train, classes, val_fraction, seed, f"arrays {path}")
-    val = ImageSet(rgb(data["x_val"]), data["y_val"].astype(np.int64))
+    val = ImageSet(_rgb(data["x_val"]), data["y_val"].astype(np.int64))
     return DataSplits(train, val, classes, f"arrays {path} ({len(train)} train / {len(val)} val)")
+
+
+def _rgb(x: np.ndarray) -> np.ndarray:
+    """uint8 images as (N, H, W, 3): grayscale is replicated to three channels so RGB models (and their
+    pretrained patch embeddings) apply unchanged."""
+    x = x.astype(np.uint8)
+    return np.repeat(x[..., None], 3, axis=-1) if x.ndim == 3 else x
+
+
+def medmnist_labels(labels: np.ndarray) -> np.ndarray:
+    """MedMNIST keeps labels as (N, 1) class indices, or (N, C) 0/1 for its multi-label sets (ChestMNIST)."""
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return labels.astype(np.float32)
+    return labels.reshape(-1).astype(np.int64)
+
+
+def load_medmnist(path: Path, data: dict[str, np.ndarray], val_fraction: float, seed: int) -> DataSplits:
+    from vitkit.data.medmnist_names import medmnist_classes
+
+    train = ImageSet(_rgb(data["train_images"]), medmnist_labels(data["train_labels"]))
+    width = train.labels.shape[1] if train.multilabel else int(train.labels.max()) + 1
+    classes = medmnist_classes(path.stem, width)
+    description = f"MedMNIST {path.name}"
+    if "val_images" not in data:
+        return _split(train, classes, val_fraction, seed, description)
+    val = ImageSet(_rgb(data["val_images"]), medmnist_labels(data["val_labels"]))
+    return DataSplits(train, val, classes, f"{description} ({len(train)} train / {len(val)} val)")
 
 
 # --- dispatch ----------------------------------------------------------------------------------------------
@@ -356,6 +427,23 @@ def load_shapes(train_size: int, val_size: int, img_size: int) -> DataSplits:
         list(SHAPE_CLASSES),
         f"builtin:shapes ({train_size} train / {val_size} val, {img_size} px, {len(SHAPE_CLASSES)} classes)",
     )
+
+
+def load_xray(train_size: int, val_size: int, img_size: int, seed: int) -> DataSplits:
+    """builtin:xray (data/xray.py): one fixed set of patients, split patient-disjoint by the run's seed; the site
+    of each image is its group (for the fairness check)."""
+    from vitkit.data.xray import XRAY_FINDINGS, make_xray
+
+    made = make_xray(train_size + val_size, size=img_size, seed=3)
+    full = ImageSet(made.images, made.labels, made.sites, made.patients)
+    description = (
+        f"builtin:xray ({train_size + val_size} images of {len(set(made.patients))} patients, {img_size} px, "
+        f"{len(XRAY_FINDINGS)} findings)"
+    )
+    return _split(full, list(XRAY_FINDINGS), val_size / (train_size + val_size), seed, description)
+
+
+BUILTIN = ("builtin:shapes", "builtin:xray")
 
 
 def same_source(a: str, b: str) -> bool:
@@ -381,6 +469,7 @@ def recipe_splits(recipe: Recipe, source: str | None = None, group_column: str |
         synthetic_sizes=(d.synthetic_train_size, d.synthetic_val_size),
         group_column=group_column,
         hf=HFColumns(d.hf_splits[0], d.hf_splits[1], d.image_column, d.label_column),
+        labels=LabelSpec(tuple(d.label_columns) if d.label_columns else None, d.uncertain_labels, d.patient_column),
     )
 
 
@@ -394,18 +483,21 @@ def load_source(
     synthetic_sizes: tuple[int, int] = (6000, 1000),
     group_column: str | None = None,
     hf: HFColumns | None = None,
+    labels: LabelSpec | None = None,
 ) -> DataSplits:
     """Turn a `--data` string into train/val splits (with group names from a manifest's `group_column`)."""
     if not source:
         raise DataError(
             "no data given. Pass --data DIR|manifest.csv|arrays.npz|hf:PATH|hf:ORG/NAME|torchvision:NAME|"
-            "builtin:shapes."
+            "builtin:shapes|builtin:xray."
         )
     if group_column is not None and not source.lower().endswith(".csv"):
         raise DataError(f"groups come from a CSV manifest's column, and --data {source} is not a .csv manifest.")
     if source.startswith("builtin:"):
-        if source != "builtin:shapes":
-            raise DataError(f"unknown built-in dataset '{source}'. Available: builtin:shapes.")
+        if source not in BUILTIN:
+            raise DataError(f"unknown built-in dataset '{source}'. Available: {', '.join(BUILTIN)}.")
+        if source == "builtin:xray":
+            return load_xray(*synthetic_sizes, img_size=img_size, seed=seed)
         return load_shapes(*synthetic_sizes, img_size=img_size)
     if source.startswith("hf:"):
         from vitkit.data.hf import load_hf
@@ -420,6 +512,8 @@ def load_source(
         if path.suffix.lower() == ".npz":
             return load_arrays(path, val_fraction, seed)
         if path.suffix.lower() != ".csv":
-            raise DataError(f"--data {source}: a file must be a CSV manifest (path,label[,group][,split]) or .npz.")
-        return load_manifest(path, val_fraction, seed, group_column)
+            raise DataError(
+                f"--data {source}: a file must be a CSV manifest (path,label|labels[,group][,patient][,split]) or .npz."
+            )
+        return load_manifest(path, val_fraction, seed, group_column, labels)
     return load_folder(path, val_fraction, seed)

@@ -31,7 +31,7 @@ def findings(doc: dict[str, Any]) -> list[dict[str, str]]:
     found = [
         *_accuracy(results.get("accuracy", {}), doc.get("classes", [])),
         *_calibration(results.get("calibration", {})),
-        *_training(doc.get("training", {}), len(doc.get("classes", [])) or 2),
+        *_training(doc.get("training", {}), len(doc.get("classes", [])) or 2, doc.get("task") == "multilabel"),
         *_attention(results.get("attention", {})),
         *_robustness(results.get("robustness", {})),
         *_fairness(results.get("fairness", {})),
@@ -107,12 +107,15 @@ def _calibration(results: dict[str, Any]) -> Iterator[Finding]:
         )
 
 
+UNDERFIT_AUROC = 0.65  # a macro AUROC below this has learnt little of what separates the findings
+
+
 def _val_loss(record: dict[str, Any]) -> float | None:
     values = [record[k] for k in ("val_loss", "ema_val_loss") if k in record]
     return min(values) if values else None
 
 
-def _training(training: dict[str, Any], num_classes: int) -> Iterator[Finding]:
+def _training(training: dict[str, Any], num_classes: int, multilabel: bool = False) -> Iterator[Finding]:
     history = [r for r in training.get("history", []) if _val_loss(r) is not None]
     skipped = training.get("bad_images", 0)
     if skipped:
@@ -137,6 +140,9 @@ def _training(training: dict[str, Any], num_classes: int) -> Iterator[Finding]:
             "model.drop_path_rate 0.1-0.2, more optim.weight_decay, fewer schedule.epochs, or more data; pretrained "
             "weights (--pretrained) help most on small data. The best checkpoint is used meanwhile.",
         )
+    if multilabel:
+        yield from _multilabel_underfit(history)
+        return
     chance = 1 / num_classes
     best_top1 = max(max(r.get("val_top1", 0.0), r.get("ema_val_top1", 0.0)) for r in history)
     if best_top1 < chance + (1 - chance) / 2 and losses[-1] > 0.5 * math.log(num_classes):
@@ -147,6 +153,19 @@ def _training(training: dict[str, Any], num_classes: int) -> Iterator[Finding]:
             f"{losses[-1]:.3f}: the model underfits.",
             "Train longer (schedule.epochs), check optim.lr and the warmup, or start from pretrained weights "
             "(--pretrained); on little data, the small-data recipe. See vitkit advise freeze.",
+        )
+
+
+def _multilabel_underfit(history: list[dict[str, Any]]) -> Iterator[Finding]:
+    """A multi-label model whose best macro AUROC stays near chance (0.5) has not learnt its findings."""
+    best = max(max(r.get("val_auroc", 0.0), r.get("ema_val_auroc", 0.0)) for r in history)
+    if best < UNDERFIT_AUROC:
+        yield Finding(
+            "act",
+            "Training",
+            f"validation macro AUROC reached only {best:.3f} (chance is 0.5): the model underfits.",
+            "Train longer (schedule.epochs), check optim.lr and the warmup, or start from pretrained weights "
+            "(--pretrained, e.g. with finetune.strategy=lora); rare findings also gain from train.imbalance.",
         )
 
 

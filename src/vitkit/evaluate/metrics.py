@@ -97,29 +97,39 @@ class AccuracyEvaluator:
         yield "roc_curve", {"fpr": _thin(fpr), "tpr": _thin(tpr)}
 
     def _multilabel(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
-        scores, target = ctx.logits.sigmoid(), ctx.labels.long()
+        """Per label: AUROC, AP and, at the decision threshold, sensitivity/specificity/precision/F1; unknown labels
+        (NaN) are left out, and a label without both positives and negatives gets no ranking metric."""
+        scores, target, known = ctx.logits.sigmoid(), known_targets(ctx.labels), ~ctx.labels.isnan()
         n, t = target.shape[1], ctx.settings.decision_threshold
-        yield "exact_match", float(multilabel_exact_match(scores, target, n, threshold=t))
-        yield "nll", float(F.binary_cross_entropy_with_logits(ctx.logits, target.float()))
+        yield "exact_match", float(multilabel_exact_match(scores, target, n, threshold=t, ignore_index=-1))
+        bce = F.binary_cross_entropy_with_logits(ctx.logits, torch.nan_to_num(ctx.labels.float()), reduction="none")
+        yield "nll", float((bce * known).sum() / known.sum().clamp(min=1))
         yield "threshold", t
-        yield "auroc", float(multilabel_auroc(scores, target, n, average="macro"))
-        yield "average_precision", float(multilabel_average_precision(scores, target, n, average="macro"))
+        both = [int(((target[:, j] == 1).any() & (target[:, j] == 0).any()).item()) for j in range(n)]
         per_label = {
-            "auroc": multilabel_auroc(scores, target, n, average="none"),
-            "average_precision": multilabel_average_precision(scores, target, n, average="none"),
-            "sensitivity": multilabel_recall(scores, target, n, threshold=t, average="none"),
-            "specificity": multilabel_specificity(scores, target, n, threshold=t, average="none"),
-            "precision": multilabel_precision(scores, target, n, threshold=t, average="none"),
-            "f1": multilabel_f1_score(scores, target, n, threshold=t, average="none"),
+            "auroc": multilabel_auroc(scores, target, n, average="none", ignore_index=-1),
+            "average_precision": multilabel_average_precision(scores, target, n, average="none", ignore_index=-1),
+            "sensitivity": multilabel_recall(scores, target, n, t, "none", ignore_index=-1),
+            "specificity": multilabel_specificity(scores, target, n, t, "none", ignore_index=-1),
+            "precision": multilabel_precision(scores, target, n, t, "none", ignore_index=-1),
+            "f1": multilabel_f1_score(scores, target, n, t, "none", ignore_index=-1),
         }
-        support = target.sum(dim=0)
-        yield (
-            "per_class",
-            [
-                {"class": name, **{k: float(v[i]) for k, v in per_label.items()}, "support": int(support[i])}
-                for i, name in enumerate(ctx.class_names)
-            ],
-        )
+        ranked = [j for j in range(n) if both[j]]
+        if ranked:
+            yield "auroc", float(per_label["auroc"][ranked].mean())
+            yield "average_precision", float(per_label["average_precision"][ranked].mean())
+            yield "micro_auroc", float(binary_auroc(scores[known], target[known]))
+        support = (target == 1).sum(dim=0)
+        rows = per_class_table(ctx.class_names, support, **per_label)
+        for row, has_both in zip(rows, both, strict=True):
+            if not has_both:
+                row["auroc"] = row["average_precision"] = None
+        yield "per_class", rows
+
+
+def known_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Multi-label 0/1/NaN targets as integers, with unknown (NaN) as -1 (the metrics' ignore_index)."""
+    return torch.nan_to_num(labels.float(), nan=-1.0).long()
 
 
 def training_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

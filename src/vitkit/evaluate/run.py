@@ -16,6 +16,7 @@ from torch import nn
 from vitkit import __version__
 from vitkit.checkpoint_files import CHECKSUMS
 from vitkit.config.schema import Recipe
+from vitkit.data.labels import keep_labels
 from vitkit.data.pipeline import eval_transform
 from vitkit.data.sources import DataSplits, ImageSet, images_sha256, load_source, recipe_splits, same_source
 from vitkit.errors import DataError
@@ -82,12 +83,15 @@ def _all_images(splits: DataSplits) -> ImageSet:
 
 
 def relabel(images: ImageSet, data_classes: list[str], classes: list[str], where: str) -> ImageSet:
-    """`images` labelled by the data's own class list, relabelled to the model's class list, by name."""
+    """`images` labelled by the data's own class list, relabelled to the model's class list, by name (multi-label:
+    the model's labels, in its order)."""
+    if images.multilabel:
+        return images.with_labels(keep_labels(images.labels, data_classes, classes, where))
     unknown = sorted(set(data_classes) - set(classes))
     if unknown:
         raise DataError(f"{where} has classes the model does not know: {unknown}. The model's classes: {classes}.")
     index = np.asarray([classes.index(c) for c in data_classes], dtype=np.int64)
-    return ImageSet(images.items, index[images.labels], images.groups)
+    return images.with_labels(index[images.labels])
 
 
 def load_shift(source: str, classes: list[str], recipe: Recipe) -> tuple[str, ImageSet]:
@@ -163,7 +167,16 @@ def training_record(run_dir: Path) -> dict[str, Any]:
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-        keys = ("epoch", "train_loss", "val_top1", "val_loss", "ema_val_top1", "ema_val_loss")
+        keys = (
+            "epoch",
+            "train_loss",
+            "val_loss",
+            "ema_val_loss",
+            "val_top1",
+            "ema_val_top1",
+            "val_auroc",
+            "ema_val_auroc",
+        )
         record["history"] = [{k: r[k] for k in keys if k in r} for r in lines if r.get("kind") == "epoch"]
     summary = run_dir / "summary.json"
     if summary.exists():

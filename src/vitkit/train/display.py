@@ -115,4 +115,8 @@ def epoch_line(record: dict[str, Any]) -> str:
         parts.append(f"val top-1 {record['val_top1']:.2%}")
     if "ema_val_top1" in record:
         parts.append(f"EMA val top-1 {record['ema_val_top1']:.2%}")
+    if "val_auroc" in record:
+        parts.append(f"val AUROC {record['val_auroc']:.3f}")
+    if "ema_val_auroc" in record:
+        parts.append(f"EMA val AUROC {record['ema_val_auroc']:.3f}")
     return ", ".join(parts)

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,14 @@ from vitkit.data.pipeline import (
     BatchAugment,
     ImageDataset,
     auto_workers,
+    balancing_weights,
     eval_transform,
     make_loader,
     maybe_cache,
     train_sampler,
     train_transform,
 )
-from vitkit.data.sources import DataSplits, recipe_splits
+from vitkit.data.sources import DataSplits, recipe_splits, split_files
 from vitkit.errors import VitkitError
 from vitkit.evaluate.context import ModelRunner
 from vitkit.models.build import build_model, choose_attention, num_tokens, set_attention
@@ -57,6 +58,7 @@ from vitkit.train.checkpoint import (
     where_in_training,
 )
 from vitkit.train.display import print_run_header
+from vitkit.train.losses import make_criterion
 from vitkit.train.optim import build_optimizer, build_scheduler
 from vitkit.train.ranks import Ranks
 from vitkit.train.scaleout import backend_kwargs, check_same_recipe, process_batch_size
@@ -231,7 +233,16 @@ def setup_run(
         ema = None
         steps = whole_windows(len(data.train), t.batch_size, t.accumulation_steps, len(data.train))
         task = CachedHead(
-            raw_model, runner, data.train, data.val, t.batch_size, steps, data.num_classes, t.label_smoothing, t.seed
+            raw_model,
+            runner,
+            data.train,
+            data.val,
+            t.batch_size,
+            steps,
+            data.num_classes,
+            t.label_smoothing,
+            t.seed,
+            criterion(cfg, data),
         )
     else:
         task = _image_task(cfg, accelerator, model, b.loader, b.image_steps, runner, data, teacher)
@@ -273,6 +284,9 @@ def _build(
             "(seconds per epoch). Start it without accelerate launch / torchrun, or set finetune.cache_features=false."
         )
     data, bad_images = _screened_data(cfg, run_dir, console, write=ranks.main)
+    data = resolve_task(cfg, data)
+    if ranks.main:
+        write_split_record(run_dir, data)
     teacher = _load_teacher(cfg, data.classes)  # before any compute: a wrong teacher is a clear error now
     loader, workers, image_steps = _train_loader(cfg, data, accelerator.device, ranks)
     model, attention = _build_model(cfg, data, weights, teacher, accelerator.device, precision)
@@ -295,6 +309,58 @@ def _screened_data(
     return data, bad_images
 
 
+def resolve_task(cfg: Recipe, data: DataSplits) -> DataSplits:
+    """Fix train.task and train.best_metric from the data (auto), checking that they fit it; multilabel on
+    single-label data turns each class into its own 0/1 label."""
+    t, multilabel = cfg.train, data.multilabel
+    task = t.task
+    if task == "auto":
+        task = "multilabel" if multilabel else "binary" if data.num_classes == 2 else "multiclass"
+    if multilabel and task != "multilabel":
+        raise VitkitError(
+            f"train.task={task}, but {data.description} has several labels per image: use train.task=multilabel "
+            "(or auto)."
+        )
+    if task == "binary" and data.num_classes != 2:
+        raise VitkitError(
+            f"train.task=binary needs two classes; {data.description} has {data.num_classes}: use multiclass or auto."
+        )
+    if task == "multilabel" and not multilabel:
+        eye = np.eye(data.num_classes, dtype=np.float32)
+        data = replace(
+            data, train=data.train.with_labels(eye[data.train.labels]), val=data.val.with_labels(eye[data.val.labels])
+        )
+    if task == "multilabel" and t.best_metric in ("val_top1", "val_top5"):
+        raise VitkitError(
+            f"train.best_metric={t.best_metric} is a single-label accuracy; a multi-label run is judged by "
+            "val_auroc (or val_loss). Set train.best_metric=val_auroc or auto."
+        )
+    if task == "multilabel" and cfg.distill.type != "none":
+        raise VitkitError("distillation is defined for single-label tasks here; set distill.type=none.")
+    if t.best_metric == "auto":
+        t.best_metric = "val_auroc" if task == "multilabel" else "val_top1"
+    if t.best_metric == "val_auroc" and task != "multilabel":
+        raise VitkitError("train.best_metric=val_auroc is for multi-label tasks; use val_top1, val_top5 or val_loss.")
+    t.task = task
+    return data
+
+
+def write_split_record(run_dir: Path, data: DataSplits) -> None:
+    """RUN/data_split.json: how validation was chosen (method, seed, fraction) and which images went where, so
+    a published number can name its split."""
+    record = {
+        **data.split,
+        "data": data.description,
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "train_patients": len(set(data.train.patients)) if data.train.patients is not None else None,
+        "val_patients": len(set(data.val.patients)) if data.val.patients is not None else None,
+        "val_patient_ids": sorted(set(data.val.patients)) if data.val.patients is not None else None,
+        "val_files": split_files(data.val),
+    }
+    (run_dir / "data_split.json").write_text(json.dumps(record, indent=1))
+
+
 def _train_loader(
     cfg: Recipe, data: DataSplits, device: torch.device, ranks: Ranks
 ) -> tuple[DataLoader[Any], int, int]:
@@ -304,7 +370,8 @@ def _train_loader(
     train_images, in_memory = maybe_cache(data.train, cfg.data, cfg.model.img_size)
     workers = auto_workers(in_memory, device) if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
     train_ds = ImageDataset(train_images, train_transform(cfg.augment, cfg.model.img_size))
-    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed, ranks.rank, ranks.world)
+    weights = balancing_weights(train_images.labels) if t.imbalance == "sampler" else None
+    sampler = train_sampler(len(train_ds), cfg.augment.repeated_aug, t.seed, ranks.rank, ranks.world, weights)
     loader = make_loader(
         train_ds, t.batch_size, sampler=sampler, workers=workers, drop_last=True, pin_memory=device.type == "cuda"
     )
@@ -338,6 +405,11 @@ def _build_model(
     return apply_strategy(model, cfg.finetune), attention
 
 
+def criterion(cfg: Recipe, data: DataSplits) -> Any:
+    t = cfg.train
+    return make_criterion(t.task, t.imbalance, data.train.labels, data.num_classes, t.focal_gamma)
+
+
 def _image_task(
     cfg: Recipe,
     accelerator: Accelerator,
@@ -357,7 +429,7 @@ def _image_task(
         model,
         torch.compile(model) if cfg.model.compile else model,
         loader,
-        BatchAugment(cfg.augment, *d, data.num_classes, cfg.train.label_smoothing, device),
+        BatchAugment(cfg.augment, *d, data.num_classes, cfg.train.label_smoothing, device, multilabel=data.multilabel),
         device,
         steps,
         cfg.finetune.strategy,
@@ -368,6 +440,7 @@ def _image_task(
         distill=(cfg.distill.type, cfg.distill.alpha, cfg.distill.tau),
         autocast=accelerator.autocast,
         ranks=Ranks(accelerator),
+        criterion=criterion(cfg, data),
     )
 
 

@@ -29,6 +29,7 @@ def run_summary(run: Run, wall_seconds: float, images: int) -> dict[str, Any]:
         "final": last,
         "wall_seconds": wall_seconds,
         "train_images_per_second": images / max(wall_seconds, 1e-9),
+        "task": cfg.train.task,
         "num_classes": f.data.num_classes,
         "classes": f.data.classes,
         "precision": f.precision,

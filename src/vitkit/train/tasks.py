@@ -30,12 +30,12 @@ from vitkit.evaluate.metrics import AccuracyEvaluator
 from vitkit.evaluate.run import predict_context
 from vitkit.models.finetune import set_train_mode
 from vitkit.models.teacher import Teacher
-from vitkit.train.losses import LossParts, training_loss
+from vitkit.train.losses import Criterion, LossParts, soft_target_cross_entropy, training_loss
 from vitkit.train.probe import classifier_forward, extract_features
 from vitkit.train.ranks import Ranks
 
 # accuracy evaluator name -> epoch record name (a distilled DeiT's heads: top1_cls_head -> val_top1_cls_head)
-_RECORD_NAMES = {"top1": "val_top1", "top5": "val_top5", "nll": "val_loss"}
+_RECORD_NAMES = {"top1": "val_top1", "top5": "val_top5", "nll": "val_loss", "auroc": "val_auroc"}
 
 
 @dataclass
@@ -62,7 +62,8 @@ class Task(Protocol):
 
 
 def epoch_metrics(ctx: EvalContext, prefix: str = "") -> dict[str, float]:
-    """The accuracy evaluator's top-1, top-5 and NLL (and each head's top-1) under their epoch-record names."""
+    """The accuracy evaluator's top-1, top-5 and NLL (and each head's top-1), or a multi-label task's macro AUROC
+    and NLL, under their epoch-record names."""
     values = run_evaluator(AccuracyEvaluator(), ctx)
     out = {f"{prefix}{name}": float(values[key]) for key, name in _RECORD_NAMES.items() if key in values}
     for key, value in values.items():
@@ -90,6 +91,7 @@ class ImageClassification:
     distill: tuple[str, float, float] = ("none", 0.5, 1.0)  # type, alpha, tau
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext  # the accelerator's, for the teacher
     ranks: Ranks | None = None  # several processes: each validates its share of the images
+    criterion: Criterion = soft_target_cross_entropy  # the classification term (train.losses.make_criterion)
 
     def __post_init__(self) -> None:
         # the student's normalisation as (1, C, 1, 1) tensors: the teacher re-normalises the same images its own way
@@ -115,7 +117,7 @@ class ImageClassification:
         if self.teacher is not None:
             with self.autocast():
                 teacher_logits = self.teacher.logits(batch.inputs, *self.student_norm)
-        return training_loss(outputs, batch.targets, teacher_logits, *self.distill)
+        return training_loss(outputs, batch.targets, teacher_logits, *self.distill, criterion=self.criterion)
 
     def train_mode(self) -> None:
         set_train_mode(self.model, self.strategy)
@@ -155,6 +157,7 @@ class CachedHead:
     num_classes: int
     smoothing: float
     seed: int
+    criterion: Criterion = soft_target_cross_entropy
 
     @cached_property
     def features(self) -> dict[str, torch.Tensor]:
@@ -174,7 +177,7 @@ class CachedHead:
             yield Batch(features[idx], targets, len(idx))
 
     def loss(self, batch: Batch) -> LossParts:
-        return training_loss(classifier_forward(self.model)(batch.inputs), batch.targets)
+        return training_loss(classifier_forward(self.model)(batch.inputs), batch.targets, criterion=self.criterion)
 
     def train_mode(self) -> None:
         self.model.train()
