@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,30 @@ def _split_for_temperature(n: int, fraction: float, seed: int) -> tuple[torch.Te
     return order[:cut], order[cut:]
 
 
+def per_label_calibration(ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+    """Each label as its own two-class problem: ECE of its sigmoid probability (known labels only), the mean
+    predicted probability against the observed prevalence, and the macro mean ECE."""
+    rows: list[dict[str, Any]] = []
+    for j, name in enumerate(ctx.class_names):
+        known = ~ctx.labels[:, j].isnan()
+        p, y = ctx.logits[known, j].sigmoid(), ctx.labels[known, j].long()
+        if not len(y):
+            continue
+        bins = reliability_bins(torch.stack([1 - p, p], dim=1), y, ctx.settings.bins)
+        rows.append(
+            {
+                "label": name,
+                "ece": bins.ece,
+                "mean_probability": float(p.mean()),
+                "prevalence": float(y.float().mean()),
+                "images": len(y),
+            }
+        )
+    if rows:
+        yield "ece", float(sum(r["ece"] for r in rows) / len(rows))
+        yield "per_label", rows
+
+
 # Half of the set fits T, the other half judges it: below ~50 images a half is too small for either (a T of 0.03
 # fitted on 9 images made held-out ECE worse), so a temperature is only fitted from this many evaluation images.
 MIN_IMAGES_FOR_TEMPERATURE = 100
@@ -120,7 +145,7 @@ class CalibrationEvaluator:
 
     def __call__(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
         if ctx.task == "multilabel":
-            yield "skipped", "confidence calibration is measured for single-label tasks"
+            yield from per_label_calibration(ctx)
             return
         s = ctx.settings
         logits, labels = ctx.logits, ctx.labels

@@ -36,6 +36,7 @@ class EvalSettings:
     robustness_drop: float = 0.10  # accuracy drop that is flagged
     fairness_gap: float = 0.05  # gap between groups that is flagged
     min_group_size: int = 30  # smaller groups are reported as too small to judge
+    bootstrap_resamples: int = 1000  # per-label AUROC/AP confidence intervals
     latency_repeats: int = 50
     warmup: int = 5
     throughput_batch: int = 64
@@ -81,6 +82,8 @@ class EvalContext:
     shift: tuple[str, ImageSet] | None = None  # (description, images) of a shifted dataset
     head_logits: dict[str, torch.Tensor] = field(default_factory=dict)  # a distilled DeiT: each head on its own
     settings: EvalSettings = field(default_factory=EvalSettings)
+    frozen_thresholds: dict[str, Any] | None = None  # operating thresholds fitted on validation (thresholds.json)
+    is_validation_split: bool = False  # the images are the run's own validation split (thresholds are fitted here)
 
     @property
     def task(self) -> Task:

@@ -13,15 +13,52 @@ from vitkit.evaluate.context import EvalContext, Value
 from vitkit.evaluate.metrics import top1_accuracy
 
 
+def multilabel_groups(ctx: EvalContext) -> Iterator[tuple[str, Value]]:
+    """Per group: image count and macro AUROC over the labels with positives and negatives in the group; the gap
+    between the best and the worst group large enough to judge is flagged above settings.fairness_gap."""
+    from vitkit.evaluate.clinical import ranking
+
+    s, groups = ctx.settings, ctx.groups or []
+    targets = torch.nan_to_num(ctx.labels.float(), nan=-1.0).long()
+    rows: list[dict[str, Any]] = []
+    for group in sorted(set(groups)):
+        index = torch.tensor([i for i, g in enumerate(groups) if g == group])
+        auroc, _, _ = ranking(ctx.logits[index].sigmoid(), targets[index])
+        judged = auroc[auroc == auroc]
+        rows.append(
+            {
+                "group": group or "(empty)",
+                "count": len(index),
+                "macro_auroc": float(judged.mean()) if len(judged) else float("nan"),
+                "too_small": len(index) < s.min_group_size,
+            }
+        )
+    yield "min_group_size", s.min_group_size
+    yield "groups", rows
+    judged_rows = [r for r in rows if not r["too_small"] and r["macro_auroc"] == r["macro_auroc"]]
+    flags = [f"group '{r['group']}' has {r['count']} images: too small to judge" for r in rows if r["too_small"]]
+    if len(judged_rows) >= 2:
+        best = max(judged_rows, key=lambda r: r["macro_auroc"])
+        worst = min(judged_rows, key=lambda r: r["macro_auroc"])
+        gap = best["macro_auroc"] - worst["macro_auroc"]
+        yield "macro_auroc_gap", gap
+        if gap > s.fairness_gap:
+            flags.append(
+                f"macro AUROC differs by {gap:.3f} between groups '{best['group']}' ({best['macro_auroc']:.3f}) "
+                f"and '{worst['group']}' ({worst['macro_auroc']:.3f})"
+            )
+    yield "flags", flags
+
+
 class FairnessEvaluator:
     name = "fairness"
 
     def __call__(self, ctx: EvalContext) -> Iterator[tuple[str, Value]]:
         if ctx.groups is None:
-            yield "skipped", "no group column: pass a CSV manifest and --groups COLUMN"
+            yield "skipped", "no group column: pass a CSV manifest and --groups COLUMN (builtin:xray: its sites)"
             return
         if ctx.task == "multilabel":
-            yield "skipped", "per-group accuracy and calibration are measured for single-label tasks"
+            yield from multilabel_groups(ctx)
             return
         s = ctx.settings
         rows: list[dict[str, Any]] = []

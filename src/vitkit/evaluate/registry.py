@@ -7,6 +7,7 @@ from collections.abc import Callable
 from vitkit.errors import VitkitError
 from vitkit.evaluate.attention import AttentionEvaluator
 from vitkit.evaluate.calibration import CalibrationEvaluator
+from vitkit.evaluate.clinical import ClinicalEvaluator
 from vitkit.evaluate.context import Evaluator
 from vitkit.evaluate.efficiency import EfficiencyEvaluator
 from vitkit.evaluate.fairness import FairnessEvaluator
@@ -15,6 +16,7 @@ from vitkit.evaluate.robustness import RobustnessEvaluator
 
 EVALUATORS: dict[str, Callable[[], Evaluator]] = {
     "accuracy": AccuracyEvaluator,
+    "clinical": ClinicalEvaluator,
     "calibration": CalibrationEvaluator,
     "attention": AttentionEvaluator,
     "robustness": RobustnessEvaluator,

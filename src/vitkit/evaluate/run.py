@@ -29,6 +29,7 @@ from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.run_folder import check_output_files
 
 TEMPERATURE_FILE = "calibration.json"  # in the run folder: the temperature fitted for one checkpoint
+THRESHOLDS_FILE = "thresholds.json"  # in the run folder: operating thresholds fitted on the run's validation split
 
 
 def make_runner(model: nn.Module, recipe: Recipe) -> ModelRunner:
@@ -131,6 +132,10 @@ def evaluate_run(
     runner = make_runner(model, recipe)
     shift = load_shift(shift_data, classes, recipe) if shift_data else None
     ctx = predict_context(runner, images, classes, shift=shift, settings=settings)
+    own_data = data is None or same_source(data, recipe.data.source or "")
+    if not own_data:  # a test set: the thresholds fitted on validation are applied unchanged
+        ctx.frozen_thresholds = saved_thresholds(run_dir, info)
+    ctx.is_validation_split = own_data
     results, seconds = run_all(ctx, evaluators)
     document = {
         "vitkit": __version__,
@@ -146,13 +151,16 @@ def evaluate_run(
         "results": results,
         "seconds": seconds,
     }
-    own_data = data is None or same_source(data, recipe.data.source or "")
     document["training"] = training_record(run_dir)
     document["findings"] = findings(document)
     save = own_data if save_temperature_for_predict is None else save_temperature_for_predict
     if "temperature" in results.get("calibration", {}) and save:
         save_temperature(run_dir, results["calibration"]["temperature"], info, splits.description)
         document["temperature_saved"] = str(run_dir / TEMPERATURE_FILE)
+    fitted = results.get("clinical", {}).get("fitted_thresholds")
+    if fitted and save:
+        save_thresholds(run_dir, fitted, info, f"{splits.description}, validation split")
+        document["thresholds_saved"] = str(run_dir / THRESHOLDS_FILE)
     document["seconds_total"] = round(time.perf_counter() - start, 3)  # loading and prediction included
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(document, indent=1))
@@ -201,13 +209,34 @@ def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], da
     (run_dir / TEMPERATURE_FILE).write_text(json.dumps(record, indent=2))
 
 
-def saved_temperature(run_dir: Path, info: dict[str, Any]) -> float | None:
-    """The temperature fitted for exactly these weights (same checkpoint, file and checksum), if `vitkit evaluate`
-    fitted one; a checkpoint rewritten since, e.g. by resumed training, has none."""
-    path = run_dir / TEMPERATURE_FILE
+def _fitted_for(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """A record `vitkit evaluate` fitted for exactly these weights (same checkpoint, file and checksum); one
+    fitted for a checkpoint rewritten since, e.g. by resumed training, does not count."""
     if not path.exists():
         return None
     record = json.loads(path.read_text())
     fitted_for = (record.get("checkpoint"), record.get("weights"), record.get("sha256"))
     same = fitted_for == (info["checkpoint"], info["weights"], weights_sha256(info))
-    return float(record["temperature"]) if same else None
+    return dict(record) if same else None
+
+
+def saved_temperature(run_dir: Path, info: dict[str, Any]) -> float | None:
+    """The temperature fitted for exactly these weights, if `vitkit evaluate` fitted one."""
+    record = _fitted_for(run_dir / TEMPERATURE_FILE, info)
+    return float(record["temperature"]) if record else None
+
+
+def save_thresholds(run_dir: Path, fitted: dict[str, Any], info: dict[str, Any], data: str) -> None:
+    record = {
+        **fitted,
+        "fitted_on": data,
+        "checkpoint": info["checkpoint"],
+        "weights": info["weights"],
+        "sha256": weights_sha256(info),
+    }
+    (run_dir / THRESHOLDS_FILE).write_text(json.dumps(record, indent=2))
+
+
+def saved_thresholds(run_dir: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The operating thresholds fitted on the run's validation split for exactly these weights."""
+    return _fitted_for(run_dir / THRESHOLDS_FILE, info)

@@ -23,6 +23,7 @@ from vitkit.run_folder import check_output_files
 
 TITLES = {
     "accuracy": "Accuracy",
+    "clinical": "Findings: ranking and operating points",
     "calibration": "Confidence and calibration",
     "attention": "Attention quality",
     "robustness": "Robustness",
@@ -31,6 +32,10 @@ TITLES = {
 }
 INTRO = {
     "accuracy": "How often the model is right, class by class.",
+    "clinical": "Per finding: AUROC and average precision with 95% bootstrap intervals (resampling patients when "
+    "their ids are known), and the sensitivity reached at 90% and 95% specificity. Operating thresholds are fitted "
+    "on the run's validation split and frozen; on any other data they are applied unchanged. The threshold source "
+    "below says which set they came from.",
     "calibration": "Whether the model's confidence can be trusted: a calibrated model that says 80% is right 80% "
     "of the time. ECE and MCE use equal-width confidence bins; the temperature is fitted on one part of the "
     "evaluation set and judged on the other.",
@@ -61,6 +66,10 @@ LABELS = {
     "flops_per_image": "FLOPs per image",
     "throughput_images_per_s": "throughput (images/s)",
     "peak_memory_mb": "peak memory (MiB)",
+    "macro_auroc": "macro AUROC",
+    "micro_auroc": "micro AUROC",
+    "macro_ap": "macro average precision",
+    "mean_probability": "mean predicted probability",
 }
 PERCENT = {
     "top1",
@@ -86,8 +95,18 @@ PERCENT = {
     "coverage",
     "accuracy",
     "reference_top1",
+    "prevalence",
+    "mean_probability",
 }
-THREE_DECIMALS = {"auroc", "average_precision"}
+THREE_DECIMALS = {
+    "auroc",
+    "average_precision",
+    "micro_auroc",
+    "macro_auroc",
+    "macro_ap",
+    *(f"{k}_{end}" for k in ("macro_auroc", "macro_ap", "micro_auroc") for end in ("low", "high")),
+    "macro_auroc_gap",
+}
 
 
 def label(key: str) -> str:
@@ -213,10 +232,11 @@ def _corruptions(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> st
 
 def _groups(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
     judged = [g for g in value if not g["too_small"]]
+    metric = "top1" if judged and "top1" in judged[0] else "macro_auroc"
     chart = (
         figure(
-            plots.bars([g["group"] for g in judged], [g["top1"] for g in judged], "top-1"),
-            "top-1 per group (groups large enough to judge)",
+            plots.bars([g["group"] for g in judged], [g[metric] for g in judged], label(metric)),
+            f"{label(metric)} per group (groups large enough to judge)",
         )
         if judged
         else ""
@@ -224,7 +244,70 @@ def _groups(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
     return table(value, "per group") + chart
 
 
+def _interval(row: dict[str, Any], key: str) -> str:
+    value, low, high = row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if value is None:
+        return "– (needs positives and negatives)"
+    return f"{value:.3f} ({low:.3f}–{high:.3f})" if low is not None and high is not None else f"{value:.3f}"
+
+
+def _per_label(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    rows = [
+        {
+            "finding": r["label"],
+            "positives": r["positives"],
+            "negatives": r["negatives"],
+            "AUROC (95% CI)": _interval(r, "auroc"),
+            "average precision (95% CI)": _interval(r, "ap"),
+        }
+        for r in value
+    ]
+    ranked = [r for r in value if r.get("auroc") is not None and r.get("auroc_low") is not None]
+    interval = results.get("interval", {})
+    caption = (
+        f"per finding; intervals from {interval.get('resamples', '?')} bootstrap resamples of "
+        f"{interval.get('resampled', 'images')}"
+    )
+    chart = (
+        figure(
+            plots.interval_plot(
+                [r["label"] for r in ranked],
+                [r["auroc"] for r in ranked],
+                [r["auroc_low"] for r in ranked],
+                [r["auroc_high"] for r in ranked],
+            ),
+            "AUROC per finding with its 95% interval (dashed: chance)",
+        )
+        if ranked
+        else ""
+    )
+    return table(rows, caption) + chart
+
+
+def _operating_points(value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:
+    rows = [
+        {
+            "finding": p["label"],
+            "target specificity": f"{p['target_specificity']:.0%}",
+            "threshold": "none reaches it" if p["threshold"] is None else f"{p['threshold']:.4f}",
+            "sensitivity": p.get("sensitivity"),
+            "specificity": p.get("specificity"),
+        }
+        for p in value
+    ]
+    source = results.get("threshold_source", "")
+    return f"<h3>Operating points</h3><p>Thresholds: {escape(source)}.</p>" + table(rows)
+
+
 RENDERERS: dict[tuple[str, str], Renderer] = {
+    ("clinical", "per_label"): _per_label,
+    ("clinical", "operating_points"): _operating_points,
+    ("clinical", "positives_rollout"): lambda v, r, d: (
+        "<h3>Attention rollout on confident positives</h3><p>Each finding's highest-scoring true positive and false "
+        "positive at its 90%-specificity threshold.</p>"
+        + gallery(v, lambda e: f"{e['label']}: {e['kind']} (score {e['score']:.2f})")
+    ),
+    ("calibration", "per_label"): lambda v, r, d: table(v, "calibration per label (sigmoid probability)"),
     ("accuracy", "confusion_matrix"): _confusion,
     ("accuracy", "per_class"): lambda v, r, d: table(v, "per class"),
     ("accuracy", "roc_curve"): lambda v, r, d: figure(
@@ -246,7 +329,14 @@ RENDERERS: dict[tuple[str, str], Renderer] = {
     ("fairness", "groups"): _groups,
     ("efficiency", "latency_ms"): lambda v, r, d: table([v], "latency at batch 1 (ms)"),
 }
-HIDDEN = {"flags", "severities", "collapsed_layers", "uniform_heads"}  # shown through the flags or a figure
+HIDDEN = {
+    "flags",
+    "severities",
+    "collapsed_layers",
+    "uniform_heads",
+    "fitted_thresholds",
+    "interval",
+}  # shown through the flags or a figure
 
 
 def render_value(evaluator: str, key: str, value: Any, results: dict[str, Any], doc: dict[str, Any]) -> str:

@@ -133,3 +133,18 @@ def severity_lines(severities: list[int], table: dict[str, list[float]], clean: 
     ax.set(xlabel="severity", ylabel="top-1", ylim=(0, 1.02), xticks=severities)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: hides no line
     return figure_uri(fig)
+
+
+def interval_plot(labels: Sequence[str], values: Sequence[float], low: Sequence[float], high: Sequence[float]) -> str:
+    """A forest plot: each label's value as a dot with its confidence interval, chance (0.5) dashed."""
+    fig = Figure(figsize=(6.0, 1.0 + 0.35 * len(values)))
+    ax = fig.add_subplot()
+    y = list(range(len(values)))[::-1]
+    errors = [[v - lo for v, lo in zip(values, low, strict=True)], [hi - v for v, hi in zip(values, high, strict=True)]]
+    ax.errorbar(values, y, xerr=errors, fmt="o", color=COLORS[0], capsize=3)
+    ax.axvline(0.5, ls="--", color=COLORS[1], lw=1)
+    ax.set_yticks(y, labels=list(labels), fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("AUROC (95% bootstrap interval)")
+    fig.tight_layout()
+    return figure_uri(fig)
