@@ -123,7 +123,12 @@ class DataConfig(Section):
 class AugmentConfig(Section):
     rrc_scale: tuple[float, float] = Field((0.08, 1.0), description="RandomResizedCrop area range.")
     rrc_ratio: tuple[float, float] = Field((0.75, 1.3333), description="RandomResizedCrop aspect-ratio range.")
-    hflip: float = Field(0.5, ge=0.0, le=1.0, description="Horizontal flip probability.")
+    hflip: float = Field(
+        0.5, ge=0.0, le=1.0, description="Horizontal flip probability (0 where left and right differ: radiographs)."
+    )
+    rotation: float = Field(
+        0.0, ge=0.0, le=180.0, description="Random rotation by up to +/- this many degrees before cropping (0: off)."
+    )
     color_jitter: float = Field(0.3, ge=0.0, description="ColorJitter strength (0 turns it off).")
     randaugment: str | None = Field(
         "rand-m9-mstd0.5-inc1", description="timm RandAugment spec (magnitude m, std mstd); null turns it off."

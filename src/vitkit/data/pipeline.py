@@ -129,8 +129,9 @@ def maybe_cache(images: ImageSet, cfg: DataConfig, img_size: int) -> tuple[Image
 
 
 def train_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image], Any]:
-    """timm's training transform up to a uint8 tensor: RandomResizedCrop, flip, ColorJitter or RandAugment."""
-    return create_transform(
+    """timm's training transform up to a uint8 tensor: RandomResizedCrop, flip, ColorJitter or RandAugment; after
+    a small random rotation when augment.rotation is set (torchvision; corners filled black, as a film's edge)."""
+    timm_transform = create_transform(
         img_size,
         is_training=True,
         scale=aug.rrc_scale,
@@ -141,6 +142,11 @@ def train_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image]
         interpolation=aug.interpolation,
         use_prefetcher=True,
     )
+    if not aug.rotation:
+        return timm_transform
+    from torchvision.transforms import Compose, InterpolationMode, RandomRotation
+
+    return Compose([RandomRotation(aug.rotation, interpolation=InterpolationMode.BILINEAR), timm_transform])
 
 
 def eval_transform(aug: AugmentConfig, img_size: int) -> Callable[[Image.Image], Any]:

@@ -163,7 +163,9 @@ def _metadata(path: Path, info: dict[str, Any], recipe: Any, o: ExportOptions, f
         "file_sha256": sha256(file),
         "onnx_opset": opset,
         "input": {"name": "pixels", "layout": "NCHW", "dtype": "float32", "batch": "dynamic"},
-        "output": {"name": "logits", "activation": "softmax(logits / temperature)"},
+        "output": {"name": "logits", "activation": activation(recipe)},
+        "task": recipe.train.task,
+        "thresholds": export_thresholds(run_dir, info, recipe),
         "classes": info.get("classes") or [str(i) for i in range(int(info["num_classes"]))],
         "img_size": recipe.model.img_size,
         "mean": list(mean),
@@ -175,6 +177,18 @@ def _metadata(path: Path, info: dict[str, Any], recipe: Any, o: ExportOptions, f
         "weights": {"checkpoint": info["checkpoint"], "file": info["weights"], "sha256": weights_sha256(info)},
         "recipe": recipe.model_dump(mode="json"),
     }
+
+
+def activation(recipe: Any) -> str:
+    return "sigmoid(logits) per label" if recipe.train.task == "multilabel" else "softmax(logits / temperature)"
+
+
+def export_thresholds(run_dir: Path, info: dict[str, Any], recipe: Any) -> dict[str, Any] | None:
+    """A multi-label model's decision thresholds (90% specificity on its validation split), when fitted."""
+    from vitkit.evaluate.run import DECISION_SPECIFICITY, decision_thresholds
+
+    values = decision_thresholds(run_dir, info) if recipe.train.task == "multilabel" else None
+    return {"specificity": float(DECISION_SPECIFICITY), "values": values} if values else None
 
 
 def read_model_json(folder: Path) -> dict[str, Any]:

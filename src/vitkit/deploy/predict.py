@@ -39,6 +39,25 @@ class Classifier:
     sha256: str | None = None  # of the exported file, or of the checkpoint's weights
     version: str | None = None  # an export's model version
     runtime: str = "pytorch"  # onnxruntime, torch.export or pytorch (a run folder, eager)
+    thresholds: list[float | None] | None = None  # multi-label: per-label thresholds fitted on validation
+
+    @property
+    def multilabel(self) -> bool:
+        return self.recipe.train.task == "multilabel"
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities, softmax(logits / T) with the fitted temperature; a multi-label model's are each
+        label's sigmoid."""
+        scores = torch.from_numpy(logits)
+        if self.multilabel:
+            return scores.sigmoid().numpy()
+        return (scores / (self.temperature or 1.0)).softmax(dim=1).numpy()
+
+    def findings(self, probabilities: np.ndarray) -> list[list[str]]:
+        """Multi-label: per image, the labels at or above their threshold (90% specificity on the validation
+        split, as `vitkit evaluate` fitted it; 0.5 where none was fitted)."""
+        cut = np.asarray([0.5 if t is None else t for t in (self.thresholds or [None] * len(self.classes))])
+        return [[c for c, hit in zip(self.classes, row >= cut, strict=True) if hit] for row in probabilities]
 
 
 @dataclass
@@ -47,6 +66,7 @@ class Prediction:
     top: list[tuple[str, float]]  # (class, probability), most likely first; empty when the file could not be read
     low_confidence: bool = False
     error: str | None = None
+    findings: list[str] | None = None  # multi-label: the labels at or above their decision thresholds
 
 
 def load_classifier(target: Path) -> Classifier:
@@ -69,9 +89,10 @@ def load_classifier(target: Path) -> Classifier:
             doc.get("file_sha256"),
             doc.get("version"),
             kind,
+            (doc.get("thresholds") or {}).get("values"),
         )
     from vitkit.deploy.pixels import eager_logits
-    from vitkit.evaluate.run import saved_temperature, weights_sha256
+    from vitkit.evaluate.run import decision_thresholds, saved_temperature, weights_sha256
     from vitkit.models.run_model import load_run_model
 
     model, recipe, info = load_run_model(target)
@@ -83,6 +104,7 @@ def load_classifier(target: Path) -> Classifier:
         saved_temperature(target, info),
         info["checkpoint"],
         weights_sha256(info),
+        thresholds=decision_thresholds(target, info),
     )
 
 
@@ -130,21 +152,31 @@ def predict(
     good_set = ImageSet(good, np.zeros(len(good), dtype=np.int64))
     start = 0
     for pixels, _ in pixel_batches(classifier.recipe, good_set, classifier.recipe.train.batch_size):
-        probs = (torch.from_numpy(classifier.logits(pixels)) / (classifier.temperature or 1.0)).softmax(dim=1)
+        probs = torch.from_numpy(classifier.probabilities(classifier.logits(pixels)))
         values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        findings = classifier.findings(probs.numpy()) if classifier.multilabel else None
         for offset, (vs, ids) in enumerate(zip(values, indices, strict=True)):
             ranked = [(classifier.classes[int(i)], float(v)) for v, i in zip(vs, ids, strict=True)]
-            yield Prediction(str(good[start + offset]), ranked, low_confidence=ranked[0][1] < threshold)
+            path = str(good[start + offset])
+            if findings is not None:
+                yield Prediction(path, ranked, findings=findings[offset])
+            else:
+                yield Prediction(path, ranked, low_confidence=ranked[0][1] < threshold)
         start += len(pixels)
         if on_batch is not None:
             on_batch(len(pixels))
 
 
 def write_predictions(predictions: list[Prediction], out: Path) -> None:
-    """CSV (path, label_1, prob_1, ..., low_confidence, error) or JSONL, by the file's suffix."""
+    """CSV (path, label_1, prob_1, ..., low_confidence or findings, error) or JSONL, by the file's suffix; a
+    multi-label model's rows name the labels found (separated by | in CSV) instead of a low-confidence flag."""
+    multilabel = any(p.findings is not None for p in predictions)
     if out.suffix == ".jsonl":
         rows = [
-            {"path": p.path, "top": p.top, "low_confidence": p.low_confidence, "error": p.error} for p in predictions
+            {"path": p.path, "top": p.top}
+            | ({"findings": p.findings} if multilabel else {"low_confidence": p.low_confidence})
+            | {"error": p.error}
+            for p in predictions
         ]
         out.write_text("".join(json.dumps(r) + "\n" for r in rows))
         return
@@ -154,11 +186,12 @@ def write_predictions(predictions: list[Prediction], out: Path) -> None:
     with out.open("w", newline="") as fh:
         writer = csv.writer(fh)
         ranks = [column for i in range(1, k + 1) for column in (f"label_{i}", f"prob_{i}")]
-        writer.writerow(["path", *ranks, "low_confidence", "error"])
+        writer.writerow(["path", *ranks, "findings" if multilabel else "low_confidence", "error"])
         for p in predictions:
             cells: list[Any] = [x for label, prob in p.top for x in (label, f"{prob:.6f}")]
             cells += [""] * (2 * k - len(cells))
-            writer.writerow([p.path, *cells, p.low_confidence if p.error is None else "", p.error or ""])
+            flag = "|".join(p.findings or []) if multilabel else p.low_confidence
+            writer.writerow([p.path, *cells, flag if p.error is None else "", p.error or ""])
 
 
 def require_some_readable(predictions: list[Prediction]) -> None:

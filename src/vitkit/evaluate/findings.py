@@ -75,6 +75,9 @@ def _calibration(results: dict[str, Any]) -> Iterator[Finding]:
     ece = results.get("ece")
     if ece is None:
         return
+    if "per_label" in results:  # multi-label: each label's sigmoid, no temperature
+        yield from _label_calibration(results["per_label"])
+        return
     kept, fitted = results.get("temperature"), results.get("temperature_fitted")
     if ece > ECE_LIMIT:
         side = "over" if results.get("mean_confidence", 0) > 1 - ece else "under"
@@ -108,6 +111,23 @@ def _calibration(results: dict[str, Any]) -> Iterator[Finding]:
 
 
 UNDERFIT_AUROC = 0.65  # a macro AUROC below this has learnt little of what separates the findings
+
+
+def _label_calibration(rows: list[dict[str, Any]]) -> Iterator[Finding]:
+    off = [r for r in rows if r["ece"] > ECE_LIMIT]
+    if not off:
+        return
+    worst = max(off, key=lambda r: r["ece"])
+    yield Finding(
+        "check",
+        "Confidence and calibration",
+        f"{len(off)} of {len(rows)} labels have ECE above {ECE_LIMIT:.0%} (worst: {worst['label']}, ECE "
+        f"{worst['ece']:.1%}, mean probability {worst['mean_probability']:.1%} against a prevalence of "
+        f"{worst['prevalence']:.1%}).",
+        "Decide with the operating thresholds (Findings section), not with 0.5; a run trained with "
+        "train.imbalance=pos_weight or focal raises rare labels' probabilities on purpose, so its sigmoid outputs "
+        "are scores rather than probabilities.",
+    )
 
 
 def _val_loss(record: dict[str, Any]) -> float | None:

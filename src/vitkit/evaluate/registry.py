@@ -23,7 +23,7 @@ EVALUATORS: dict[str, Callable[[], Evaluator]] = {
     "fairness": FairnessEvaluator,
     "efficiency": EfficiencyEvaluator,
 }
-TRAINING_END = ("accuracy", "calibration")  # the short evaluation at the end of training
+TRAINING_END = ("accuracy", "clinical", "calibration")  # the short evaluation at the end of training
 
 
 def select_evaluators(only: str | list[str] | tuple[str, ...] | None = None) -> list[Evaluator]:

@@ -240,3 +240,12 @@ def save_thresholds(run_dir: Path, fitted: dict[str, Any], info: dict[str, Any],
 def saved_thresholds(run_dir: Path, info: dict[str, Any]) -> dict[str, Any] | None:
     """The operating thresholds fitted on the run's validation split for exactly these weights."""
     return _fitted_for(run_dir / THRESHOLDS_FILE, info)
+
+
+DECISION_SPECIFICITY = "0.9"  # prediction flags a finding at the threshold reaching 90% specificity on validation
+
+
+def decision_thresholds(run_dir: Path, info: dict[str, Any]) -> list[float | None] | None:
+    """Per-label thresholds `vitkit predict`, exports and the server decide with (None where none was fitted)."""
+    record = saved_thresholds(run_dir, info)
+    return list(record["thresholds"][DECISION_SPECIFICITY]) if record else None

@@ -51,7 +51,10 @@ class Label(BaseModel):
 class ImagePrediction(BaseModel):
     id: str = Field(description="Send it back with the true label to POST /feedback.")
     top: list[Label]
-    low_confidence: bool
+    low_confidence: bool | None = Field(None, description="Single-label models: top-1 below --low-confidence.")
+    findings: list[str] | None = Field(
+        None, description="Multi-label models: the labels at or above their thresholds (90% specificity on validation)."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -271,11 +274,16 @@ def _predict_route(app: FastAPI, registry: Registry) -> None:
 def _predictions(answer: Answer, top_k: int, key: str | None, registry: Registry) -> dict[str, Any]:
     served = answer.served
     predictions = []
+    classifier = served.classifier
+    findings = classifier.findings(answer.probabilities) if classifier.multilabel else None
     for i, probabilities in enumerate(answer.probabilities):
         request_id = f"{answer.request_id}:{i}"
         registry.record(served, probabilities, request_id, key, "answer")
         order = np.argsort(-probabilities)[:top_k]
         top = [{"label": served.classes[j], "probability": float(probabilities[j])} for j in order]
+        if findings is not None:  # multi-label: the labels at or above their validation-fitted thresholds
+            predictions.append({"id": request_id, "top": top, "findings": findings[i]})
+            continue
         low = top[0]["probability"] < registry.settings.low_confidence
         predictions.append({"id": request_id, "top": top, "low_confidence": low})
     return {

@@ -52,9 +52,8 @@ class ServedModel:
         return normalize_batch(uint8, mean, std).numpy()[0]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities: softmax of logits / the temperature fitted for these weights."""
-        scaled = torch.from_numpy(logits) / (self.classifier.temperature or 1.0)
-        return scaled.softmax(dim=1).numpy()
+        """Calibrated class probabilities (softmax of logits / the fitted temperature), or per-label sigmoids."""
+        return self.classifier.probabilities(logits)
 
     def metadata(self) -> dict[str, Any]:
         """The v2 protocol's model metadata, with vitkit's own facts (classes, hash, preprocessing)."""

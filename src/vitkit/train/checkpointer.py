@@ -42,7 +42,7 @@ def best_reason(history: list[dict[str, Any]], best: dict[str, Any], metric: str
     """Why `best` (an epoch record of `history`) is the best checkpoint, in a sentence a person can check."""
     value, source = best_of(best, metric)
     scores = [best_of(r, metric)[0] for r in history if metric in r]
-    shown = f"{value:.2%}" if metric != "val_loss" else f"{value:.4f}"
+    shown = f"{value:.4f}" if metric == "val_loss" else f"{value:.3f}" if metric == "val_auroc" else f"{value:.2%}"
     which = "lowest" if metric == "val_loss" else "highest"
     text = (
         f"epoch {best['epoch']} ({'EMA' if source == 'ema' else 'raw'} weights) has the {which} {metric} ({shown}) of "
