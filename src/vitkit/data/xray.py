@@ -5,8 +5,8 @@ at one of two sites whose exposure and noise differ. Findings are drawn per pati
 rare, and stay with the patient's images, so an image-level split leaks patients into validation (as in real
 chest X-ray data). Each finding is a local change a radiologist would recognise:
 
-- Cardiomegaly: a heart shadow about 1.5x wider;
-- Effusion: fluid (bright, no rib texture) filling the base of one lung, more common with Cardiomegaly;
+- Cardiomegaly: a heart shadow 1.35x wider (hearts vary by +/-18% between patients);
+- Effusion: fluid (brighter, rib shadows half hidden) filling the base of one lung, more common with Cardiomegaly;
 - Nodule: a small round opacity in a lung; Mass: a large one (rare);
 - Pneumothorax: a dark region without lung markings along the edge of one lung, with a thin pleural line.
 """
@@ -45,6 +45,7 @@ def _patient_findings(rng: np.random.Generator) -> dict[str, bool]:
     return found
 
 
+# Lesion contrast and noise are set so that a small CNN does not separate every finding perfectly at 64 px.
 def _draw(
     rng: np.random.Generator, size: int, anatomy: dict[str, float], found: dict[str, bool], site: int
 ) -> np.ndarray:
@@ -63,26 +64,26 @@ def _draw(
         ribs = 0.06 * np.cos(2 * np.pi * (yy + 0.3 * np.abs(xx - 0.5 * s)) / (a["rib_period"] * s))
         img[lung] = (0.24 + ribs)[lung]
     img[np.abs(xx - 0.5 * s) < 0.045 * s] = 0.72  # the spine
-    heart_rx = a["heart_rx"] * (1.55 if found["Cardiomegaly"] else 1.0)
+    heart_rx = a["heart_rx"] * (1.35 if found["Cardiomegaly"] else 1.0)
     heart = _ellipse(yy, xx, 0.63 * s, 0.47 * s, 0.13 * s, heart_rx * s)
     img[heart] = 0.66
     if found["Effusion"]:
         lung = lungs[int(a["effusion_side"])]
-        base = yy > (a["lung_y"] + a["lung_ry"] * 0.35) * s
-        img[lung & base] = 0.62
+        base = yy > (a["lung_y"] + a["lung_ry"] * a["effusion_level"]) * s
+        img[lung & base] = 0.5 * img[lung & base] + 0.25  # fluid: brighter, rib shadows half hidden
     if found["Pneumothorax"]:
         side = int(a["ptx_side"])
         lung = lungs[side]
         edge = 0.5 + (2 * side - 1) * (a["lung_dx"] + 0.55 * a["lung_rx"])
         collapsed = lung & ((xx - edge * s) * (2 * side - 1) > 0)
-        img[collapsed] = 0.07
-        line = lung & (np.abs(xx - edge * s) < 0.6)
-        img[line] = 0.5
-    for name, sigma, amp in (("Nodule", 0.03, 0.42), ("Mass", 0.08, 0.38)):
+        img[collapsed] = 0.13  # no lung markings: darker and flat
+        line = lung & (np.abs(xx - edge * s) < 0.5)
+        img[line] = 0.36
+    for name, sigma, amp in (("Nodule", 0.03, 0.22), ("Mass", 0.07, 0.2)):
         if found[name]:
             cy, cx = a[f"{name}_y"] * s, a[f"{name}_x"] * s
             img = img + amp * _blob(yy, xx, cy, cx, sigma * s) * (lungs[0] | lungs[1])
-    contrast, noise = ((1.0, 0.03), (0.8, 0.06))[site]
+    contrast, noise = ((1.0, 0.05), (0.75, 0.08))[site]
     img = 0.5 + contrast * (img - 0.5) + rng.normal(0, noise, img.shape)
     return np.clip(img, 0.0, 1.0)
 
@@ -96,7 +97,8 @@ def _anatomy(rng: np.random.Generator) -> dict[str, float]:
         "lung_ry": rng.uniform(0.25, 0.3),
         "lung_rx": rng.uniform(0.13, 0.16),
         "rib_period": rng.uniform(0.09, 0.12),
-        "heart_rx": rng.uniform(0.1, 0.12),
+        "heart_rx": rng.uniform(0.09, 0.13),
+        "effusion_level": rng.uniform(0.3, 0.6),
         "effusion_side": float(rng.integers(0, 2)),
         "ptx_side": float(rng.integers(0, 2)),
         "Nodule_y": rng.uniform(0.32, 0.6),
