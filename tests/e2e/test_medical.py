@@ -79,7 +79,9 @@ def test_thresholds_fitted_on_validation_are_frozen_for_the_test_set(walkthrough
     assert saved["labels"] == list(XRAY_FINDINGS) and "validation split" in saved["fitted_on"]
     own = json.loads((run / "eval" / "metrics.json").read_text())["results"]["clinical"]
     assert own["threshold_source"].startswith("fitted on this set, the run's validation split")
-    test = json.loads((test_eval / "metrics.json").read_text())["results"]["clinical"]
+    test_doc = json.loads((test_eval / "metrics.json").read_text())
+    assert test_doc["images"] == 60  # other data is a test set: evaluated whole
+    test = test_doc["results"]["clinical"]
     assert test["threshold_source"].startswith("frozen: fitted on builtin:xray")
     for point in test["operating_points"]:
         index = saved["labels"].index(point["label"])

@@ -23,7 +23,12 @@ EVALUATORS: dict[str, Callable[[], Evaluator]] = {
     "fairness": FairnessEvaluator,
     "efficiency": EfficiencyEvaluator,
 }
-TRAINING_END = ("accuracy", "clinical", "calibration")  # the short evaluation at the end of training
+
+
+def training_end(task: str | None) -> tuple[str, ...]:
+    """The short evaluation at the end of training: accuracy and calibration, and for binary and multi-label
+    tasks the per-finding intervals and operating thresholds (which are then saved for the run)."""
+    return ("accuracy", "calibration") if task in (None, "multiclass") else ("accuracy", "clinical", "calibration")
 
 
 def select_evaluators(only: str | list[str] | tuple[str, ...] | None = None) -> list[Evaluator]:

@@ -76,11 +76,12 @@ def run_all(ctx: EvalContext, evaluators: list[Evaluator]) -> tuple[dict[str, An
 
 
 def _all_images(splits: DataSplits) -> ImageSet:
-    """Train and val of a source together: a shifted dataset is evaluated whole."""
+    """Train and val of a source together: a shifted dataset or a test set is evaluated whole."""
     a, b = splits.train, splits.val
     items = np.concatenate([a.items, b.items]) if isinstance(a.items, np.ndarray) else [*a.items, *b.items]
     groups = (a.groups or [""] * len(a)) + (b.groups or [""] * len(b)) if a.groups or b.groups else None
-    return ImageSet(items, np.concatenate([a.labels, b.labels]), groups)
+    patients = a.patients + b.patients if a.patients is not None and b.patients is not None else None
+    return ImageSet(items, np.concatenate([a.labels, b.labels]), groups, patients)
 
 
 def relabel(images: ImageSet, data_classes: list[str], classes: list[str], where: str) -> ImageSet:
@@ -112,7 +113,8 @@ def evaluate_run(
     settings: EvalSettings | None = None,
     save_temperature_for_predict: bool | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate a run folder (or one of its checkpoints) on the val split of its data, or of `data`; writes
+    """Evaluate a run folder (or one of its checkpoints) on the val split of its data, or on all of `data` (other
+    data is a test set); writes
     OUT/metrics.json and OUT/report.html (OUT defaults to RUN/eval) and returns the metrics document and OUT.
 
     A temperature that calibration fitted (and kept) is saved for `vitkit predict` when the evaluation used the
@@ -128,11 +130,12 @@ def evaluate_run(
     check_output_files(out / "metrics.json", out / "report.html")  # before the work: a user's file is never replaced
     splits = recipe_splits(recipe, data, groups)
     classes = info.get("classes") or splits.classes
-    images = relabel(splits.val, splits.classes, classes, f"the evaluation data {splits.description}")
+    own_data = data is None or same_source(data, recipe.data.source or "")
+    evaluated = splits.val if own_data else _all_images(splits)  # other data is a test set: all of it counts
+    images = relabel(evaluated, splits.classes, classes, f"the evaluation data {splits.description}")
     runner = make_runner(model, recipe)
     shift = load_shift(shift_data, classes, recipe) if shift_data else None
     ctx = predict_context(runner, images, classes, shift=shift, settings=settings)
-    own_data = data is None or same_source(data, recipe.data.source or "")
     if not own_data:  # a test set: the thresholds fitted on validation are applied unchanged
         ctx.frozen_thresholds = saved_thresholds(run_dir, info)
     ctx.is_validation_split = own_data

@@ -99,10 +99,10 @@ def train(
         raise
     result = RunResult(run_dir, summary)
     if evaluate and ranks.main:  # the evaluation of the finished run is one process's work
-        from vitkit.evaluate.registry import TRAINING_END
+        from vitkit.evaluate.registry import training_end
         from vitkit.evaluate.run import evaluate_run
 
-        result.evaluation, result.evaluation_dir = evaluate_run(run_dir, only=TRAINING_END)
+        result.evaluation, result.evaluation_dir = evaluate_run(run_dir, only=training_end(summary.get("task")))
     return result
 
 
