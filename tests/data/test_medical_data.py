@@ -42,10 +42,22 @@ def test_labels_column_becomes_a_matrix_in_sorted_label_order(tmp_path: Path):
     rows = [["a.png", "Effusion|Mass", "p1"], ["b.png", "No Finding", "p2"], ["c.png", "Mass", "p3"]]
     for r in rows:
         _png(tmp_path / str(r[0]))
-    manifest = _csv(tmp_path / "m.csv", ["path", "labels", "patient"], [[*r[:2], r[2], ] for r in rows])
+    manifest = _csv(
+        tmp_path / "m.csv",
+        ["path", "labels", "patient"],
+        [
+            [
+                *r[:2],
+                r[2],
+            ]
+            for r in rows
+        ],
+    )
     splits = load_source(str(manifest), val_fraction=0.34, seed=0)
     assert splits.classes == ["Effusion", "Mass"]
-    everything = {Path(p).name: tuple(row) for s in (splits.train, splits.val) for p, row in zip(s.items, s.labels)}
+    everything = {
+        Path(p).name: tuple(row) for s in (splits.train, splits.val) for p, row in zip(s.items, s.labels, strict=True)
+    }
     assert everything == {"a.png": (1.0, 1.0), "b.png": (0.0, 0.0), "c.png": (0.0, 1.0)}
 
 
@@ -57,7 +69,7 @@ def test_zero_one_columns_are_found_or_named(tmp_path: Path):
     named = load_source(str(manifest), val_fraction=0.34, seed=0, labels=LabelSpec(columns=("Nodule",)))
     assert named.classes == ["Nodule"]
     assert named.train.labels.shape[1] == 1
-    with pytest.raises(DataError, match="data.label_columns names columns the manifest lacks"):
+    with pytest.raises(DataError, match=r"data\.label_columns names columns the manifest lacks"):
         load_source(str(manifest), labels=LabelSpec(columns=("Hernia",)))
 
 
@@ -81,7 +93,7 @@ def test_chexpert_uncertain_labels_follow_the_policy(tmp_path: Path, policy: str
     assert splits.classes == ["Edema", "Pleural Effusion"]
     values = {}
     for s in (splits.train, splits.val):
-        for path, row in zip(s.items, s.labels):
+        for path, row in zip(s.items, s.labels, strict=True):
             values[str(path).split("train/")[1]] = row
     assert values["patient00000/study1/view1_frontal.jpg"][0] == 1.0
     uncertain = values["patient00000/study1/view2_frontal.jpg"][0]
@@ -97,7 +109,7 @@ def test_nih_layout_reads_findings_patients_and_the_images_folder(tmp_path: Path
     for n in names:
         _png(tmp_path / "images" / n)
     findings = ["Cardiomegaly", "No Finding", "Effusion|Infiltration", "No Finding", "Cardiomegaly|Effusion"] * 2
-    rows = [[n, f, i // 3, 50, "M" if i % 2 else "F"] for i, (n, f) in enumerate(zip(names, findings))]
+    rows = [[n, f, i // 3, 50, "M" if i % 2 else "F"] for i, (n, f) in enumerate(zip(names, findings, strict=True))]
     header = ["Image Index", "Finding Labels", "Patient ID", "Patient Age", "Patient Gender"]
     manifest = _csv(tmp_path / "Data_Entry_2017.csv", header, rows)
     splits = load_source(str(manifest), val_fraction=0.3, seed=1, group_column="Patient Gender")
@@ -112,7 +124,7 @@ def test_nih_layout_reads_findings_patients_and_the_images_folder(tmp_path: Path
 def test_a_given_split_that_shares_a_patient_is_refused(tmp_path: Path):
     rows = [["a.png", "x", "train", "p1"], ["b.png", "y", "val", "p1"], ["c.png", "y", "train", "p2"]]
     manifest = _csv(tmp_path / "m.csv", ["path", "label", "split", "patient"], rows)
-    with pytest.raises(DataError, match="1 patients have images in both train and val \\(e.g. p1\\)"):
+    with pytest.raises(DataError, match=r"1 patients have images in both train and val \(e\.g\. p1\)"):
         load_source(str(manifest))
 
 
@@ -153,13 +165,13 @@ def test_medmnist_files_read_directly(tmp_path: Path):
 def test_builtin_xray_has_its_prevalences_patients_and_sites():
     made = make_xray(3000, size=32, seed=3)
     observed = made.labels.mean(axis=0)
-    for name, share in zip(XRAY_FINDINGS, observed):
+    for name, share in zip(XRAY_FINDINGS, observed, strict=True):
         low = PREVALENCE[name] * 0.6
         assert low < share < PREVALENCE[name] * 1.6 + 0.03, name
     assert observed[XRAY_FINDINGS.index("Mass")] < 0.06  # a rare finding
     assert 3000 / len(set(made.patients)) > 2  # several images per patient
     by_patient: dict[str, set[tuple[float, ...]]] = {}
-    for p, row in zip(made.patients, made.labels):
+    for p, row in zip(made.patients, made.labels, strict=True):
         by_patient.setdefault(p, set()).add(tuple(row))
     assert all(len(rows) == 1 for rows in by_patient.values())  # a patient's findings stay with their images
     splits = load_source("builtin:xray", synthetic_sizes=(300, 100), img_size=32, seed=0)

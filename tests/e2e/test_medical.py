@@ -131,3 +131,27 @@ def test_the_report_renders_in_headless_chromium(walkthrough):
     assert any("true positive" in alt or "false positive" in alt for alt in alts)
     assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
     assert np.all([alt.strip() for alt in alts])
+
+
+def test_an_export_serves_findings_at_the_saved_thresholds(walkthrough, tmp_path: Path):
+    from tests.serve.client import Server
+
+    run = walkthrough["run"]
+    exported = vitkit("export", str(run), "--format", "onnx", "--out", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    model = json.loads((tmp_path / "export" / "model.json").read_text())
+    saved = json.loads((run / "thresholds.json").read_text())
+    assert model["task"] == "multilabel" and model["output"]["activation"].startswith("sigmoid")
+    assert model["thresholds"] == {"specificity": 0.9, "values": saved["thresholds"]["0.9"]}
+    server = Server(str(tmp_path / "export"))
+    try:
+        image = (walkthrough["test_dir"] / "0.png").read_bytes()
+        reply = server.post_files("/predict?top_k=5", [("files", image)])
+        assert reply.status == 200, reply.body
+        (prediction,) = reply.json()["predictions"]
+    finally:
+        server.close()
+    cuts = dict(zip(saved["labels"], saved["thresholds"]["0.9"], strict=True))
+    expected = {t["label"] for t in prediction["top"] if t["probability"] >= (cuts[t["label"]] or 0.5)}
+    assert set(prediction["findings"]) == expected and prediction["low_confidence"] is None
+    assert len(prediction["top"]) == 5 and all(0 <= t["probability"] <= 1 for t in prediction["top"])

@@ -118,3 +118,16 @@ def test_balancing_weights_and_the_weighted_order():
     assert 0.45 < np.mean(labels[drawn]) < 0.55  # the rare class drawn about half the time
     order.set_epoch(3)
     assert list(order) == list(order)  # one epoch, one order
+
+
+def test_a_weighted_order_is_dealt_out_over_processes_like_the_shuffle():
+    from vitkit.data.pipeline import train_sampler
+
+    weights = balancing_weights(np.asarray([0] * 30 + [1] * 10))
+    one = train_sampler(40, 1, seed=3, weights=weights)
+    two = [train_sampler(40, 1, seed=3, rank=r, world=2, weights=weights) for r in (0, 1)]
+    for sampler in (one, *two):
+        sampler.set_epoch(2)
+    merged = [pair for both in zip(*(list(s) for s in two), strict=True) for pair in both]
+    assert merged == list(one)  # the same global order and per-position seeds on 1 or 2 processes
+    assert isinstance(one.order, WeightedOrder)
