@@ -31,7 +31,7 @@ from vitkit.evaluate.run import evaluate_run
 from vitkit.train.loop import train
 
 RESULTS = Path(__file__).parent / "results" / "medical_xray.jsonl"
-EPOCHS = {"demo": 12, "3x": 36}
+EPOCHS = {"demo": 30, "3x": 90}
 CNN = [
     "model.name=resnet10t",
     "model.kwargs={channels: [20, 40, 80, 160]}",
