@@ -186,3 +186,13 @@ def test_data_classes_keeps_the_named_labels_in_order():
     assert np.array_equal(kept.train.labels[:, 1], splits.train.labels[:, XRAY_FINDINGS.index("Cardiomegaly")])
     with pytest.raises(DataError, match="does not have"):
         screen_data(splits, DataConfig(classes=["Hernia"]))
+
+
+def test_a_numeric_group_column_becomes_age_bands():
+    from vitkit.data.sources import numeric_bands
+
+    ages = [str(a) for a in range(5, 95, 3)]
+    assert numeric_bands(ages)[:3] == ["0-19", "0-19", "0-19"]
+    assert set(numeric_bands(ages)) == {"0-19", "20-39", "40-59", "60-79", "80+"}
+    assert numeric_bands(["1", "2", "1"]) == ["1", "2", "1"]  # a few codes stay codes
+    assert numeric_bands(["F", "M"]) == ["F", "M"]

@@ -291,6 +291,27 @@ def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:
 # --- CSV manifests -----------------------------------------------------------------------------------------
 
 
+AGE_BAND = 20  # width of the bands a numeric group column (an age) is grouped into
+
+
+def numeric_bands(values: list[str], width: int = AGE_BAND) -> list[str]:
+    """A group column of many numbers (an age) as bands ("40-59", "80+" from 80), so each group has enough images
+    to judge; other columns (site, sex, a few codes) stay as they are."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        return values
+    if len(set(numbers)) <= 10:
+        return values
+    top = 4 * width
+
+    def band(x: float) -> str:
+        low = int(x // width) * width
+        return f"{top}+" if x >= top else f"{low}-{low + width - 1}"
+
+    return [band(x) for x in numbers]
+
+
 def load_manifest(
     path: Path, val_fraction: float, seed: int, group_column: str | None = None, spec: LabelSpec | None = None
 ) -> DataSplits:
@@ -306,7 +327,7 @@ def load_manifest(
     if group_column is not None and group_column not in columns:
         raise DataError(f"{path}: no column '{group_column}' for the groups (columns: {sorted(columns)}).")
     group_column = group_column or "group"
-    groups = [r.get(group_column, "") for r in rows] if group_column in columns else None
+    groups = numeric_bands([r.get(group_column, "") for r in rows]) if group_column in columns else None
     full = ImageSet(table.paths, table.labels, groups, table.patients)
     description = f"manifest {path}" if table.layout == "manifest" else f"manifest {path} ({table.layout})"
     if "split" in columns:
