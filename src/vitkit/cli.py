@@ -744,6 +744,46 @@ def advise_freeze_command(
     console.print(command, highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("models")
+def models_command(
+    max_params: Annotated[str | None, typer.Option(help="Largest model, e.g. 30M or 300k.")] = None,
+    max_latency_ms: Annotated[
+        float | None, typer.Option(help="Slowest batch-1 forward on this machine, in milliseconds.")
+    ] = None,
+    img_size: Annotated[int, typer.Option(help="Your image size: FLOPs and latency are counted at it.")] = 224,
+    train_size: Annotated[int | None, typer.Option(help="Your training images: the recommendation follows it.")] = None,
+    pretrained_only: Annotated[bool, typer.Option(help="Leave out the from-scratch rows.")] = False,
+    top: Annotated[int, typer.Option(min=1, help="Rows to show, best published top-1 first.")] = 10,
+    latency: Annotated[bool, typer.Option(help="Measure each shown model's latency here.")] = True,
+) -> None:
+    """ViT-family models to start from: parameters and FLOPs, published ImageNet top-1, latency here, and a
+    recommendation for your data size."""
+    from vitkit.plan.models import TABLE_SOURCE, candidates, parse_count, recommend, select
+
+    limit = parse_count(max_params) if max_params else None
+    found = candidates(img_size, pretrained_only)
+    chosen = select(found, max_params=limit, max_latency_ms=max_latency_ms, top=top, measure=latency, img_size=img_size)
+    device = f"this CPU, {torch_threads()} threads"
+    table = Table(title="ViT-family models", title_justify="left")
+    table.add_column("model", overflow="fold")
+    for column in ("family", "params", f"GFLOPs @{img_size}", "ImageNet top-1 (at px)", f"latency ms ({device})"):
+        table.add_column(column)
+    for c in chosen:
+        top1 = f"{c.top1:.1f}% ({c.top1_size})" if c.top1 is not None else "train on your data"
+        measured = f"{c.latency_ms:.1f}" if c.latency_ms is not None else "-"
+        table.add_row(c.name, c.family, f"{c.params / 1e6:.1f}M", f"{c.flops / 1e9:.2f}", top1, measured)
+    console.print(table)
+    console.print(f"top-1: {TABLE_SOURCE}", highlight=False)
+    for line in recommend(chosen, train_size, img_size):
+        console.print(f"- {line}", highlight=False)
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 @plan_app.command("lora")
 def plan_lora_command(
     model: Annotated[str, typer.Option(help="timm model name, e.g. vit_base_patch16_224.")],
