@@ -906,6 +906,29 @@ def _print_memory_plan(plan: Any, model: str, device: int) -> None:
     console.print(f"{state} {device / 2**30:.1f} GiB; the largest batch that fits: {fits}", highlight=False)
 
 
+@app.command("codegen")
+def codegen_command(
+    source: Annotated[
+        str, typer.Argument(metavar="RUN_OR_RECIPE", help="A run folder, a shipped recipe name or a recipe YAML file.")
+    ],
+    data: Annotated[str | None, typer.Option(help="The image folder the script trains on by default.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field.")] = None,
+) -> None:
+    """A standalone training script (torch, torchvision, timm only) that reproduces the recipe: vitkit codegen
+    RUN > train.py."""
+    from vitkit.config.loader import recipe_from_yaml_file
+    from vitkit.plan.codegen import generate
+
+    run_recipe = Path(source) / "recipe.yaml"
+    if run_recipe.is_file():
+        if set_:
+            raise VitkitError("--set changes a recipe: give a recipe name or file, not a run folder, to override it.")
+        cfg = recipe_from_yaml_file(run_recipe)
+    else:
+        cfg = load_recipe(source, set_ or [])
+    typer.echo(generate(cfg, data, origin=source), nl=False)
+
+
 @app.command("schedule")
 def schedule_command(
     recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
