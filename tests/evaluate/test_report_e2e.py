@@ -83,6 +83,7 @@ def test_evaluate_runs_all_six_evaluators_and_writes_metrics_and_report(evaluate
         "Robustness",
         "Fairness",
         "Efficiency",
+        "Training",
     ):
         assert f"<h2>{title}" in html
     assert "http://" not in html and "https://" not in html and "<script" not in html  # opens offline
@@ -174,10 +175,10 @@ def _read_in_chromium(page: Path) -> tuple[list[list], list[dict], str]:
 def test_report_opens_in_headless_chromium_with_every_image_loaded_and_no_console_errors(evaluated, tmp_path: Path):
     _, out, doc = evaluated
     images, logs = _open_in_chromium(out / "report.html")
-    # 7 figures (confusion, reliability, coverage, entropy, diversity, severities, groups), 4 rollout overlays,
-    # and a thumbnail for each confidently wrong image
+    # 8 figures (confusion, reliability, coverage, entropy, diversity, severities, groups, training curves),
+    # 4 rollout overlays, and a thumbnail for each confidently wrong image
     wrong = len(doc["results"]["calibration"]["confidently_wrong"])
-    assert len(images) == 11 + wrong
+    assert len(images) == 12 + wrong
     assert all(complete and width > 0 for complete, width, _, _ in images), images
     assert all(alt.strip() for *_, alt in images)  # every figure and thumbnail says what it shows
     assert [entry for entry in logs if entry["level"] == "SEVERE"] == []

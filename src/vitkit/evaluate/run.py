@@ -139,6 +139,8 @@ def evaluate_run(
     if not own_data:  # a test set: the thresholds fitted on validation are applied unchanged
         ctx.frozen_thresholds = saved_thresholds(run_dir, info)
     ctx.is_validation_split = own_data
+    if only is None and ctx.task == "multiclass":  # per-finding ranking is for binary and multi-label tasks
+        evaluators = [e for e in evaluators if e.name != "clinical"]
     results, seconds = run_all(ctx, evaluators)
     document = {
         "vitkit": __version__,
@@ -173,26 +175,26 @@ def evaluate_run(
 
 
 def training_record(run_dir: Path) -> dict[str, Any]:
-    """What the findings need of a run's training: its epoch records (metrics.jsonl) and skipped images."""
+    """What the findings and the report need of a run's training: its epoch records, the learning rate of the
+    logged steps (metrics.jsonl) and the skipped images."""
     record: dict[str, Any] = {}
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-        keys = (
-            "epoch",
-            "train_loss",
-            "val_loss",
-            "ema_val_loss",
-            "val_top1",
-            "ema_val_top1",
-            "val_auroc",
-            "ema_val_auroc",
-        )
-        record["history"] = [{k: r[k] for k in keys if k in r} for r in lines if r.get("kind") == "epoch"]
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        keys = HISTORY_KEYS
+        record["history"] = [{k: r[k] for k in keys if k in r} for r in rows if r.get("kind") == "epoch"]
+        steps = [(r["step"], r["lr"]) for r in rows if r.get("kind") == "step" and "lr" in r]
+        every = max(1, len(steps) // LR_POINTS)
+        record["lr"] = [list(point) for point in steps[::every]]
     summary = run_dir / "summary.json"
     if summary.exists():
         record["bad_images"] = json.loads(summary.read_text()).get("bad_images", {}).get("skipped", 0)
     return record
+
+
+LR_POINTS = 300  # logged steps kept for the report's learning-rate plot
+HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "ema_val_loss", "val_top1", "ema_val_top1")
+HISTORY_KEYS += ("val_auroc", "ema_val_auroc")
 
 
 def weights_sha256(info: dict[str, Any]) -> str | None:

@@ -373,9 +373,30 @@ def sections(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def training_section(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Loss per epoch and the learning rate the run used (warmup, cosine, floor), from its metrics.jsonl."""
+    training = doc.get("training", {})
+    history, lr = training.get("history", []), training.get("lr", [])
+    if not history and not lr:
+        return None
+    plot = figure(plots.training_curves(history, lr), "loss per epoch, and the learning rate of every logged step")
+    return {
+        "id": "training",
+        "title": "Training",
+        "intro": "How the run trained: its losses per epoch and the learning rate it used at each logged step "
+        "(`vitkit schedule RECIPE` plots the same schedule, for every parameter group, before a run).",
+        "flags": [],
+        "scalars": [],
+        "blocks": [Markup(plot)],
+        "seconds": None,
+    }
+
+
 def render_report(doc: dict[str, Any]) -> str:
     env = Environment(loader=PackageLoader("vitkit.evaluate.report", "."), autoescape=select_autoescape(["j2"]))
-    return env.get_template("report.html.j2").render(doc=doc, sections=sections(doc), findings=findings(doc))
+    training = training_section(doc)
+    parts = sections(doc) + ([training] if training else [])
+    return env.get_template("report.html.j2").render(doc=doc, sections=parts, findings=findings(doc))
 
 
 def write_report(doc: dict[str, Any], path: Path) -> Path:

@@ -148,3 +148,23 @@ def interval_plot(labels: Sequence[str], values: Sequence[float], low: Sequence[
     ax.set_xlabel("AUROC (95% bootstrap interval)")
     fig.tight_layout()
     return figure_uri(fig)
+
+
+def training_curves(history: list[dict[str, float]], lr: list[list[float]]) -> str:
+    """Two panels: training and validation loss per epoch, and the learning rate of the logged steps."""
+    fig = Figure(figsize=(8.4, 3.2))
+    loss_ax, lr_ax = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in history]
+    for i, key in enumerate(("train_loss", "val_loss", "ema_val_loss")):
+        points = [(r["epoch"], r[key]) for r in history if key in r]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=COLORS[i % len(COLORS)], label=key)
+    loss_ax.set(xlabel="epoch", ylabel="loss")
+    if epochs:
+        loss_ax.legend(fontsize=7)
+    if lr:
+        lr_ax.plot([p[0] for p in lr], [p[1] for p in lr], color=COLORS[0])
+    lr_ax.set(xlabel="step", ylabel="learning rate (highest group)")
+    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    fig.tight_layout()
+    return figure_uri(fig)
