@@ -117,10 +117,11 @@ def test_predicted_activations_equal_what_a_real_cpu_pass_keeps(name: str):
             model = apply_strategy(build_model(cfg.model, 10), cfg.finetune)
             set_attention(model, attn)
             measured = measured_saved_bytes(model.train(), torch.randn(2, 3, 224, 224))
-            # LoRA with fused attention keeps up to 9% more than predicted on ViTs (the split q/k/v of the adapted
-            # qkv reach the flash kernel in another layout); every other case is within 5%, most to the byte
-            bound = 0.10 if (strategy, attn) == ("lora", "fused") else 0.05
-            assert abs(predicted - measured) <= bound * measured, (strategy, attn, predicted, measured)
+            # within 5%: every ViT and DeiT case to the byte, Swin (whose masked attention takes the math path of
+            # SDPA on CPU) within 2.5%
+            assert abs(predicted - measured) <= 0.05 * measured, (strategy, attn, predicted, measured)
+            if not name.startswith("swin"):
+                assert predicted == measured, (strategy, attn, predicted, measured)
 
 
 def test_vit_b16_at_batch_256_and_korthikantis_closed_form():

@@ -36,6 +36,7 @@ class Saved:
     nbytes: int
     shape: tuple[int, ...]
     head_dim: int = 0  # set on the N x N attention probabilities of an attention module, 0 elsewhere
+    fused_only: bool = False  # the attention output, which a fused kernel keeps and the math path may not
 
 
 @dataclass
@@ -136,10 +137,13 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype)
         if isinstance(module := getattr(model, name, None), nn.Module):
             handles.append(module.register_forward_pre_hook(lambda _m, _a: where.__setitem__(0, "head")))
     inside: list[int] = []  # the head dim of the attention module running, if any
+    outputs: list[tuple[str, torch.Tensor]] = []  # each attention's output, as its projection receives it
     for module in model.modules():
         if hasattr(module, "fused_attn") and hasattr(module, "head_dim"):
             handles.append(module.register_forward_pre_hook(lambda m, _a: inside.append(int(m.head_dim))))
             handles.append(module.register_forward_hook(lambda _m, _a, _o: _pop(inside)))
+            if isinstance(proj := getattr(module, "proj", None), nn.Module):
+                handles.append(proj.register_forward_pre_hook(lambda _m, a: outputs.append((where[0], a[0]))))
     seen: set[int] = set()
     kept: list[torch.Tensor] = []  # holds every base, so that no id is reused by another tensor during the trace
     saved: list[Saved] = []
@@ -162,13 +166,19 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype)
     finally:
         for handle in handles:
             handle.remove()
+    for block, output in outputs:  # a fused kernel keeps its output for backward; the math path only when the
+        base = output._base if output._base is not None else output  # projection trains (it is proj's input)
+        if output.requires_grad and id(base) not in seen:  # a frozen attention keeps nothing
+            saved.append(Saved(block, base.numel() * base.element_size(), tuple(base.shape), fused_only=True))
     return saved
 
 
 def _fused(saved: list[Saved]) -> list[Saved]:
     """What a fused kernel (flash attention) keeps instead of the math path's N x N probabilities: the fp32
-    log-sum-exp (..., N) of each row. The kernel also keeps its output, but timm's math path keeps the scaled
-    queries, a tensor of the same size, which the fused path does not (measured on CPU: equal to the byte)."""
+    log-sum-exp (..., N) of each row, and its output. q, k and v are kept as views of the qkv projection (the
+    math path keeps copies of the same total size). The output is laid out so that the projection's input is a
+    view of it: when the projection trains, the math path already counts it; when it is frozen (LoRA on q and v
+    only), it is the `fused_only` entry the trace added (measured on CPU: equal to the byte)."""
     out = []
     for s in saved:
         rows = math.prod(s.shape[:-1])
@@ -194,8 +204,7 @@ def plan_memory(cfg: Recipe, batch: int, num_classes: int = 1000) -> MemoryPlan:
     first = next(iter(getattr(base, "blocks", [])), None)
     heads = int(getattr(getattr(first, "attn", None), "num_heads", 0) or 0)
     saved = trace_saved(model, batch, cfg.model.img_size, dtype)
-    if attention == "fused":
-        saved = _fused(saved)
+    saved = _fused(saved) if attention == "fused" else [s for s in saved if not s.fused_only]
     return MemoryPlan(
         batch=batch,
         precision=precision,
