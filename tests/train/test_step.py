@@ -48,7 +48,7 @@ def head_run(batch_size: int, accumulation: int, *, scaler: torch.amp.GradScaler
     task = CachedHead(model, None, None, None, batch_size, steps, num_classes=3, smoothing=0.0, seed=2)  # type: ignore[arg-type]
     task.__dict__["features"] = {"train": features, "train_labels": labels}
     return SimpleNamespace(
-        accelerator=acc, model=model, optimizer=optimizer, task=task, clip=float("inf"), window=Window()
+        accelerator=acc, model=model, optimizer=optimizer, task=task, clip=float("inf"), window=Window(), dynamics=None
     )
 
 

@@ -212,6 +212,12 @@ class TrainConfig(Section):
         "frequency), focal (focal loss, gamma train.focal_gamma) or none.",
     )
     focal_gamma: float = Field(2.0, gt=0.0, description="Focal loss gamma (train.imbalance=focal).")
+    monitor_dynamics: bool = Field(
+        True,
+        description="At logging steps, per-block attention/MLP gradient norms and update/weight ratios; at each "
+        "validation, per-layer attention entropy and head diversity and the top-1 on a fixed sample of training "
+        "images (for the over/underfitting diagnosis).",
+    )
     deterministic: bool = Field(
         False,
         description="Deterministic algorithms only (torch.use_deterministic_algorithms); with the seeds, two runs "

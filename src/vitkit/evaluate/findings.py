@@ -160,6 +160,8 @@ def _training(training: dict[str, Any], num_classes: int, multilabel: bool = Fal
             "model.drop_path_rate 0.1-0.2, more optim.weight_decay, fewer schedule.epochs, or more data; pretrained "
             "weights (--pretrained) help most on small data. The best checkpoint is used meanwhile.",
         )
+    yield from _fit_gap(history, multilabel)
+    yield from _dynamics(training.get("dynamics", {}))
     if multilabel:
         yield from _multilabel_underfit(history)
         return
@@ -173,6 +175,63 @@ def _training(training: dict[str, Any], num_classes: int, multilabel: bool = Fal
             f"{losses[-1]:.3f}: the model underfits.",
             "Train longer (schedule.epochs), check optim.lr and the warmup, or start from pretrained weights "
             "(--pretrained); on little data, the small-data recipe. See vitkit advise freeze.",
+        )
+
+
+OVERFIT_GAP = 0.15  # training top-1 this far above validation top-1 is overfitting
+ATTN_MLP_GRAD_RATIO = 10.0  # attention gradients this many times the MLP's (median over logged updates)
+LARGE_UPDATE = 0.05  # an update that moves a block's weights by 5% or more
+
+
+def _fit_gap(history: list[dict[str, Any]], multilabel: bool) -> Iterator[Finding]:
+    """Over- or underfitting from the last epoch's training-sample score against its validation score."""
+    key = "auroc" if multilabel else "top1"
+    scored = [r for r in history if f"train_eval_{key}" in r and f"val_{key}" in r]
+    if not scored:
+        return
+    last = scored[-1]
+    train, val = last[f"train_eval_{key}"], last[f"val_{key}"]
+    shown = (lambda x: f"{x:.3f}") if multilabel else (lambda x: f"{x:.1%}")
+    best = max(r[f"val_{key}"] for r in scored)
+    if train - val > OVERFIT_GAP * (0.5 if multilabel else 1.0):
+        yield Finding(
+            "act",
+            "Training",
+            f"training images score {shown(train)} and validation images {shown(val)} ({key}, last epoch): the model "
+            "overfits.",
+            "Regularise more: raise model.drop_path_rate by 0.1 (0.1-0.2 for small ViTs), turn on Mixup/CutMix "
+            "(augment.mixup=0.8, augment.cutmix=1.0) and RandAugment, raise optim.weight_decay; more data or "
+            "pretrained weights (--pretrained) help most.",
+        )
+    elif val >= best and len(scored) >= 3 and scored[-2][f"val_{key}"] < val and train - val < 0.05:
+        yield Finding(
+            "check",
+            "Training",
+            f"validation {key} was still rising at the last epoch ({shown(val)}), level with the training images "
+            f"({shown(train)}): the run stopped while the model was still learning.",
+            "Train longer (raise schedule.epochs, e.g. x2); if it then plateaus with training and validation level, "
+            "lower the regularisation (model.drop_path_rate, augment.mixup, augment.cutmix) or use a larger model.",
+        )
+
+
+def _dynamics(dynamics: dict[str, float]) -> Iterator[Finding]:
+    ratio, update = dynamics.get("attn_mlp_grad_ratio"), dynamics.get("max_update_ratio")
+    if ratio is not None and ratio > ATTN_MLP_GRAD_RATIO:
+        yield Finding(
+            "check",
+            "Training",
+            f"attention gradients were {ratio:.0f}x the MLP's (median over logged updates): attention dominates "
+            "the updates.",
+            "Clip gradients (optim.clip_grad=1.0) and keep the warmup (schedule.warmup_epochs); if attention "
+            "collapses, lower optim.lr.",
+        )
+    if update is not None and update > LARGE_UPDATE:
+        yield Finding(
+            "check",
+            "Training",
+            f"one update moved a block's weights by {update:.1%} (updates of about 0.1% are typical): the learning "
+            "rate may be too high.",
+            "Lower optim.lr, lengthen schedule.warmup_epochs, or clip gradients (optim.clip_grad=1.0).",
         )
 
 

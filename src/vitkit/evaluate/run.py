@@ -186,6 +186,7 @@ def training_record(run_dir: Path) -> dict[str, Any]:
         steps = [(r["step"], r["lr"]) for r in rows if r.get("kind") == "step" and "lr" in r]
         every = max(1, len(steps) // LR_POINTS)
         record["lr"] = [list(point) for point in steps[::every]]
+        record["dynamics"] = dynamics_summary([r for r in rows if r.get("kind") == "step"])
     summary = run_dir / "summary.json"
     if summary.exists():
         record["bad_images"] = json.loads(summary.read_text()).get("bad_images", {}).get("skipped", 0)
@@ -194,7 +195,24 @@ def training_record(run_dir: Path) -> dict[str, Any]:
 
 LR_POINTS = 300  # logged steps kept for the report's learning-rate plot
 HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "val_loss", "ema_val_loss", "val_top1", "ema_val_top1")
-HISTORY_KEYS += ("val_auroc", "ema_val_auroc")
+HISTORY_KEYS += ("val_auroc", "ema_val_auroc", "train_eval_top1", "train_eval_auroc", "train_eval_loss")
+HISTORY_KEYS += ("attn_entropy", "attn_collapsed", "attn_uniform")
+
+
+def dynamics_summary(steps: list[dict[str, Any]]) -> dict[str, float]:
+    """Over the logged updates: the median ratio of attention to MLP gradient norms and the largest update."""
+    ratios = sorted(r["attn_mlp_grad_ratio"] for r in steps if _finite(r.get("attn_mlp_grad_ratio")))
+    updates = [r["max_update_ratio"] for r in steps if _finite(r.get("max_update_ratio"))]
+    out: dict[str, float] = {}
+    if ratios:
+        out["attn_mlp_grad_ratio"] = ratios[len(ratios) // 2]
+    if updates:
+        out["max_update_ratio"] = max(updates)
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
 
 
 def weights_sha256(info: dict[str, Any]) -> str | None:

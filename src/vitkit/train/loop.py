@@ -9,6 +9,7 @@ the logger. What is trained (images, images with a teacher, a head on cached fea
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -228,6 +229,8 @@ class _Loop:
         return True
 
     def step(self, batch: Batch) -> StepOutcome:
+        if self.run.dynamics is not None:  # read the gradients and update sizes of the updates that get logged
+            self.run.dynamics.due = (self.run.progress.global_step + 1) % self.run.settings.log_every == 0
         outcome = train_step(self.run, batch)
         p = self.run.progress
         p.global_step += 1
@@ -282,10 +285,27 @@ class _Loop:
             if parts.distill is None
             else {"task_loss": float(parts.task.detach()), "distill_loss": float(parts.distill.detach())}
         )
+        extra |= self.dynamics_readings(step)
         self.logger.log("step", step, epoch=p.epoch + 1, loss=loss, lr=lr, grad_norm=p.last_grad_norm, **extra)
         images_per_s, data_wait = self.meter.lap()
         self.logger.log_timing(step, img_per_s=images_per_s, data_wait=data_wait)
         self.display.step(step, p.epoch + 1, loss, lr, images_per_s)
+
+    def dynamics_readings(self, step: int) -> dict[str, Any]:
+        """The monitor's per-block readings of this step's update (once), also per block to TensorBoard."""
+        dynamics = self.run.dynamics
+        if dynamics is None or not dynamics.grads:
+            return {}
+        readings = dynamics.record()
+        per_block = {
+            f"dynamics/{name}/block_{i}": v
+            for name in ("grad_norm_attn", "grad_norm_mlp", "update_ratio_attn", "update_ratio_mlp")
+            for i, v in enumerate(readings[name])
+            if math.isfinite(v)
+        }
+        self.logger.log_extra(step, per_block)
+        dynamics.grads, dynamics.ratios = {}, {}
+        return readings
 
     def end_epoch(self) -> None:
         """Validate (every train.eval_every epochs, and at the end), keep the best checkpoint, write `last`."""
@@ -306,6 +326,8 @@ class _Loop:
         self.logger.log("epoch", p.global_step, **record)
         p.history.append(record)
         self.display.message(epoch_line(record))
+        for warning in dynamics_warnings(record):
+            self.display.message(f"warning: {warning}")
         self.checkpointer.save_last(p, meta)
 
 
@@ -338,6 +360,24 @@ class Throughput:
         figures = self.images / elapsed, self.wait / elapsed
         self.reset()
         return figures
+
+
+def dynamics_warnings(record: dict[str, Any]) -> list[str]:
+    """What the epoch's attention readings say is going wrong, in words for the progress line."""
+    out = []
+    if record.get("attn_collapsed"):
+        layers = ", ".join(str(i) for i in record["attn_collapsed"])
+        out.append(
+            f"attention collapsed in layer {layers} (entropy near zero, heads alike): lower optim.lr or lengthen "
+            "schedule.warmup_epochs"
+        )
+    uniform = record.get("attn_uniform", [])
+    if uniform and len(uniform) == len(record.get("attn_entropy", [])) and record.get("epoch", 0) >= UNIFORM_AFTER:
+        out.append("attention is still uniform in every layer: the model has not learnt where to look yet")
+    return out
+
+
+UNIFORM_AFTER = 3  # epochs after which attention that is uniform in every layer is worth a warning
 
 
 def set_lr(scheduler: Any, optimizer: Any, progress: Progress) -> None:

@@ -58,12 +58,13 @@ from vitkit.train.checkpoint import (
     where_in_training,
 )
 from vitkit.train.display import print_run_header
+from vitkit.train.dynamics import DynamicsMonitor
 from vitkit.train.losses import make_criterion
 from vitkit.train.optim import build_optimizer, build_scheduler
 from vitkit.train.ranks import Ranks
 from vitkit.train.scaleout import backend_kwargs, check_same_recipe, process_batch_size
 from vitkit.train.step import Window
-from vitkit.train.tasks import CachedHead, ImageClassification, Task
+from vitkit.train.tasks import CachedHead, ImageClassification, Task, monitor_sample
 from vitkit.train.trackers import accelerate_trackers
 
 
@@ -113,6 +114,7 @@ class Run:
     clip: float  # max gradient norm; inf for none
     resumed: bool = False  # restored from a checkpoint
     window: Window = field(default_factory=Window)  # the accumulation window in progress
+    dynamics: DynamicsMonitor | None = None  # gradient and update sizes at logging steps (train.monitor_dynamics)
 
     @property
     def ranks(self) -> Ranks:
@@ -257,6 +259,7 @@ def setup_run(
     run = Run(
         cfg, run_dir, accelerator, model, raw_model, optimizer, scheduler, ema, task, settings, facts, Progress(), clip
     )
+    run.dynamics = DynamicsMonitor() if t.monitor_dynamics else None
     if resume:
         run.progress, run.resumed = restore(run, console), True
     run.progress.images_per_step = settings.images_per_step
@@ -441,6 +444,7 @@ def _image_task(
         autocast=accelerator.autocast,
         ranks=Ranks(accelerator),
         criterion=criterion(cfg, data),
+        train_sample=monitor_sample(data.train, cfg.train.seed) if cfg.train.monitor_dynamics else None,
     )
 
 

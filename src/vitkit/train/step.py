@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from vitkit.train.dynamics import DynamicsMonitor
 from vitkit.train.losses import LossParts
 from vitkit.train.ranks import Ranks
 from vitkit.train.tasks import Batch, Task
@@ -55,6 +56,7 @@ class Steppable(Protocol):
     task: Task
     clip: float  # max gradient norm; inf for none
     window: Window
+    dynamics: DynamicsMonitor | None  # reads gradients and update sizes at the updates it is due for
 
 
 def train_step(run: Steppable, batch: Batch) -> StepOutcome:
@@ -73,6 +75,9 @@ def train_step(run: Steppable, batch: Batch) -> StepOutcome:
         run.window.add(loss)
         outcome = StepOutcome(loss, parts, batch.size)
         if accelerator.sync_gradients:
+            watch = run.dynamics if run.dynamics is not None and run.dynamics.due else None
+            if watch is not None:
+                watch.before_update(accelerator.unwrap_model(run.model))
             norm = accelerator.clip_grad_norm_(run.model.parameters(), run.clip)
             finite = run.window.finite & torch.isfinite(torch.as_tensor(norm)) if scaler is None else run.window.finite
             # one host sync per update; with several processes one all-reduce, so that all make the same decision
@@ -80,6 +85,8 @@ def train_step(run: Steppable, batch: Batch) -> StepOutcome:
             outcome.grad_norm, outcome.window = float(norm), run.window
             if outcome.finite or scaler is not None:  # the scaler skips inf/NaN gradients itself, and lowers its scale
                 run.optimizer.step()
+            if watch is not None:
+                watch.after_update(accelerator.unwrap_model(run.model))
             outcome.scaler_skipped = scaler is not None and run.optimizer.step_was_skipped
             run.window = Window()
         run.optimizer.zero_grad(set_to_none=True)

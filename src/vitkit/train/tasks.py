@@ -30,6 +30,7 @@ from vitkit.evaluate.metrics import AccuracyEvaluator
 from vitkit.evaluate.run import predict_context
 from vitkit.models.finetune import set_train_mode
 from vitkit.models.teacher import Teacher
+from vitkit.train.dynamics import attention_health
 from vitkit.train.losses import Criterion, LossParts, soft_target_cross_entropy, training_loss
 from vitkit.train.probe import classifier_forward, extract_features
 from vitkit.train.ranks import Ranks
@@ -92,6 +93,7 @@ class ImageClassification:
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext  # the accelerator's, for the teacher
     ranks: Ranks | None = None  # several processes: each validates its share of the images
     criterion: Criterion = soft_target_cross_entropy  # the classification term (train.losses.make_criterion)
+    train_sample: ImageSet | None = None  # train.monitor_dynamics: training images scored like validation
 
     def __post_init__(self) -> None:
         # the student's normalisation as (1, C, 1, 1) tensors: the teacher re-normalises the same images its own way
@@ -122,13 +124,32 @@ class ImageClassification:
     def train_mode(self) -> None:
         set_train_mode(self.model, self.strategy)
 
-    def validate(self, model: nn.Module, prefix: str = "") -> dict[str, float]:
+    def validate(self, model: nn.Module, prefix: str = "") -> dict[str, Any]:
         runner = replace(self.runner, model=model)
         if self.ranks is None or self.ranks.world == 1:
-            return epoch_metrics(predict_context(runner, self.val_images, []), prefix)
-        share = self.ranks.shard(len(self.val_images))
-        ctx = predict_context(runner, self.val_images.subset(np.arange(share.start, share.stop)), [])
-        return epoch_metrics(gathered(ctx, self.ranks), prefix)
+            record: dict[str, Any] = epoch_metrics(predict_context(runner, self.val_images, []), prefix)
+        else:
+            share = self.ranks.shard(len(self.val_images))
+            ctx = predict_context(runner, self.val_images.subset(np.arange(share.start, share.stop)), [])
+            record = epoch_metrics(gathered(ctx, self.ranks), prefix)
+        if self.train_sample is not None and not prefix:  # the raw model: how it trains, beside how it generalises
+            record |= train_fit(runner, self.train_sample)
+            record |= attention_health(model, runner, self.val_images)
+        return record
+
+
+def train_fit(runner: ModelRunner, sample: ImageSet) -> dict[str, float]:
+    """Top-1 (or macro AUROC) and loss of a fixed sample of training images under the eval transform: against the
+    validation figures, the gap that tells overfitting from underfitting."""
+    values = epoch_metrics(predict_context(runner, sample, []))
+    return {key.replace("val_", "train_eval_", 1): value for key, value in values.items()}
+
+
+def monitor_sample(images: ImageSet, seed: int, size: int = 512) -> ImageSet:
+    """A seeded, fixed sample of the training images for `train_fit`."""
+    if len(images) <= size:
+        return images
+    return images.subset(np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False)))
 
 
 def gathered(ctx: EvalContext, ranks: Ranks) -> EvalContext:

@@ -379,12 +379,19 @@ def training_section(doc: dict[str, Any]) -> dict[str, Any] | None:
     history, lr = training.get("history", []), training.get("lr", [])
     if not history and not lr:
         return None
-    plot = figure(plots.training_curves(history, lr), "loss per epoch, and the learning rate of every logged step")
+    plot = figure(
+        plots.training_curves(history, lr),
+        "loss per epoch, training sample against validation, the learning rate of every logged step, and each "
+        "layer's attention entropy",
+    )
     return {
         "id": "training",
         "title": "Training",
-        "intro": "How the run trained: its losses per epoch and the learning rate it used at each logged step "
-        "(`vitkit schedule RECIPE` plots the same schedule, for every parameter group, before a run).",
+        "intro": "How the run trained: its losses per epoch; a fixed sample of training images scored like the "
+        "validation images (a wide gap is overfitting, two low curves underfitting); the learning rate it used at "
+        "each logged step (`vitkit schedule RECIPE` plots the same schedule, for every parameter group, before a "
+        "run); and each layer's attention entropy as a share of uniform attention (near 0: collapse; staying at 1: "
+        "attention has not learnt where to look).",
         "flags": [],
         "scalars": [],
         "blocks": [Markup(plot)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -150,21 +151,42 @@ def interval_plot(labels: Sequence[str], values: Sequence[float], low: Sequence[
     return figure_uri(fig)
 
 
-def training_curves(history: list[dict[str, float]], lr: list[list[float]]) -> str:
-    """Two panels: training and validation loss per epoch, and the learning rate of the logged steps."""
-    fig = Figure(figsize=(8.4, 3.2))
-    loss_ax, lr_ax = fig.subplots(1, 2)
-    epochs = [r["epoch"] for r in history]
+def training_curves(history: list[dict[str, Any]], lr: list[list[float]]) -> str:
+    """Panels: losses per epoch; training-sample against validation score; the learning rate of the logged steps;
+    each layer's attention entropy (share of uniform) per epoch, when the run recorded them."""
+    score = "auroc" if any("val_auroc" in r for r in history) else "top1"
+    has_fit = any(f"train_eval_{score}" in r for r in history)
+    has_attention = any("attn_entropy" in r for r in history)
+    panels = 2 + has_fit + has_attention
+    fig = Figure(figsize=(4.2 * panels, 3.2))
+    axes = list(fig.subplots(1, panels))
+    loss_ax, lr_ax = axes[0], axes[1 + has_fit]
     for i, key in enumerate(("train_loss", "val_loss", "ema_val_loss")):
-        points = [(r["epoch"], r[key]) for r in history if key in r]
-        if points:
-            loss_ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=COLORS[i % len(COLORS)], label=key)
+        _epoch_line(loss_ax, history, key, COLORS[i % len(COLORS)])
     loss_ax.set(xlabel="epoch", ylabel="loss")
-    if epochs:
-        loss_ax.legend(fontsize=7)
+    loss_ax.legend(fontsize=7)
+    if has_fit:
+        fit_ax = axes[1]
+        _epoch_line(fit_ax, history, f"train_eval_{score}", COLORS[0], "training sample")
+        _epoch_line(fit_ax, history, f"val_{score}", COLORS[1], "validation")
+        fit_ax.set(xlabel="epoch", ylabel=score)
+        fit_ax.legend(fontsize=7)
     if lr:
         lr_ax.plot([p[0] for p in lr], [p[1] for p in lr], color=COLORS[0])
     lr_ax.set(xlabel="step", ylabel="learning rate (highest group)")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if has_attention:
+        att_ax = axes[-1]
+        rows = [(r["epoch"], r["attn_entropy"]) for r in history if "attn_entropy" in r]
+        for layer in range(len(rows[0][1])):
+            att_ax.plot([e for e, _ in rows], [v[layer] for _, v in rows], lw=1, label=f"layer {layer}")
+        att_ax.set(xlabel="epoch", ylabel="attention entropy / log N", ylim=(0, 1.05))
+        att_ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return figure_uri(fig)
+
+
+def _epoch_line(ax: Any, history: list[dict[str, Any]], key: str, color: str, label: str | None = None) -> None:
+    points = [(r["epoch"], r[key]) for r in history if key in r]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, color=color, label=label or key)
