@@ -78,7 +78,8 @@ def test_findings_diagnose_overfitting_and_a_run_still_learning():
 
 
 def test_a_run_logs_its_dynamics(tmp_path: Path):
-    train(tiny_recipe("schedule.epochs=1", "schedule.warmup_epochs=0", "train.log_every=2"), tmp_path / "run", evaluate=False)
+    one_epoch = ["schedule.epochs=1", "schedule.warmup_epochs=0"]
+    train(tiny_recipe(*one_epoch, "train.log_every=2"), tmp_path / "run", evaluate=False)
     steps = read_metrics(tmp_path / "run" / "metrics.jsonl", "step")
     assert steps and all(len(s["grad_norm_attn"]) == 2 and len(s["update_ratio_mlp"]) == 2 for s in steps)
     assert all(s["attn_mlp_grad_ratio"] > 0 for s in steps)
@@ -86,5 +87,5 @@ def test_a_run_logs_its_dynamics(tmp_path: Path):
     assert 0 <= epoch["train_eval_top1"] <= 1 and len(epoch["attn_entropy"]) == 2
     assert all(0 < h <= 1.0 + 1e-6 for h in epoch["attn_entropy"])
     off = tmp_path / "off"
-    train(tiny_recipe("schedule.epochs=1", "schedule.warmup_epochs=0", "train.monitor_dynamics=false"), off, evaluate=False)
+    train(tiny_recipe(*one_epoch, "train.monitor_dynamics=false"), off, evaluate=False)
     assert "grad_norm_attn" not in read_metrics(off / "metrics.jsonl", "step")[0]
