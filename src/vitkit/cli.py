@@ -906,6 +906,50 @@ def _print_memory_plan(plan: Any, model: str, device: int) -> None:
     console.print(f"{state} {device / 2**30:.1f} GiB; the largest batch that fits: {fits}", highlight=False)
 
 
+@app.command("tune")
+def tune_command(
+    data: Annotated[str, typer.Option(help="The data to tune on (any --data form).")],
+    out: Annotated[Path, typer.Option(help="The study folder: trials, study.db, best.yaml (again: continue).")],
+    base: Annotated[str, typer.Option(help="The recipe whose trick strengths are searched.")] = "small-data",
+    trials: Annotated[int | None, typer.Option(help="Trials to run now (with --budget: whichever ends first).")] = None,
+    budget: Annotated[str | None, typer.Option(help="Wall-clock budget for new trials: 90m, 2h, 3600s.")] = None,
+    holdout: Annotated[float, typer.Option(help="Share of the training split the trials validate on.")] = 0.2,
+    retrain: Annotated[bool, typer.Option(help="Then train the winner on the whole training split.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a recipe field in every trial.")] = None,
+) -> None:
+    """Search trick strengths (lr, weight decay, drop path, smoothing, crops, RandAugment, erasing, Mixup, CutMix)
+    on a held-out part of the training split with Optuna (TPE, Hyperband pruning); resumable."""
+    from vitkit.plan.tune import retrain as retrain_best
+    from vitkit.plan.tune import tune
+
+    cfg = load_recipe(base, [*(set_ or []), f"data.source={data}", f"data.holdout={holdout}"])
+    result = tune(cfg, out, trials=trials, budget_seconds=parse_duration(budget) if budget else None, console=console)
+    table = Table(title=f"{result.trials} trials ({result.pruned} pruned); best {result.best_value:.4f}")
+    table.add_column("setting")
+    table.add_column("importance")
+    for name, share in result.importances.items():
+        table.add_row(name, f"{share:.2f}")
+    console.print(table)
+    console.print(
+        f"best recipe: {result.best_recipe} (train it: vitkit train --recipe {result.best_recipe} --data "
+        f"{data} --out runs/NAME)",
+        highlight=False,
+    )
+    if retrain:
+        final = retrain_best(result.best_recipe, out, console)
+        console.print(f"retrained on the whole training split: {final.run_dir}", highlight=False)
+
+
+def parse_duration(text: str) -> float:
+    """'90m', '2h', '3600s' or '3600' as seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([smh]?)\s*", text.lower())
+    if match is None:
+        raise VitkitError(f"--budget {text!r}: give a duration like 90m, 2h or 3600s.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
 @app.command("codegen")
 def codegen_command(
     source: Annotated[

@@ -70,6 +70,14 @@ class DataConfig(Section):
     val_fraction: float = Field(
         0.1, gt=0.0, lt=1.0, description="Share held out (stratified, seeded) when the source has no val split."
     )
+    holdout: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Validate on this share of the training split instead (stratified or by patient, seeded by "
+        "train.seed); the data's own validation split is then never read. Set by vitkit tune, so that choosing a "
+        "recipe never looks at the set it is finally judged on.",
+    )
     cache: Literal["auto", "memory", "none"] = Field(
         "auto", description="Decode images once into memory (uint8); auto does it when they fit in cache_limit_gb."
     )

@@ -479,7 +479,19 @@ def same_source(a: str, b: str) -> bool:
 
 def recipe_splits(recipe: Recipe, source: str | None = None, group_column: str | None = None) -> DataSplits:
     """The train/val splits of the recipe's data, or of `source` split the same way (the split is seeded by
-    train.seed, so training, evaluation and export all see the run's own validation images)."""
+    train.seed, so training, evaluation and export all see the run's own validation images); with
+    data.holdout, validation is that share of the training split and the data's validation split is left out."""
+    d = recipe.data
+    splits = _load_recipe_source(recipe, source, group_column)
+    if d.holdout is None or source is not None:
+        return splits
+    held = _split(splits.train, splits.classes, d.holdout, recipe.train.seed, splits.description)
+    held.description = f"{splits.description}, training split only ({d.holdout:.0%} held out for validation)"
+    held.split = {**held.split, "holdout_of": "the training split"}
+    return held
+
+
+def _load_recipe_source(recipe: Recipe, source: str | None, group_column: str | None) -> DataSplits:
     d = recipe.data
     return load_source(
         source or d.source,

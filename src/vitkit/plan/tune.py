@@ -1,0 +1,223 @@
+"""`vitkit tune`: search trick strengths on the user's data within a budget, with Optuna.
+
+Each trial is an ordinary vitkit run folder (OUT/trial-0007) of the base recipe with the trial's values, trained
+with `data.holdout`: it validates on a seeded share of the training split, so the data's own validation split
+(which the final model is judged on) is never seen while choosing. Optuna's TPE sampler proposes the values and
+its Hyperband pruner stops trials whose per-epoch validation curve falls behind. The study lives in
+OUT/study.db (SQLite): running the same command again continues it, and several processes (one per GPU or
+machine sharing the folder) can run trials of one study at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from vitkit.config import load_recipe
+from vitkit.config.loader import recipe_to_yaml
+from vitkit.config.schema import Recipe
+from vitkit.errors import VitkitError
+
+MARKER = ".vitkit-tune"
+STUDY = "vitkit"
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One searched setting: a recipe field, its range and whether it is searched on a log scale."""
+
+    field: str
+    low: float
+    high: float
+    log: bool = False
+
+
+# The trick strengths of the DeiT recipe, in the ranges the ablations and the DeiT paper explore.
+SPACE = (
+    Knob("optim.lr", 0.3, 3.0, log=True),  # a factor of the base recipe's lr
+    Knob("optim.weight_decay", 0.005, 0.3, log=True),
+    Knob("model.drop_path_rate", 0.0, 0.3),
+    Knob("train.label_smoothing", 0.0, 0.3),
+    Knob("augment.rrc_scale", 0.08, 1.0),  # the lower bound of RandomResizedCrop's area
+    Knob("augment.randaugment", 0.0, 10.0),  # the magnitude m of rand-m{m}-mstd0.5-inc1; below 1: off
+    Knob("augment.random_erasing", 0.0, 0.5),
+    Knob("augment.mixup", 0.0, 1.0),
+    Knob("augment.cutmix", 0.0, 1.0),
+)
+
+
+def require_optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise VitkitError("vitkit tune needs Optuna: pip install 'vitkit[tune]'.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, stale trials
+    return optuna
+
+
+def overrides_for(values: dict[str, float], base: Recipe) -> list[str]:
+    """The trial's values as recipe overrides (`--set` form), relative to `base` where a knob is a factor."""
+    out = []
+    for name, value in values.items():
+        if name == "optim.lr":
+            out.append(f"optim.lr={base.optim.lr * value:.6g}")
+        elif name == "augment.rrc_scale":
+            out.append(f"augment.rrc_scale=[{value:.4g}, 1.0]")
+        elif name == "augment.randaugment":
+            out.append(
+                "augment.randaugment=null" if value < 1 else f"augment.randaugment=rand-m{value:.0f}-mstd0.5-inc1"
+            )
+        else:
+            out.append(f"{name}={value:.4g}")
+    mixing = values.get("augment.mixup", 0) > 0 or values.get("augment.cutmix", 0) > 0
+    if mixing and base.augment.mix_prob == 0:
+        out.append("augment.mix_prob=1.0")
+    return out
+
+
+def suggest(trial: Any) -> dict[str, float]:
+    return {k.field: trial.suggest_float(k.field, k.low, k.high, log=k.log) for k in SPACE}
+
+
+def check_tune_folder(out: Path) -> None:
+    """A new folder, or one `vitkit tune` made (its marker): nothing else is ever written into."""
+    if out.exists() and not (out / MARKER).exists():
+        entries = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
+        raise VitkitError(
+            f"--out {out} exists and is not a vitkit tune folder (it holds {entries or 'a file'}). Choose a new "
+            "folder; to continue a study, pass the folder vitkit tune made for it."
+        )
+
+
+def _metric(recipe: Recipe) -> str:
+    return recipe.train.best_metric if recipe.train.best_metric != "auto" else "val_top1"
+
+
+class _Objective:
+    """One trial: train a run folder with the trial's values; report each epoch's validation score to the pruner."""
+
+    def __init__(self, optuna: Any, base: Recipe, overrides: list[str], out: Path, console: Console) -> None:
+        self.optuna, self.base, self.overrides, self.out, self.console = optuna, base, overrides, out, console
+
+    def __call__(self, trial: Any) -> float:
+        from vitkit.train.faults import TrainingPreempted
+        from vitkit.train.loop import train
+
+        values = suggest(trial)
+        sets = [*self.overrides, *overrides_for(values, self.base), f"data.holdout={self.base.data.holdout or 0.2}"]
+        recipe = load_recipe_from(self.base, sets)
+        run_dir = self.out / f"trial-{trial.number:04d}"
+        trial.set_user_attr("run", str(run_dir))
+        trial.set_user_attr("overrides", sets)
+        metric = _metric(recipe)
+        minimise = metric == "val_loss"
+        reported = [0]
+
+        def should_stop(progress: Any) -> bool:
+            new = progress.history[reported[0] :]
+            reported[0] = len(progress.history)
+            for record in new:
+                scores = [record[k] for k in (metric, f"ema_{metric}") if k in record]
+                if scores:
+                    trial.report(min(scores) if minimise else max(scores), record["epoch"])
+            return bool(new) and trial.should_prune()
+
+        try:
+            result = train(recipe, run_dir, console=Console(quiet=True), should_stop=should_stop, evaluate=False)
+        except TrainingPreempted:
+            self.console.print(f"trial {trial.number}: pruned after epoch {reported[0]}", highlight=False)
+            raise self.optuna.TrialPruned() from None
+        best = float(result.summary["best"]["value"])
+        self.console.print(f"trial {trial.number}: {metric} {best:.4f}  ({run_dir.name})", highlight=False)
+        return best
+
+
+def load_recipe_from(base: Recipe, overrides: list[str]) -> Recipe:
+    """`base` (a resolved Recipe) with `overrides` applied and validated, as `load_recipe` does for a file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "base.yaml"
+        path.write_text(recipe_to_yaml(base))
+        return load_recipe(str(path), overrides)
+
+
+@dataclass
+class TuneResult:
+    best_value: float
+    best_overrides: list[str]
+    importances: dict[str, float]
+    trials: int
+    pruned: int
+    best_recipe: Path
+
+
+def tune(
+    base: Recipe,
+    out: Path,
+    *,
+    trials: int | None = None,
+    budget_seconds: float | None = None,
+    overrides: list[str] | None = None,
+    console: Console | None = None,
+    pruner: Any = None,
+) -> TuneResult:
+    """Run (or continue) the study in `out`: up to `trials` more trials or until `budget_seconds` have passed."""
+    optuna = require_optuna()
+    console = console or Console()
+    if trials is None and budget_seconds is None:
+        raise VitkitError("vitkit tune needs a limit: --trials N or --budget 2h (or both).")
+    check_tune_folder(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{(out / 'study.db').resolve()}", heartbeat_interval=60, grace_period=180
+    )
+    metric = _metric(base)
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize" if metric == "val_loss" else "maximize",
+        sampler=optuna.samplers.TPESampler(seed=base.train.seed),
+        pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
+    )
+    optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
+    (out / "base.yaml").write_text(recipe_to_yaml(base))
+    study.optimize(
+        _Objective(optuna, base, overrides or [], out, console),
+        n_trials=trials,
+        timeout=budget_seconds,
+        catch=(VitkitError,),
+    )
+    return summarise(optuna, study, base, out)
+
+
+def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
+    """The best trial's recipe (OUT/best.yaml) and each knob's importance (fANOVA over the finished trials)."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.")
+    best = study.best_trial
+    importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
+    best_recipe = load_recipe_from(base, [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")])
+    path = out / "best.yaml"
+    path.write_text(recipe_to_yaml(best_recipe))
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    return TuneResult(best.value, best.user_attrs["overrides"], dict(importances), len(study.trials), pruned, path)
+
+
+def retrain(best_recipe: Path, out: Path, console: Console, train_fn: Callable[..., Any] | None = None) -> Any:
+    """The winning recipe on the whole training split, validated on the data's own validation split."""
+    from vitkit.config.loader import recipe_from_yaml_file
+    from vitkit.train.loop import train
+
+    return (train_fn or train)(recipe_from_yaml_file(best_recipe), out / "final", console=console)

@@ -1,0 +1,85 @@
+"""`vitkit tune`: trials are run folders validated on a held-out part of the training split, the study resumes,
+the pruner stops trials, the winner is written as a recipe."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from rich.console import Console
+
+from tests.conftest import tiny_recipe
+from tests.e2e.test_cli import vitkit
+from vitkit.config.loader import recipe_from_yaml_file
+from vitkit.data.sources import recipe_splits
+from vitkit.errors import VitkitError
+from vitkit.plan.tune import overrides_for, tune
+from vitkit.train.logging import read_metrics
+
+BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
+
+
+def _digest(images: object) -> set[str]:
+    return {hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() for x in images.items}  # type: ignore[attr-defined]
+
+
+def test_holdout_validates_on_training_images_and_never_reads_the_validation_split():
+    plain, held = recipe_splits(tiny_recipe()), recipe_splits(tiny_recipe("data.holdout=0.25"))
+    train, val = _digest(plain.train), _digest(plain.val)
+    assert _digest(held.val) <= train and not _digest(held.val) & val and not _digest(held.train) & val
+    assert len(held.val) + len(held.train) == len(plain.train) and "held out for validation" in held.description
+    assert 0.15 < len(held.val) / len(plain.train) < 0.35  # a quarter, rounded class by class
+
+
+def test_overrides_for_a_trial():
+    base = tiny_recipe("optim.lr=0.002")
+    sets = overrides_for(
+        {"optim.lr": 0.5, "augment.rrc_scale": 0.3, "augment.randaugment": 0.4, "augment.mixup": 0.2}, base
+    )
+    assert sets[:3] == ["optim.lr=0.001", "augment.rrc_scale=[0.3, 1.0]", "augment.randaugment=null"]
+    assert "augment.mixup=0.2" in sets
+    assert overrides_for({"augment.randaugment": 7.2}, base) == ["augment.randaugment=rand-m7-mstd0.5-inc1"]
+
+
+def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_path: Path):
+    out = tmp_path / "study"
+    first = tune(tiny_recipe(*BASE), out, trials=2, console=Console(quiet=True))
+    assert first.trials == 2 and (out / "study.db").exists()
+    runs = sorted(out.glob("trial-*"))
+    assert [r.name for r in runs] == ["trial-0000", "trial-0001"]
+    for run in runs:
+        recipe = recipe_from_yaml_file(run / "recipe.yaml")
+        assert recipe.data.holdout == 0.25 and read_metrics(run / "metrics.jsonl", "epoch")
+    best = recipe_from_yaml_file(first.best_recipe)
+    assert best.data.holdout == 0.25  # the base's holdout; the winner's searched values are applied
+    assert f"optim.weight_decay={best.optim.weight_decay:.4g}" in first.best_overrides
+    again = tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True))
+    assert again.trials == 3 and (out / "trial-0002").exists()  # continued, not started over
+
+
+class PruneAll(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_the_pruner_stops_a_trial_after_its_first_epoch(tmp_path: Path):
+    out = tmp_path / "pruned"
+    with pytest.raises(VitkitError, match="no trial of the study"):
+        tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True), pruner=PruneAll())
+    epochs = read_metrics(out / "trial-0000" / "metrics.jsonl", "epoch")
+    assert [r["epoch"] for r in epochs] == [1]
+    study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED]
+
+
+def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(VitkitError, match="not a vitkit tune folder"):
+        tune(tiny_recipe(*BASE), tmp_path / "mine", trials=1, console=Console(quiet=True))
+    result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"))
+    assert result.returncode == 2 and "--trials N or --budget" in result.stderr
+    assert not (tmp_path / "t").exists()
