@@ -92,6 +92,8 @@ def _write_transformers(job: FolderJob) -> dict[str, Any]:
     images, pixels, reference = job.images, job.pixels, job.reference
     transformers = require_transformers("vitkit export --format hf")
     hf_model = to_transformers(model, classes)
+    if recipe.train.task == "multilabel":  # transformers then applies BCE with logits, and users a sigmoid
+        hf_model.config.problem_type = "multi_label_classification"
     hf_model.save_pretrained(str(folder))
     mean, std = recipe.data.normalization()
     spec = transformers_spec(model, classes)

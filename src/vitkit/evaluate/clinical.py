@@ -243,7 +243,8 @@ def positives_rollout(
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if not picked or grid is None:
         return
-    images, _ = next(iter(ctx.runner.batches(ctx.images.subset(np.asarray([i for i, _, _ in picked])))))
+    batches = ctx.runner.batches(ctx.images.subset(np.asarray([i for i, _, _ in picked])))
+    images = torch.cat([pixels for pixels, _ in batches])
     with capture_attention(model) as maps:
         ctx.runner.logits(images)
     prefix = int(getattr(model, "num_prefix_tokens", 0))
