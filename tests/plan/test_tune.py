@@ -54,7 +54,7 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
         recipe = recipe_from_yaml_file(run / "recipe.yaml")
         assert recipe.data.holdout == 0.25 and read_metrics(run / "metrics.jsonl", "epoch")
     best = recipe_from_yaml_file(first.best_recipe)
-    assert best.data.holdout == 0.25  # the base's holdout; the winner's searched values are applied
+    assert best.data.holdout is None  # the winner trains on the whole training split, judged on validation
     assert f"optim.weight_decay={best.optim.weight_decay:.4g}" in first.best_overrides
     again = tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True))
     assert again.trials == 3 and (out / "trial-0002").exists()  # continued, not started over

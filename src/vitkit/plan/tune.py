@@ -208,7 +208,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.")
     best = study.best_trial
     importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
-    best_recipe = load_recipe_from(base, [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")])
+    chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
+    best_recipe = load_recipe_from(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
     path = out / "best.yaml"
     path.write_text(recipe_to_yaml(best_recipe))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
