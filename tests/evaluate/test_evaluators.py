@@ -80,7 +80,19 @@ def test_multilabel_task_gets_per_label_auroc_and_no_top_k():
     assert [r["auroc"] for r in out["per_class"]] == pytest.approx(per_label, abs=1e-6)
     assert out["auroc"] == pytest.approx(sum(per_label) / 3, abs=1e-6)
     assert out["exact_match"] == pytest.approx(float(((scores >= 0.5) == targets.bool()).all(dim=1).float().mean()))
-    assert run_evaluator(CalibrationEvaluator(), EvalContext(logits, targets)).keys() == {"skipped"}
+    calibration = run_evaluator(CalibrationEvaluator(), EvalContext(logits, targets, classes=["x", "y", "z"]))
+    for j, row in enumerate(calibration["per_label"]):  # each label as a two-class problem: top-label ECE by hand
+        p, y = scores[:, j].numpy(), targets[:, j].numpy()
+        confidence, correct = np.maximum(p, 1 - p), (p >= 0.5) == (y == 1)
+        bins = np.minimum((confidence * 15).astype(int), 14)
+        ece = sum(
+            abs(confidence[bins == b].mean() - correct[bins == b].mean()) * (bins == b).mean()
+            for b in range(15)
+            if (bins == b).any()
+        )
+        assert row["label"] == "xyz"[j] and row["ece"] == pytest.approx(ece, abs=1e-5)
+        assert row["prevalence"] == pytest.approx(y.mean())
+    assert calibration["ece"] == pytest.approx(np.mean([r["ece"] for r in calibration["per_label"]]))
 
 
 def test_calibration_evaluator_fits_temperature_on_one_part_and_lowers_nll_on_the_other():
@@ -149,7 +161,9 @@ def test_fairness_flags_gaps_over_five_points_and_reports_small_groups():
 def test_only_selects_evaluators_and_names_the_choices_on_a_typo():
     assert [e.name for e in select_evaluators("calibration,accuracy")] == ["accuracy", "calibration"]
     assert [e.name for e in select_evaluators()] == list(EVALUATORS)
-    with pytest.raises(VitkitError, match=r"unknown evaluator \[.calibraton.\]\. Choose from accuracy, calibration"):
+    with pytest.raises(
+        VitkitError, match=r"unknown evaluator \[.calibraton.\]\. Choose from accuracy, clinical, calibration"
+    ):
         select_evaluators("calibraton")
 
 

@@ -125,7 +125,7 @@ def test_only_runs_a_subset_and_predict_uses_the_fitted_temperature(evaluated, t
     missing = vitkit("predict", str(run), str(tmp_path / "missing.png"))
     assert missing.returncode == 2 and f"cannot classify {tmp_path / 'missing.png'}: missing" in missing.stderr
     typo = vitkit("evaluate", str(run), "--only", "calibraton")
-    assert typo.returncode == 2 and "Choose from accuracy, calibration" in " ".join(typo.stderr.split())
+    assert typo.returncode == 2 and "Choose from accuracy, clinical, calibration" in " ".join(typo.stderr.split())
 
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
