@@ -75,6 +75,10 @@ def test_a_damaged_checkpoint_is_refused_on_load_and_skipped_on_resume(three_epo
     train(resume_recipe(run), run, resume=True, console=QUIET)
     assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
     assert checkpoint_problem(run / "checkpoints" / "last") is None
+    # the damaged best is replaced by the next evaluated epoch, whatever its score, so the run can be evaluated
+    assert (
+        checkpoint_problem(run / "checkpoints" / "best") is None and _meta(run / "checkpoints" / "best")["epoch"] == 3
+    )
 
 
 def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path: Path, monkeypatch):

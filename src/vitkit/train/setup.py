@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vitkit.checkpoint_files import load_weights
+from vitkit.checkpoint_files import checkpoint_problem, load_weights
 from vitkit.config.loader import recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.data.check import BadImage, screen_data
@@ -496,6 +496,7 @@ def restore(run: Run, console: Console) -> Progress:
     if "scaler" in state and run.accelerator.scaler is not None:
         run.accelerator.scaler.load_state_dict(state["scaler"])
     progress = progress_from_dict(state["progress"])
+    _forget_damaged_best(run.run_dir, progress, console)
     _check_same_global_batch(progress, run.settings, run.cfg.train.accumulation_steps)
     rng = _rng_of_this_process(state, run.ranks, console)
     if rng is not None:
@@ -503,6 +504,21 @@ def restore(run: Run, console: Console) -> Progress:
     where = where_in_training(progress)
     console.print(f"resuming {run.run_dir} from {folder.name}, {where} (update {progress.updates})", highlight=False)
     return progress
+
+
+def _forget_damaged_best(run_dir: Path, progress: Progress, console: Console) -> None:
+    """A damaged `best` checkpoint cannot be evaluated or exported: the resumed run then keeps its next evaluated
+    epoch as the new best, whatever its score, instead of measuring it against a checkpoint that is gone."""
+    best = run_dir / "checkpoints" / "best"
+    problem = checkpoint_problem(best) if best.exists() else None
+    if problem is None or progress.best_epoch < 0:
+        return
+    console.print(
+        f"[yellow]warning:[/yellow] {best} is damaged ({problem}); the next evaluated epoch becomes the best "
+        "checkpoint.",
+        highlight=False,
+    )
+    progress.best_epoch, progress.best_metric, progress.best_val_loss = -1, float("-inf"), float("inf")
 
 
 def _check_same_global_batch(progress: Progress, settings: LoopSettings, accumulation: int) -> None:
