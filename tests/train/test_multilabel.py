@@ -22,23 +22,23 @@ from vitkit.train.losses import (
 NAN = float("nan")
 
 
-def _close(a: torch.Tensor, b: list[list[float]]) -> None:
+def assert_targets(a: torch.Tensor, b: list[list[float]]) -> None:
     torch.testing.assert_close(a, torch.tensor(b), equal_nan=True, rtol=0, atol=1e-6)
 
 
 def test_multilabel_targets_smooth_towards_one_half_and_mix():
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    _close(multilabel_targets(labels, 1.0, 0.2), [[0.9, 0.1], [0.1, 0.9]])
-    _close(multilabel_targets(labels, 0.7, 0.0), [[0.7, 0.3], [0.3, 0.7]])
+    assert_targets(multilabel_targets(labels, 1.0, 0.2), [[0.9, 0.1], [0.1, 0.9]])
+    assert_targets(multilabel_targets(labels, 0.7, 0.0), [[0.7, 0.3], [0.3, 0.7]])
     per_image = torch.tensor([[1.0], [0.25]])
-    _close(multilabel_targets(labels, per_image, 0.0), [[1.0, 0.0], [0.75, 0.25]])
+    assert_targets(multilabel_targets(labels, per_image, 0.0), [[1.0, 0.0], [0.75, 0.25]])
 
 
 def test_unknown_labels_stay_unknown_only_where_they_weigh():
     labels = torch.tensor([[NAN, 1.0], [0.0, 0.0]])
-    _close(multilabel_targets(labels, 1.0, 0.0), [[NAN, 1.0], [0.0, 0.0]])  # not mixed: the partner never leaks
-    _close(multilabel_targets(labels, 0.6, 0.0), [[NAN, 0.6], [NAN, 0.4]])
-    _close(multilabel_targets(labels, torch.tensor([[1.0], [1.0]]), 0.0), [[NAN, 1.0], [0.0, 0.0]])
+    assert_targets(multilabel_targets(labels, 1.0, 0.0), [[NAN, 1.0], [0.0, 0.0]])  # not mixed: the partner never leaks
+    assert_targets(multilabel_targets(labels, 0.6, 0.0), [[NAN, 0.6], [NAN, 0.4]])
+    assert_targets(multilabel_targets(labels, torch.tensor([[1.0], [1.0]]), 0.0), [[NAN, 1.0], [0.0, 0.0]])
 
 
 def test_multilabel_mixup_mixes_targets_like_the_pixels():

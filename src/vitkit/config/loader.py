@@ -157,6 +157,14 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None, source: s
         raise RecipeError(_format_errors(exc, origin)) from None
 
 
+def override_recipe(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A copy of a resolved `recipe` with `overrides` applied and validated, as `load_recipe` does for a file."""
+    try:
+        return Recipe.model_validate(apply_overrides(recipe.model_dump(mode="json"), overrides))
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, f"the recipe with overrides {overrides}")) from None
+
+
 def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 

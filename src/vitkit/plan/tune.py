@@ -20,8 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from vitkit.config import load_recipe
-from vitkit.config.loader import recipe_to_yaml
+from vitkit.config.loader import override_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 
@@ -113,7 +112,7 @@ class _Objective:
 
         values = suggest(trial)
         sets = [*self.overrides, *overrides_for(values, self.base), f"data.holdout={self.base.data.holdout or 0.2}"]
-        recipe = load_recipe_from(self.base, sets)
+        recipe = override_recipe(self.base, sets)
         run_dir = self.out / f"trial-{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
         trial.set_user_attr("overrides", sets)
@@ -138,16 +137,6 @@ class _Objective:
         best = float(result.summary["best"]["value"])
         self.console.print(f"trial {trial.number}: {metric} {best:.4f}  ({run_dir.name})", highlight=False)
         return best
-
-
-def load_recipe_from(base: Recipe, overrides: list[str]) -> Recipe:
-    """`base` (a resolved Recipe) with `overrides` applied and validated, as `load_recipe` does for a file."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "base.yaml"
-        path.write_text(recipe_to_yaml(base))
-        return load_recipe(str(path), overrides)
 
 
 @dataclass
@@ -209,7 +198,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     best = study.best_trial
     importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
     chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
-    best_recipe = load_recipe_from(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
+    best_recipe = override_recipe(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
     path = out / "best.yaml"
     path.write_text(recipe_to_yaml(best_recipe))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
