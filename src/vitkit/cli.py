@@ -744,6 +744,39 @@ def advise_freeze_command(
     console.print(command, highlight=False, markup=False, soft_wrap=True)
 
 
+@advise_app.command("recipe")
+def advise_recipe_command(
+    data: Annotated[str, typer.Option(help="Any --data source: folder, manifest.csv, arrays.npz, hf:, builtin:.")],
+    epochs_budget: Annotated[int | None, typer.Option(help="Budget in passes over the training images.")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(help="Budget in minutes of training on this machine (its speed is measured).")
+    ] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Start from these weights (timm name, folder, file).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the recipe to this file (default: print it).")] = None,
+) -> None:
+    """Inspect the data and print a training recipe for it and the budget, every choice with its reason."""
+    from vitkit.data.sources import load_source
+    from vitkit.plan.advise import advise_for_budget, is_advised_recipe, profile_data, render_yaml
+
+    if out is not None and out.exists() and not is_advised_recipe(out):
+        raise VitkitError(
+            f"--out {out}: the file exists and was not written by vitkit advise recipe. Choose a new path."
+        )
+    with console.status("reading the data"):
+        profile = profile_data(load_source(data))
+    with console.status("measuring the training speed" if minutes is not None else "advising"):
+        advice = advise_for_budget(profile, epochs_budget, minutes, pretrained)
+    text = render_yaml(advice, profile)
+    if out is None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True, end="")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    console.print(
+        f"wrote {out}. Train with: vitkit train --recipe {out} --data {data} --out runs/NAME", highlight=False
+    )
+
+
 @app.command("models")
 def models_command(
     max_params: Annotated[str | None, typer.Option(help="Largest model, e.g. 30M or 300k.")] = None,

@@ -1,0 +1,171 @@
+"""The grid behind `vitkit advise recipe`: which trick strength wins for a data size and a compute budget?
+
+Cells: Fashion-MNIST subsets of 1k, 5k, 10k and 60k training images (stratified, seed 0; tested on the full 10k
+test set) and scikit-learn's digits (8 px; a stratified 70/30 split), each at three budgets. The short budget is
+about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
+
+- `plain` and `deit`: the shipped vit-plain and deit-tiny recipes with the advisor's model for the data;
+- `none`, `light`, `medium`, `strong`: the advisor's recipe with the trick strength forced (the sweep the rule is
+  read from); the advisor's own pick for the cell is one of them;
+- `resnet`: a ResNet-10t of about the ViT's size with the advisor's recipe for the cell (the reference row);
+- `tune`: `vitkit tune` at the same total compute (trials plus the final run) against the advisor.
+
+The score is the final epoch's test top-1 (of the EMA weights where the recipe keeps an EMA). Each run appends
+one JSON line to benchmarks/results/recipe_grid.jsonl as it finishes; recorded runs are skipped, so the grid is
+run in parts (and in several processes with --shard).
+
+    .venv/bin/python benchmarks/recipe_grid.py --list
+    .venv/bin/python benchmarks/recipe_grid.py --budget short --shard 0/2 &  .venv/bin/python ... --shard 1/2
+    .venv/bin/python benchmarks/recipe_grid.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+from recipe_ablation import CLASSES, append_row, find_idx, read_idx, read_rows
+from vitkit.config import load_recipe
+from vitkit.data.sources import load_arrays, stratified_split
+from vitkit.plan.advise import advise_recipe, profile_data
+
+RESULTS = Path(__file__).parent / "results" / "recipe_grid.jsonl"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitkit" / "grid"
+SIZES = {"fmnist-1k": 1_000, "fmnist-5k": 5_000, "fmnist-10k": 10_000, "fmnist-60k": 60_000}
+DATASETS = ("digits", *SIZES)
+SHORT_IMAGES = 20_000
+BUDGETS = {"short": 1, "3x": 3, "10x": 10}
+STRENGTHS = ("none", "light", "medium", "strong")
+CONFIGS = ("plain", "deit", *STRENGTHS, "resnet")
+RESNET = ["model.name=resnet10t", "model.kwargs={channels: [16, 32, 64, 128]}", "model.patch_size=null"]
+RESNET += ["model.embed_dim=null", "model.depth=null", "model.num_heads=null"]
+
+
+def prepare(name: str) -> Path:
+    """The dataset as an .npz vitkit reads with --data (x_train/y_train, x_val/y_val = the test set)."""
+    path = CACHE / f"{name}.npz"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = np.round(digits.images * (255 / 16)).astype(np.uint8)
+        y = digits.target.astype(np.int64)
+        train, test = stratified_split(y, 0.3, seed=0)
+        arrays = {"x_train": x[train], "y_train": y[train], "x_val": x[test], "y_val": y[test]}
+        np.savez(path, **arrays, classes=np.array([str(i) for i in range(10)]))
+        return path
+    x_train, y_train = read_idx(find_idx("train-images-idx3-ubyte")), read_idx(find_idx("train-labels-idx1-ubyte"))
+    x_test, y_test = read_idx(find_idx("t10k-images-idx3-ubyte")), read_idx(find_idx("t10k-labels-idx1-ubyte"))
+    keep = np.arange(len(y_train))
+    if SIZES[name] < len(y_train):
+        _, keep = stratified_split(y_train.astype(np.int64), SIZES[name] / len(y_train), seed=0)
+    np.savez(path, x_train=x_train[keep], y_train=y_train[keep], x_val=x_test, y_val=y_test, classes=np.array(CLASSES))
+    return path
+
+
+def epochs_for(images: int, budget: str) -> int:
+    return max(1, round(SHORT_IMAGES / images)) * BUDGETS[budget]
+
+
+def overrides_for(config: str, data: Path, budget: str) -> tuple[str, list[str], dict[str, Any]]:
+    """(base recipe, overrides, facts) of one configuration on one cell."""
+    profile = profile_data(load_arrays(data, 0.1, 0))
+    epochs = epochs_for(profile.images, budget)
+    advised = advise_recipe(profile, epochs)
+    facts = {"images": profile.images, "epochs": epochs, "advised_strength": advised.strength}
+    common = [f"data.source={data}", "data.num_workers=0", f"train.eval_every={epochs}", "train.log_every=1000"]
+    model = [o for o in advised.overrides() if o.split("=")[0].startswith(("model.", "data."))]
+    if config in ("plain", "deit"):
+        base = "vit-plain" if config == "plain" else "deit-tiny"
+        return base, [*model, f"schedule.epochs={epochs}", *common], facts
+    strength = config if config in STRENGTHS else None
+    recipe = advise_recipe(profile, epochs, strength=strength)
+    extra = RESNET if config == "resnet" else []
+    return recipe.base, [*recipe.overrides(), *extra, *common], {**facts, "strength": recipe.strength}
+
+
+def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
+    from vitkit.train.loop import train
+
+    data = prepare(dataset)
+    base, overrides, facts = overrides_for(config, data, budget)
+    recipe = load_recipe(base, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(recipe, Path(tmp) / "run", console=Console(quiet=True))
+    final = result.summary["final"]
+    ema = final.get("ema_val_top1")
+    return {
+        "dataset": dataset,
+        "budget": budget,
+        "config": config,
+        **facts,
+        "test_top1": final["val_top1"],
+        "ema_test_top1": ema,
+        "score": ema if recipe.ema.enabled and ema is not None else final["val_top1"],
+        "wall_s": result.summary["wall_seconds"],
+        "img_per_s": result.summary["train_images_per_second"],
+        "params": result.summary["parameters"],
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "base": base,
+        "overrides": [o for o in overrides if not o.startswith("data.source")],
+    }
+
+
+def recorded() -> set[tuple[str, str, str]]:
+    return {(r["dataset"], r["budget"], r["config"]) for r in read_rows(RESULTS)}
+
+
+def jobs(budgets: list[str], datasets: list[str], configs: list[str]) -> list[tuple[str, str, str]]:
+    return [(d, b, c) for b in budgets for d in datasets for c in configs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", action="append", choices=list(BUDGETS), help="repeatable; default: short")
+    parser.add_argument("--dataset", action="append", choices=DATASETS, help="repeatable; default: all")
+    parser.add_argument("--config", action="append", choices=CONFIGS, help="repeatable; default: all")
+    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--list", action="store_true", help="list the jobs and exit")
+    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    args = parser.parse_args()
+    if args.table:
+        from recipe_grid_table import table
+
+        print(table(read_rows(RESULTS)))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shard, shards = (int(x) for x in args.shard.split("/"))
+    todo = jobs(args.budget or ["short"], args.dataset or list(DATASETS), args.config or list(CONFIGS))
+    todo = todo[shard::shards]
+    if args.list:
+        print("\n".join(" ".join(j) for j in todo))
+        return
+    for job in todo:
+        if job in recorded():
+            continue
+        print("running", *job, flush=True)
+        row = run(*job)
+        append_row(RESULTS, row)
+        print(json.dumps({k: row[k] for k in ("dataset", "budget", "config", "score", "wall_s")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

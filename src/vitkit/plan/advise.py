@@ -1,0 +1,440 @@
+"""Recipe advisor: a training recipe sized to the user's data and compute budget, every choice with its reason.
+
+The rule is read off a measured grid (benchmarks/recipe_grid.py, docs/advise.md): Fashion-MNIST subsets of 1k to
+60k images and scikit-learn's 8-px digits, trained for budgets of 20k to 600k images seen, at four trick
+strengths. What decides the strength is how many passes the budget makes over the data (epochs): a model that
+sees each image a few times is still under-fitting, and augmentation, mixing and stochastic depth only slow it
+down; one that sees each image a hundred times memorises it unless the images change under it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Passes over the data at which the next trick strength starts to pay (docs/advise.md, "The rule").
+STRENGTH_FROM_EPOCHS = ((0, "none"), (10, "light"), (40, "medium"), (150, "strong"))
+# Settings of each strength. Values not named keep vit-plain's (no trick).
+STRENGTHS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {
+        "model.drop_path_rate": 0.1,
+        "train.label_smoothing": 0.1,
+        "optim.weight_decay": 0.05,
+    },
+    "medium": {
+        "model.drop_path_rate": 0.1,
+        "train.label_smoothing": 0.1,
+        "optim.weight_decay": 0.05,
+        "augment.hflip": 0.5,
+        "augment.rrc_scale": [0.35, 1.0],
+        "augment.rrc_ratio": [0.75, 1.3333],
+        "augment.randaugment": "rand-m5-mstd0.5-inc1",
+        "augment.random_erasing": 0.1,
+        "augment.mixup": 0.2,
+        "augment.cutmix": 0.0,
+        "augment.mix_prob": 0.5,
+    },
+    "strong": {
+        "model.drop_path_rate": 0.1,
+        "train.label_smoothing": 0.1,
+        "optim.weight_decay": 0.05,
+        "augment.hflip": 0.5,
+        "augment.rrc_scale": [0.08, 1.0],
+        "augment.rrc_ratio": [0.75, 1.3333],
+        "augment.randaugment": "rand-m9-mstd0.5-inc1",
+        "augment.random_erasing": 0.25,
+        "augment.mixup": 0.8,
+        "augment.cutmix": 1.0,
+        "augment.mix_prob": 1.0,
+    },
+}
+PATCH_SIZES = (16, 14, 8, 7, 4, 2, 1)
+MIN_GRID = 7  # patches per side: fewer than 7x7 tokens leave attention little to relate
+MIN_PATCH = 2
+LARGEST_FROM_SCRATCH = 224
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One recipe field, its value and why."""
+
+    field: str
+    value: Any
+    why: str
+
+
+@dataclass
+class RecipeAdvice:
+    base: str
+    choices: list[Choice]
+    epochs: int
+    strength: str
+    notes: list[str] = field(default_factory=list)
+
+    def overrides(self) -> list[str]:
+        """The advice as `--set` overrides of `base`."""
+        return [f"{c.field}={yaml_value(c.value)}" for c in self.choices]
+
+    def value(self, name: str) -> Any:
+        return next(c.value for c in self.choices if c.field == name)
+
+
+def yaml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
+    if isinstance(value, float):
+        text = f"{value:.1f}" if value.is_integer() else f"{value:.6g}"
+        mantissa = text.split("e")[0]
+        return text.replace("e", ".0e", 1) if "e" in text and "." not in mantissa else text  # YAML reads 1e-05 as text
+    return str(value)
+
+
+def strength_for(epochs: int) -> str:
+    """The trick strength for a budget of `epochs` passes over the data (STRENGTH_FROM_EPOCHS)."""
+    chosen = STRENGTH_FROM_EPOCHS[0][1]
+    for start, name in STRENGTH_FROM_EPOCHS:
+        if epochs >= start:
+            chosen = name
+    return chosen
+
+
+def image_size_for(native: int) -> int:
+    """Train at the data's own resolution up to 224 px; larger images are resized to 224 (a ViT's cost grows with
+    the square of the token count, and 224 is where published ViT recipes and weights live)."""
+    return min(native, LARGEST_FROM_SCRATCH)
+
+
+def patch_size_for(img_size: int) -> int:
+    """The largest usual patch that still gives at least 7x7 tokens (16 at 224 px, 4 at 28-32 px), and never
+    below 2 px: a one-pixel token carries a single value (on 8-px digits, patch 1 scored 24% where 2 scored 66%)."""
+    for patch in PATCH_SIZES:
+        if img_size // patch >= MIN_GRID:
+            return max(patch, MIN_PATCH)
+    return MIN_PATCH
+
+
+def batch_size_for(images_seen: int, images: int) -> int:
+    """The batch that gives at least 2000 updates over the budget, between 32 and 128: on short budgets the
+    number of updates, not the batch, limits the model (10k Fashion-MNIST images, 2 epochs: 70% at batch 32,
+    67% at 64, 56% at 128). Never more than the training images."""
+    batch = min(128, max(32, 2 ** math.floor(math.log2(max(images_seen, 1) / 2000))))
+    return int(min(batch, 2 ** math.floor(math.log2(max(images, 1)))))
+
+
+def ema_decay_for(steps: int) -> float | None:
+    """EMA decay averaging over about the last tenth of training; None (off) for runs under 2000 updates, where
+    the average would still hold the early, poor weights."""
+    return None if steps < 2000 else round(1 - 10 / steps, 5)
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the advisor needs to know about a dataset."""
+
+    images: int  # training images
+    class_counts: list[int]
+    size: int  # median shorter side in pixels
+    grayscale: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    multilabel: bool = False
+    description: str = ""
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_counts)
+
+    @property
+    def imbalance(self) -> float:
+        """Largest over smallest class count (inf when a class has no training image)."""
+        smallest = min(self.class_counts)
+        return max(self.class_counts) / smallest if smallest else math.inf
+
+
+# Model by training-set size, from scratch: (fewer than this many images, embed_dim, depth, heads, name, lr).
+WIDTHS = (
+    (100_000, 64, 6, 2, "a 0.3M-parameter ViT", 2e-3),
+    (1_000_000, 192, 12, 3, "DeiT-Ti", 1e-3),
+    (math.inf, 384, 12, 6, "DeiT-S", 5e-4),
+)
+
+
+def _model_choices(profile: DataProfile, img_size: int, patch: int) -> list[Choice]:
+    below, dim, depth, heads, name, _ = next(w for w in WIDTHS if profile.images < w[0])
+    tokens = (img_size // patch) ** 2
+    return [
+        Choice("model.name", "vit_tiny_patch16_224", "a plain ViT (timm), resized below"),
+        Choice("model.img_size", img_size, f"the images' median shorter side is {profile.size} px"),
+        Choice("model.patch_size", patch, f"{img_size // patch}x{img_size // patch} = {tokens} tokens"),
+        Choice("model.embed_dim", dim, f"{name} for {profile.images:,} images (under {below:,})"),
+        Choice("model.depth", depth, f"{name}"),
+        Choice("model.num_heads", heads, f"{name}: 32-64 channels per head"),
+        Choice("model.drop_rate", 0.0, "dropout stays off: DeiT found it hurts next to stochastic depth"),
+    ]
+
+
+def _data_choices(profile: DataProfile) -> list[Choice]:
+    grey = " (grayscale, replicated to 3 channels)" if profile.grayscale else ""
+    return [
+        Choice("data.mean", list(profile.mean), f"measured on the training images{grey}"),
+        Choice("data.std", list(profile.std), "measured on the training images"),
+    ]
+
+
+# Every trick field the advisor sets, with its value when the trick is off (vit-plain's).
+TRICKS_OFF: dict[str, Any] = {
+    "model.drop_path_rate": 0.0,
+    "train.label_smoothing": 0.0,
+    "optim.weight_decay": 0.0,
+    "augment.hflip": 0.0,
+    "augment.rrc_scale": [1.0, 1.0],
+    "augment.rrc_ratio": [1.0, 1.0],
+    "augment.randaugment": None,
+    "augment.random_erasing": 0.0,
+    "augment.mixup": 0.0,
+    "augment.cutmix": 0.0,
+    "augment.mix_prob": 1.0,
+}
+TRICK_WHY = {
+    "model.drop_path_rate": "stochastic depth",
+    "train.label_smoothing": "label smoothing",
+    "optim.weight_decay": "decoupled weight decay",
+    "augment.hflip": "horizontal flips (turn off where left and right differ: text, digits, radiographs)",
+    "augment.rrc_scale": "RandomResizedCrop area range",
+    "augment.rrc_ratio": "RandomResizedCrop aspect range",
+    "augment.randaugment": "RandAugment",
+    "augment.random_erasing": "random erasing",
+    "augment.mixup": "Mixup alpha",
+    "augment.cutmix": "CutMix alpha",
+    "augment.mix_prob": "share of batches mixed",
+}
+STRENGTH_WHY = {
+    "none": "fewer than 10 passes over the data: the model is still under-fitting and every trick slows it down",
+    "light": "10-40 passes: regularisation of the weights and targets pays, changing the images does not yet",
+    "medium": "40-150 passes: moderate crops, RandAugment m5 and light Mixup keep the images new enough",
+    "strong": "150+ passes: the published DeiT strengths (crops from 8% of the area, RandAugment m9, Mixup+CutMix)",
+}
+
+
+def _trick_choices(strength: str) -> list[Choice]:
+    chosen = STRENGTHS[strength]
+    out = []
+    for name, off in TRICKS_OFF.items():
+        value = chosen.get(name, off)
+        state = "off" if value == off else "on"
+        out.append(Choice(name, value, f"{TRICK_WHY[name]}: {state} (strength {strength})"))
+    out += [
+        Choice("augment.color_jitter", 0.0, "colour jitter off (RandAugment covers colour where it is on)"),
+        Choice("augment.crop_pct", 1.0, "evaluate on the whole image (no centre crop): small objects fill it"),
+        Choice("augment.repeated_aug", 1, "no repeated augmentation: DeiT's 3x is for very large batches"),
+    ]
+    return out
+
+
+def _optim_choices(profile: DataProfile, epochs: int, batch: int, lr: float, budget_why: str) -> list[Choice]:
+    steps = epochs * max(1, profile.images // batch)
+    decay = ema_decay_for(steps)
+    warmup = round(min(5.0, max(0.1 * epochs, 0.1)), 2)
+    out = [
+        Choice("schedule.epochs", epochs, budget_why),
+        Choice("schedule.warmup_epochs", warmup, "a tenth of training, at most DeiT's 5 epochs"),
+        Choice("schedule.min_lr", 1e-5, "cosine decay to 1e-5"),
+        Choice("train.batch_size", batch, f"{steps:,} updates in all: at least 2000 where the budget allows"),
+        Choice("optim.name", "adamw", "AdamW, as every ViT recipe"),
+        Choice("optim.lr", lr, "for this model size at batch 32-128 (2e-3 beat 1e-3 and 5e-4 on 1k-10k images)"),
+        Choice("optim.lr_scaling", "none", "the lr above is meant for this batch"),
+        Choice("ema.enabled", decay is not None, f"{steps:,} updates" + ("" if decay else ": too few for an EMA")),
+    ]
+    if decay is not None:
+        out.append(Choice("ema.decay", decay, "averages about the last tenth of the updates"))
+    return out
+
+
+def _imbalance_choices(profile: DataProfile) -> list[Choice]:
+    if profile.multilabel or profile.imbalance > 3:
+        why = f"largest class {profile.imbalance:.1f}x the smallest" if not profile.multilabel else "multi-label"
+        return [Choice("train.imbalance", "pos_weight", f"{why}: weight the rare classes (docs/medical.md)")]
+    return []
+
+
+def advise_recipe(
+    profile: DataProfile,
+    epochs: int,
+    budget_why: str = "",
+    pretrained: str | None = None,
+    strength: str | None = None,
+) -> RecipeAdvice:
+    """The advised recipe for `profile` trained for `epochs` passes; `strength` forces a trick strength (the
+    benchmark grid sweeps it)."""
+    level = strength or strength_for(epochs)
+    budget_why = budget_why or f"{epochs} passes over the data"
+    notes = [f"trick strength {level}: {STRENGTH_WHY[level]}"]
+    if pretrained:
+        img = LARGEST_FROM_SCRATCH
+        choices = [
+            Choice("finetune.pretrained", pretrained, "start from these weights"),
+            Choice("model.name", pretrained.split(".")[0].removeprefix("hf-hub:"), "the pretrained architecture"),
+            Choice("model.img_size", img, "the resolution the weights were trained at"),
+        ]
+        base, batch, lr = (
+            "finetune-full",
+            min(64, batch_size_for(epochs * profile.images, profile.images)),
+            1e-3 * 64 / 512,
+        )
+    else:
+        img = image_size_for(profile.size)
+        choices = _model_choices(profile, img, patch_size_for(img))
+        base, batch = "deit-tiny", batch_size_for(epochs * profile.images, profile.images)
+        lr = next(w[5] for w in WIDTHS if profile.images < w[0])
+        if profile.images < 10_000:
+            notes.append("under 10k images, pretrained weights (--pretrained) usually beat any from-scratch recipe")
+    choices += _data_choices(profile) + _trick_choices(level) + _optim_choices(profile, epochs, batch, lr, budget_why)
+    return RecipeAdvice(base, choices + _imbalance_choices(profile), epochs, level, notes)
+
+
+def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
+    """Image count, class balance, median size, colour and per-channel mean/std of a sample of the training
+    split (`DataSplits`); files are decoded only for the sample."""
+    import numpy as np
+
+    from vitkit.data.sources import to_pil
+
+    train = splits.train
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(train), size=min(sample, len(train)), replace=False)
+    pixels, sides, grey = [], [], True
+    for i in picked:
+        image = np.asarray(to_pil(train.items[int(i)]), dtype=np.float32) / 255.0
+        sides.append(min(image.shape[:2]))
+        grey = grey and bool(np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 1], image[..., 2]))
+        pixels.append(image.reshape(-1, 3)[:: max(1, image.shape[0] * image.shape[1] // 4096)])
+    flat = np.concatenate(pixels)
+    if train.multilabel:
+        counts = [int(c) for c in np.nansum(train.labels, axis=0)]
+    else:
+        counts = [int(c) for c in np.bincount(train.labels, minlength=len(splits.classes))]
+    return DataProfile(
+        images=len(train),
+        class_counts=counts,
+        size=int(np.median(sides)),
+        grayscale=grey,
+        mean=tuple(round(float(m), 3) for m in flat.mean(axis=0)),  # type: ignore[arg-type]
+        std=tuple(round(float(s), 3) for s in flat.std(axis=0)),  # type: ignore[arg-type]
+        multilabel=train.multilabel,
+        description=splits.description,
+    )
+
+
+def epochs_for_minutes(minutes: float, images: int, images_per_second: float) -> int:
+    """Passes over `images` that fit in `minutes` of training at `images_per_second`, keeping a fifth of the
+    time for data loading and the validation passes."""
+    return max(1, int(minutes * 60 * images_per_second * 0.8 // max(images, 1)))
+
+
+def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 4) -> float:
+    """Training images per second of `recipe`'s model on this machine's default device, from a few fp32 steps
+    on random images at the recipe's batch and size (bf16 on a GPU trains faster: the estimate is cautious)."""
+    import time
+
+    import torch
+
+    from vitkit.models.build import build_model
+    from vitkit.precision import resolve_device
+
+    device = resolve_device("auto")
+    model = build_model(recipe.model, num_classes).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    size, batch = recipe.model.img_size, recipe.train.batch_size
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
+    start = 0.0
+    for step in range(steps + 1):
+        if step == 1:  # the first step pays for allocation and kernel selection
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _section_lines(choices: list[Choice]) -> list[str]:
+    lines: list[str] = []
+    section = ""
+    for c in choices:
+        head, key = c.field.split(".", 1)
+        if head != section:
+            lines.append(f"{head}:")
+            section = head
+        lines.append(f"  {key}: {yaml_value(c.value)}  # {c.why}")
+    return lines
+
+
+def render_yaml(advice: RecipeAdvice, profile: DataProfile) -> str:
+    """The advice as a commented recipe file (`vitkit train --recipe FILE`)."""
+    colour = "grayscale" if profile.grayscale else "colour"
+    balance = "multi-label" if profile.multilabel else f"largest class {profile.imbalance:.1f}x the smallest"
+    header = [
+        f"{HEADER} from the data and the budget; the rule and the grid it was read from are in",
+        "# docs/advise.md.",
+        f"# Data: {profile.images:,} training images, {profile.classes} classes ({balance}), {profile.size} px, "
+        f"{colour}.",
+        *[f"# {note}." for note in advice.notes],
+    ]
+    order = sorted(advice.choices, key=lambda c: SECTION_ORDER.index(c.field.split(".")[0]))
+    description = f"Advised for {profile.images:,} images, {advice.epochs} epochs, trick strength {advice.strength}."
+    body = [f"base: {advice.base}", f"description: {description}", *_section_lines(order)]
+    return "\n".join(header + body) + "\n"
+
+
+HEADER = "# Advised by `vitkit advise recipe`"
+SECTION_ORDER = ["finetune", "model", "data", "augment", "optim", "schedule", "train", "ema"]
+
+
+def is_advised_recipe(path: Any) -> bool:
+    """Whether `path` is a recipe this advisor wrote (and so may be written again)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith(HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def advise_for_budget(
+    profile: DataProfile,
+    epochs: int | None = None,
+    minutes: float | None = None,
+    pretrained: str | None = None,
+    speed: Any = None,
+) -> RecipeAdvice:
+    """Advice for a budget in epochs, or in minutes of training on this machine: then the advised model's
+    training speed is measured here (`speed(recipe, classes)` images/s; measure_images_per_second by default)
+    and turned into epochs."""
+    from vitkit.config.loader import load_recipe
+    from vitkit.errors import VitkitError
+
+    if (epochs is None) == (minutes is None):
+        raise VitkitError("give the budget one way: --epochs-budget E (passes over the data) or --minutes M.")
+    if epochs is not None:
+        if epochs < 1:
+            raise VitkitError(f"--epochs-budget {epochs}: give at least 1 epoch.")
+        return advise_recipe(profile, epochs, f"the budget: {epochs} epochs", pretrained)
+    assert minutes is not None
+    if minutes <= 0:
+        raise VitkitError(f"--minutes {minutes}: give a positive number of minutes.")
+    draft = advise_recipe(profile, 1, pretrained=pretrained)
+    per_second = float(
+        (speed or measure_images_per_second)(load_recipe(draft.base, draft.overrides()), profile.classes)
+    )
+    fitted = epochs_for_minutes(minutes, profile.images, per_second)
+    why = f"{minutes:g} minutes at {per_second:,.0f} training images/s measured here, a fifth kept for data and eval"
+    return advise_recipe(profile, fitted, why, pretrained)

@@ -1,0 +1,161 @@
+"""`vitkit advise recipe`: the data profile, the rule's pieces against hand values, a recipe file that loads and
+trains, and the refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import write_image_folder
+from tests.e2e.test_cli import vitkit
+from vitkit.config import load_recipe
+from vitkit.data.sources import load_source
+from vitkit.errors import VitkitError
+from vitkit.plan.advise import (
+    DataProfile,
+    advise_for_budget,
+    advise_recipe,
+    batch_size_for,
+    ema_decay_for,
+    epochs_for_minutes,
+    patch_size_for,
+    profile_data,
+    render_yaml,
+    strength_for,
+)
+
+FASHION_1K = DataProfile(1000, [100] * 10, 28, True, (0.286, 0.286, 0.286), (0.353, 0.353, 0.353))
+
+
+@pytest.mark.parametrize(("img", "patch"), [(224, 16), (384, 16), (96, 8), (64, 8), (32, 4), (28, 4), (8, 2)])
+def test_patch_gives_at_least_seven_tokens_a_side(img: int, patch: int):
+    assert patch_size_for(img) == patch
+
+
+@pytest.mark.parametrize(
+    ("epochs", "strength"), [(1, "none"), (9, "none"), (10, "light"), (60, "medium"), (200, "strong")]
+)
+def test_strength_grows_with_passes_over_the_data(epochs: int, strength: str):
+    assert strength_for(epochs) == strength
+
+
+def test_batch_ema_and_minutes_by_hand():
+    assert [batch_size_for(n, 10_000) for n in (20_000, 200_000, 600_000, 10**8)] == [32, 64, 128, 128]
+    assert batch_size_for(10**6, images=21) == 16
+    assert ema_decay_for(1999) is None
+    assert ema_decay_for(10_000) == pytest.approx(0.999)
+    assert epochs_for_minutes(10, images=6000, images_per_second=1000) == 80  # 600 s x 1000 x 0.8 / 6000
+    assert epochs_for_minutes(0.01, images=10**6, images_per_second=10) == 1
+
+
+def test_profile_counts_sizes_and_measures_colour_against_numpy(tmp_path: Path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    Image.fromarray(np.full((30, 20), 200, np.uint8)).save(root / "b" / "grey.png")  # a 6th "b": imbalance 1.2
+    splits = load_source(str(root), val_fraction=0.2, seed=0)
+    profile = profile_data(splits, sample=100)
+    train_files = [Path(p) for p in splits.train.items]
+    pixels = np.concatenate([np.asarray(Image.open(p).convert("RGB"), np.float64).reshape(-1, 3) for p in train_files])
+    assert profile.images == len(train_files)
+    assert sum(profile.class_counts) == len(train_files) and profile.classes == 2
+    assert profile.size == int(np.median([min(Image.open(p).size) for p in train_files]))
+    assert profile.grayscale is False
+    np.testing.assert_allclose(profile.mean, pixels.mean(axis=0) / 255, atol=2e-3)
+    np.testing.assert_allclose(profile.std, pixels.std(axis=0) / 255, atol=2e-3)
+
+
+def test_grayscale_is_detected(tmp_path: Path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (9, 9), dtype=np.uint8)).save(
+                tmp_path / name / f"{i}.png"
+            )
+    assert profile_data(load_source(str(tmp_path), val_fraction=0.25)).grayscale is True
+
+
+def test_recipe_file_loads_with_every_choice_and_a_reason_on_each_line(tmp_path: Path):
+    advice = advise_recipe(FASHION_1K, 60)
+    path = tmp_path / "advised.yaml"
+    path.write_text(render_yaml(advice, FASHION_1K))
+    recipe = load_recipe(str(path))
+    assert advice.strength == "medium"
+    assert (recipe.model.img_size, recipe.model.patch_size, recipe.model.embed_dim) == (28, 4, 64)
+    assert recipe.augment.rrc_scale == (0.35, 1.0) and recipe.augment.randaugment == "rand-m5-mstd0.5-inc1"
+    assert recipe.schedule.min_lr == 1e-5 and recipe.schedule.epochs == 60  # 1e-05 would be read as text
+    assert recipe.train.batch_size == 32 and recipe.optim.lr_scaling == "none"
+    assert recipe.data.mean == (0.286, 0.286, 0.286)
+    values = [line for line in path.read_text().splitlines() if line.startswith("  ")]
+    assert len(values) == len(advice.choices) and all("  # " in line for line in values)
+
+
+def test_short_budget_turns_every_trick_off_and_long_one_keeps_an_ema():
+    short, long = advise_recipe(FASHION_1K, 5), advise_recipe(FASHION_1K, 400)
+    assert short.value("model.drop_path_rate") == 0 and short.value("augment.mixup") == 0
+    assert short.value("ema.enabled") is False
+    assert long.strength == "strong" and long.value("augment.cutmix") == 1.0
+    assert long.value("ema.enabled") is True and 0.99 < long.value("ema.decay") < 1
+
+
+def test_imbalance_and_pretrained_are_advised():
+    skewed = DataProfile(2000, [1800, 200], 224, False, (0.5,) * 3, (0.25,) * 3)  # type: ignore[arg-type]
+    assert advise_recipe(skewed, 20).value("train.imbalance") == "pos_weight"
+    assert "train.imbalance" not in [c.field for c in advise_recipe(FASHION_1K, 20).choices]
+    tuned = advise_recipe(skewed, 20, pretrained="vit_small_patch16_224.augreg_in21k")
+    assert tuned.base == "finetune-full"
+    assert tuned.value("model.name") == "vit_small_patch16_224"
+    assert tuned.value("finetune.pretrained") == "vit_small_patch16_224.augreg_in21k"
+
+
+def test_minutes_become_epochs_through_the_measured_speed():
+    seen: list[int] = []
+
+    def speed(recipe, classes):
+        seen.append(classes)
+        return 500.0  # images/s
+
+    advice = advise_for_budget(FASHION_1K, minutes=5, speed=speed)
+    assert advice.epochs == 120 and seen == [10]  # 300 s x 500 x 0.8 / 1000
+    assert "500 training images/s" in next(c.why for c in advice.choices if c.field == "schedule.epochs")
+    with pytest.raises(VitkitError, match="one way"):
+        advise_for_budget(FASHION_1K, epochs=3, minutes=5)
+    with pytest.raises(VitkitError, match="positive"):
+        advise_for_budget(FASHION_1K, minutes=0)
+
+
+def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_path: Path):
+    data = write_image_folder(tmp_path / "data", per_class=8)
+    recipe = tmp_path / "advised.yaml"
+    out = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "12", "--out", str(recipe))
+    assert out.returncode == 0, out.stderr
+    assert "strength light" in recipe.read_text()
+    run = vitkit(
+        "train",
+        "--recipe",
+        str(recipe),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "schedule.epochs=1",
+        "--set",
+        "schedule.warmup_epochs=0",
+        "--set",
+        "train.precision=fp32",
+        "--set",
+        "data.num_workers=0",
+    )
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "run" / "summary.json").exists()
+    again = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "50", "--out", str(recipe))
+    assert again.returncode == 0 and "strength medium" in recipe.read_text()  # its own file may be rewritten
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: quickstart\n")
+    refused = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "5", "--out", str(mine))
+    assert refused.returncode != 0 and "was not written by vitkit" in refused.stderr
+    assert mine.read_text() == "base: quickstart\n"
+    missing = vitkit("advise", "recipe", "--data", str(tmp_path / "nope"), "--epochs-budget", "5")
+    assert missing.returncode != 0 and "nope" in missing.stderr and "Traceback" not in missing.stderr
