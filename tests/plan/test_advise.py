@@ -159,3 +159,13 @@ def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_pa
     assert mine.read_text() == "base: quickstart\n"
     missing = vitkit("advise", "recipe", "--data", str(tmp_path / "nope"), "--epochs-budget", "5")
     assert missing.returncode != 0 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_minutes_measure_this_machine_and_fit_the_epochs():
+    out = vitkit("advise", "recipe", "--data", "builtin:shapes", "--minutes", "3")
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.strip().startswith("epochs:"))
+    epochs = int(line.split(":")[1].split("#")[0])
+    speed = float(line.split(" at ")[1].split(" training images/s")[0].replace(",", ""))
+    assert speed > 0
+    assert abs(epochs - epochs_for_minutes(3, 6000, speed)) <= 1  # the printed speed is rounded

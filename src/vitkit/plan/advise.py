@@ -337,9 +337,11 @@ def epochs_for_minutes(minutes: float, images: int, images_per_second: float) ->
     return max(1, int(minutes * 60 * images_per_second * 0.8 // max(images, 1)))
 
 
-def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 4) -> float:
-    """Training images per second of `recipe`'s model on this machine's default device, from a few fp32 steps
-    on random images at the recipe's batch and size (bf16 on a GPU trains faster: the estimate is cautious)."""
+def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 5) -> float:
+    """Training images per second of `recipe`'s model on this machine's default device: the median of a few fp32
+    steps on random images at the recipe's batch and size, after one warm-up step (bf16 on a GPU trains faster:
+    the estimate is cautious)."""
+    import statistics
     import time
 
     import torch
@@ -353,18 +355,16 @@ def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 4) -> 
     size, batch = recipe.model.img_size, recipe.train.batch_size
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
-    start = 0.0
-    for step in range(steps + 1):
-        if step == 1:  # the first step pays for allocation and kernel selection
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+    seconds = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return batch / statistics.median(seconds[1:])  # the first step pays for allocation and kernel choice
 
 
 def _section_lines(choices: list[Choice]) -> list[str]:
