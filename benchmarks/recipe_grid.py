@@ -94,7 +94,8 @@ def overrides_for(config: str, data: Path, budget: str) -> tuple[str, list[str],
     model = [o for o in advised.overrides() if o.split("=")[0].startswith(("model.", "data."))]
     if config in ("plain", "deit"):
         base = "vit-plain" if config == "plain" else "deit-tiny"
-        return base, [*model, f"schedule.epochs={epochs}", *common], facts
+        warmup = f"schedule.warmup_epochs={min(5.0, 0.1 * epochs):g}"  # DeiT's 5 epochs do not fit short budgets
+        return base, [*model, f"schedule.epochs={epochs}", warmup, *common], facts
     strength = config if config in STRENGTHS else None  # "advisor" and "resnet": the advisor's own pick
     recipe = advise_recipe(profile, epochs, strength=strength)
     extra = RESNET if config == "resnet" else []
@@ -208,7 +209,11 @@ def main() -> None:
         if job in recorded():
             continue
         print("running", *job, flush=True)
-        row = run(*job)
+        try:
+            row = run(*job)
+        except Exception as exc:  # one broken job must not stop the others; it is not recorded, so it reruns
+            print("failed", *job, repr(exc), flush=True)
+            continue
         append_row(RESULTS, row)
         print(json.dumps({k: row[k] for k in ("dataset", "budget", "config", "score", "wall_s")}), flush=True)
 
