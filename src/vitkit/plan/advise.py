@@ -16,40 +16,16 @@ from typing import Any
 # Passes over the data at which the next trick strength starts to pay (docs/advise.md, "The rule").
 STRENGTH_FROM_EPOCHS = ((0, "none"), (10, "light"), (40, "medium"), (150, "strong"))
 # Settings of each strength. Values not named keep vit-plain's (no trick).
-STRENGTHS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "light": {
-        "model.drop_path_rate": 0.1,
-        "train.label_smoothing": 0.1,
-        "optim.weight_decay": 0.05,
-    },
-    "medium": {
-        "model.drop_path_rate": 0.1,
-        "train.label_smoothing": 0.1,
-        "optim.weight_decay": 0.05,
-        "augment.hflip": 0.5,
-        "augment.rrc_scale": [0.35, 1.0],
-        "augment.rrc_ratio": [0.75, 1.3333],
-        "augment.randaugment": "rand-m5-mstd0.5-inc1",
-        "augment.random_erasing": 0.1,
-        "augment.mixup": 0.2,
-        "augment.cutmix": 0.0,
-        "augment.mix_prob": 0.5,
-    },
-    "strong": {
-        "model.drop_path_rate": 0.1,
-        "train.label_smoothing": 0.1,
-        "optim.weight_decay": 0.05,
-        "augment.hflip": 0.5,
-        "augment.rrc_scale": [0.08, 1.0],
-        "augment.rrc_ratio": [0.75, 1.3333],
-        "augment.randaugment": "rand-m9-mstd0.5-inc1",
-        "augment.random_erasing": 0.25,
-        "augment.mixup": 0.8,
-        "augment.cutmix": 1.0,
-        "augment.mix_prob": 1.0,
-    },
-}
+LIGHT = {"model.drop_path_rate": 0.1, "train.label_smoothing": 0.1, "optim.weight_decay": 0.05}
+MODERATE = {**LIGHT, "augment.hflip": 0.5, "augment.rrc_scale": [0.7, 1.0], "augment.rrc_ratio": [0.75, 1.3333]}
+MODERATE |= {"augment.mixup": 0.2, "augment.mix_prob": 0.5}
+MEDIUM = {**MODERATE, "augment.rrc_scale": [0.35, 1.0], "augment.randaugment": "rand-m5-mstd0.5-inc1"}
+MEDIUM |= {"augment.random_erasing": 0.1}
+STRONG = {**MEDIUM, "augment.rrc_scale": [0.08, 1.0], "augment.randaugment": "rand-m9-mstd0.5-inc1"}
+STRONG |= {"augment.random_erasing": 0.25, "augment.mixup": 0.8, "augment.cutmix": 1.0, "augment.mix_prob": 1.0}
+# Settings of each strength, each adding to the one before. Values not named keep vit-plain's (no trick).
+STRENGTHS: dict[str, dict[str, Any]] = {"none": {}, "light": LIGHT, "moderate": MODERATE, "medium": MEDIUM}
+STRENGTHS["strong"] = STRONG
 PATCH_SIZES = (16, 14, 8, 7, 4, 2, 1)
 MIN_GRID = 7  # patches per side: fewer than 7x7 tokens leave attention little to relate
 MIN_PATCH = 2
@@ -217,6 +193,7 @@ TRICK_WHY = {
 STRENGTH_WHY = {
     "none": "fewer than 10 passes over the data: the model is still under-fitting and every trick slows it down",
     "light": "10-40 passes: regularisation of the weights and targets pays, changing the images does not yet",
+    "moderate": "flips, crops from 70% of the area and light Mixup on half the batches",
     "medium": "40-150 passes: moderate crops, RandAugment m5 and light Mixup keep the images new enough",
     "strong": "150+ passes: the published DeiT strengths (crops from 8% of the area, RandAugment m9, Mixup+CutMix)",
 }
