@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from recipe_ablation import CLASSES, append_row, find_idx, read_idx, read_rows
 from vitkit.config import load_recipe
 from vitkit.data.sources import load_arrays, stratified_split
-from vitkit.plan.advise import advise_recipe, profile_data
+from vitkit.plan.advise import advise_recipe, profile_data, strength_for
 
 RESULTS = Path(__file__).parent / "results" / "recipe_grid.jsonl"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitkit" / "grid"
@@ -156,6 +156,11 @@ def jobs(budgets: list[str], datasets: list[str], configs: list[str]) -> list[tu
     return [(d, b, c) for b in budgets for d in datasets for c in configs if c != "tune" or b == "10x"]
 
 
+def _pick(rows: dict[str, Any]) -> str:
+    """The strength the advisor's current rule picks for the cell."""
+    return strength_for(next(r["epochs"] for c, r in rows.items() if c != "tune"))
+
+
 def _cell(rows: dict[str, Any], config: str) -> str:
     row = rows.get(config)
     if row is None:
@@ -175,12 +180,46 @@ def table(results: list[dict[str, Any]]) -> str:
             rows = cells.get((dataset, budget))
             if not rows:
                 continue
-            any_row = next(iter(rows.values()))
-            pick = any_row["advised_strength"]
+            any_row = next(r for c, r in rows.items() if c != "tune")
+            pick = _pick(rows)
             advisor = f"{_cell(rows, pick)} ({pick})"
             shown = [_cell(rows, c) for c in ("plain", "deit", *STRENGTHS)]
             shown += [advisor, _cell(rows, "resnet"), _cell(rows, "tune")]
             lines.append(f"| {dataset} | {budget} | {any_row['epochs']} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def _points(rows: dict[str, Any], a: str, b: str) -> float | None:
+    """Test top-1 of configuration a minus b in points (a diverged run scores 0)."""
+    if a not in rows or b not in rows:
+        return None
+    return 100 * ((rows[a]["score"] or 0.0) - (rows[b]["score"] or 0.0))
+
+
+def targets(results: list[dict[str, Any]]) -> str:
+    """Per cell, the margins the advisor is held to: over vit-plain (never below -0.5; +2 on the 10x budget),
+    over DeiT, its regret against the best strength, against the ResNet, and tune against it."""
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results:
+        cells.setdefault((r["dataset"], r["budget"]), {})[r["config"]] = r
+    head = "| data | budget | advisor - plain | advisor - deit | advisor - best strength | advisor - resnet "
+    lines = [head + "| tune - advisor |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for dataset in DATASETS:
+        for budget in BUDGETS:
+            rows = dict(cells.get((dataset, budget), {}))
+            if not rows:
+                continue
+            pick = _pick(rows)
+            if pick in rows:
+                rows["advisor"] = rows[pick]
+            swept = [c for c in STRENGTHS if c in rows]
+            best = max(swept, key=lambda c: rows[c]["score"] or 0.0) if swept else None
+            margins = [_points(rows, "advisor", c) for c in ("plain", "deit")]
+            margins += [_points(rows, "advisor", best) if best else None, _points(rows, "advisor", "resnet")]
+            margins.append(_points(rows, "tune", "advisor"))
+            shown = ["-" if m is None else f"{m:+.1f}" for m in margins]
+            lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
 
@@ -195,7 +234,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     args = parser.parse_args()
     if args.table:
-        print(table(read_rows(RESULTS)))
+        print(table(read_rows(RESULTS)) + "\n\n" + targets(read_rows(RESULTS)))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
