@@ -12,10 +12,10 @@ about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
 
 The score is the final epoch's test top-1 (of the EMA weights where the recipe keeps an EMA). Each run appends
 one JSON line to benchmarks/results/recipe_grid.jsonl as it finishes; recorded runs are skipped, so the grid is
-run in parts (and in several processes with --shard).
+run in parts (and in several worker processes with --workers).
 
     .venv/bin/python benchmarks/recipe_grid.py --list
-    .venv/bin/python benchmarks/recipe_grid.py --budget short --shard 0/2 &  .venv/bin/python ... --shard 1/2
+    .venv/bin/python benchmarks/recipe_grid.py --budget short --workers 2 --threads 1
     .venv/bin/python benchmarks/recipe_grid.py --table
 """
 
@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -223,38 +225,46 @@ def targets(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _run_job(job: tuple[str, str, str], threads: int) -> dict[str, Any] | None:
+    """One job in a worker process; None when it failed (not recorded, so it runs again next time)."""
+    if threads:
+        torch.set_num_threads(threads)
+    print("running", *job, flush=True)
+    try:
+        return run(*job)
+    except Exception as exc:  # one broken job must not stop the others
+        print("failed", *job, repr(exc), flush=True)
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", action="append", choices=list(BUDGETS), help="repeatable; default: short")
     parser.add_argument("--dataset", action="append", choices=DATASETS, help="repeatable; default: all")
-    parser.add_argument("--config", action="append", choices=CONFIGS, help="repeatable; default: all")
-    parser.add_argument("--shard", default="0/1", help="i/n: run every n-th job from the i-th")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--config", action="append", choices=CONFIGS, help="repeatable, in this order; default: all")
+    parser.add_argument("--workers", type=int, default=1, help="processes taking the next job as each finishes")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
-    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--table", action="store_true", help="print the results tables and exit")
     args = parser.parse_args()
     if args.table:
         print(table(read_rows(RESULTS)) + "\n\n" + targets(read_rows(RESULTS)))
         return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shard, shards = (int(x) for x in args.shard.split("/"))
-    todo = jobs(args.budget or ["short"], args.dataset or list(DATASETS), args.config or list(CONFIGS))
-    todo = todo[shard::shards]
+    configs = args.config or list(CONFIGS)
+    todo = jobs(args.budget or ["short"], args.dataset or list(DATASETS), configs)
+    todo = sorted(todo, key=lambda job: configs.index(job[2]))  # the most wanted configurations first
+    todo = [job for job in todo if job not in recorded()]
     if args.list:
         print("\n".join(" ".join(j) for j in todo))
         return
-    for job in todo:
-        if job in recorded():
-            continue
-        print("running", *job, flush=True)
-        try:
-            row = run(*job)
-        except Exception as exc:  # one broken job must not stop the others; it is not recorded, so it reruns
-            print("failed", *job, repr(exc), flush=True)
-            continue
-        append_row(RESULTS, row)
-        print(json.dumps({k: row[k] for k in ("dataset", "budget", "config", "score", "wall_s")}), flush=True)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
+        futures = [pool.submit(_run_job, job, args.threads) for job in todo]
+        for future in as_completed(futures):  # appended as each finishes, so a stopped grid keeps it
+            row = future.result()
+            if row is not None:
+                append_row(RESULTS, row)
+                print(json.dumps({k: row[k] for k in ("dataset", "budget", "config", "score")}), flush=True)
 
 
 if __name__ == "__main__":
