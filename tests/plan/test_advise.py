@@ -157,6 +157,9 @@ def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_pa
     refused = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "5", "--out", str(mine))
     assert refused.returncode != 0 and "was not written by vitkit" in refused.stderr
     assert mine.read_text() == "base: quickstart\n"
+    (data / "cat" / "broken.png").write_bytes(b"not a png")
+    damaged = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "5")
+    assert damaged.returncode == 0 and "Traceback" not in damaged.stderr
     missing = vitkit("advise", "recipe", "--data", str(tmp_path / "nope"), "--epochs-budget", "5")
     assert missing.returncode != 0 and "nope" in missing.stderr and "Traceback" not in missing.stderr
 

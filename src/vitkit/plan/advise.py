@@ -281,16 +281,22 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
     import numpy as np
 
     from vitkit.data.sources import to_pil
+    from vitkit.errors import DataError, VitkitError
 
     train = splits.train
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(train), size=min(sample, len(train)), replace=False)
     pixels, sides, grey = [], [], True
     for i in picked:
-        image = np.asarray(to_pil(train.items[int(i)]), dtype=np.float32) / 255.0
+        try:
+            image = np.asarray(to_pil(train.items[int(i)]), dtype=np.float32) / 255.0
+        except (OSError, ValueError, DataError):  # an unreadable file: training skips it too (data.bad_images)
+            continue
         sides.append(min(image.shape[:2]))
         grey = grey and bool(np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 1], image[..., 2]))
         pixels.append(image.reshape(-1, 3)[:: max(1, image.shape[0] * image.shape[1] // 4096)])
+    if not pixels:
+        raise VitkitError(f"{splits.description}: none of {len(picked)} sampled training images could be read.")
     flat = np.concatenate(pixels)
     if train.multilabel:
         counts = [int(c) for c in np.nansum(train.labels, axis=0)]
