@@ -160,7 +160,8 @@ def jobs(budgets: list[str], datasets: list[str], configs: list[str]) -> list[tu
 
 def _pick(rows: dict[str, Any]) -> str:
     """The strength the advisor's current rule picks for the cell."""
-    return strength_for(next(r["epochs"] for c, r in rows.items() if c != "tune"))
+    row = next(r for c, r in rows.items() if c != "tune")
+    return strength_for(row["epochs"], row["images"])
 
 
 def _cell(rows: dict[str, Any], config: str) -> str:

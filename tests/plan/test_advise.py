@@ -36,10 +36,19 @@ def test_patch_gives_at_least_seven_tokens_a_side(img: int, patch: int):
 
 
 @pytest.mark.parametrize(
-    ("epochs", "strength"), [(1, "none"), (9, "none"), (10, "light"), (60, "medium"), (200, "strong")]
+    ("epochs", "images", "strength"),
+    [
+        (1, 1000, "none"),
+        (19, 60_000, "none"),
+        (20, 1000, "light"),
+        (400, 60_000, "light"),
+        (99, 10**6, "light"),
+        (100, 100_000, "strong"),
+        (300, 1_281_167, "strong"),
+    ],
 )
-def test_strength_grows_with_passes_over_the_data(epochs: int, strength: str):
-    assert strength_for(epochs) == strength
+def test_strength_follows_passes_and_data_size(epochs: int, images: int, strength: str):
+    assert strength_for(epochs, images) == strength
 
 
 def test_batch_ema_and_minutes_by_hand():
@@ -77,7 +86,7 @@ def test_grayscale_is_detected(tmp_path: Path):
 
 
 def test_recipe_file_loads_with_every_choice_and_a_reason_on_each_line(tmp_path: Path):
-    advice = advise_recipe(FASHION_1K, 60)
+    advice = advise_recipe(FASHION_1K, 60, strength="medium")
     path = tmp_path / "advised.yaml"
     path.write_text(render_yaml(advice, FASHION_1K))
     recipe = load_recipe(str(path))
@@ -91,12 +100,21 @@ def test_recipe_file_loads_with_every_choice_and_a_reason_on_each_line(tmp_path:
     assert len(values) == len(advice.choices) and all("  # " in line for line in values)
 
 
-def test_short_budget_turns_every_trick_off_and_long_one_keeps_an_ema():
+def test_short_budget_turns_every_trick_off_and_deit_regime_gets_deit_strengths():
     short, long = advise_recipe(FASHION_1K, 5), advise_recipe(FASHION_1K, 400)
     assert short.value("model.drop_path_rate") == 0 and short.value("augment.mixup") == 0
     assert short.value("ema.enabled") is False
-    assert long.strength == "strong" and long.value("augment.cutmix") == 1.0
-    assert long.value("ema.enabled") is True and 0.99 < long.value("ema.decay") < 1
+    assert long.strength == "light" and long.value("augment.rrc_scale") == [1.0, 1.0]
+    assert long.value("model.drop_path_rate") == 0.1 and long.value("ema.enabled") is True
+    imagenet = DataProfile(1_281_167, [1281] * 1000, 400, False, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    deit = advise_recipe(imagenet, 300)
+    assert deit.strength == "strong" and deit.value("augment.cutmix") == 1.0
+    assert (deit.value("model.img_size"), deit.value("model.patch_size"), deit.value("model.embed_dim")) == (
+        224,
+        16,
+        384,
+    )
+    assert 0.99 < deit.value("ema.decay") < 1
 
 
 def test_imbalance_and_pretrained_are_advised():
@@ -128,7 +146,7 @@ def test_minutes_become_epochs_through_the_measured_speed():
 def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_path: Path):
     data = write_image_folder(tmp_path / "data", per_class=8)
     recipe = tmp_path / "advised.yaml"
-    out = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "12", "--out", str(recipe))
+    out = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "25", "--out", str(recipe))
     assert out.returncode == 0, out.stderr
     assert "strength light" in recipe.read_text()
     run = vitkit(
@@ -150,8 +168,8 @@ def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_pa
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "run" / "summary.json").exists()
-    again = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "50", "--out", str(recipe))
-    assert again.returncode == 0 and "strength medium" in recipe.read_text()  # its own file may be rewritten
+    again = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "5", "--out", str(recipe))
+    assert again.returncode == 0 and "strength none" in recipe.read_text()  # its own file may be rewritten
     mine = tmp_path / "mine.yaml"
     mine.write_text("base: quickstart\n")
     refused = vitkit("advise", "recipe", "--data", str(data), "--epochs-budget", "5", "--out", str(mine))
