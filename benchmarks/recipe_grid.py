@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--config", action="append", choices=CONFIGS, help="repeatable, in this order; default: all")
     parser.add_argument("--workers", type=int, default=1, help="processes taking the next job as each finishes")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--rerun", action="store_true", help="run recorded jobs again (the table keeps the last)")
     parser.add_argument("--list", action="store_true", help="list the jobs and exit")
     parser.add_argument("--table", action="store_true", help="print the results tables and exit")
     args = parser.parse_args()
@@ -254,7 +255,7 @@ def main() -> None:
     configs = args.config or list(CONFIGS)
     todo = jobs(args.budget or ["short"], args.dataset or list(DATASETS), configs)
     todo = sorted(todo, key=lambda job: configs.index(job[2]))  # the most wanted configurations first
-    todo = [job for job in todo if job not in recorded()]
+    todo = [job for job in todo if args.rerun or job not in recorded()]
     if args.list:
         print("\n".join(" ".join(j) for j in todo))
         return

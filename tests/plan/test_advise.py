@@ -41,7 +41,8 @@ def test_patch_gives_at_least_seven_tokens_a_side(img: int, patch: int):
         (1, 1000, "none"),
         (19, 60_000, "none"),
         (20, 1000, "light"),
-        (400, 60_000, "light"),
+        (99, 60_000, "light"),
+        (100, 1000, "moderate"),
         (99, 10**6, "light"),
         (100, 100_000, "strong"),
         (300, 1_281_167, "strong"),
@@ -104,7 +105,7 @@ def test_short_budget_turns_every_trick_off_and_deit_regime_gets_deit_strengths(
     short, long = advise_recipe(FASHION_1K, 5), advise_recipe(FASHION_1K, 400)
     assert short.value("model.drop_path_rate") == 0 and short.value("augment.mixup") == 0
     assert short.value("ema.enabled") is False
-    assert long.strength == "light" and long.value("augment.rrc_scale") == [1.0, 1.0]
+    assert long.strength == "moderate" and long.value("augment.rrc_scale") == [0.7, 1.0]
     assert long.value("model.drop_path_rate") == 0.1 and long.value("ema.enabled") is True
     imagenet = DataProfile(1_281_167, [1281] * 1000, 400, False, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     deit = advise_recipe(imagenet, 300)
