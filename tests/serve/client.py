@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# Never through a proxy: an http_proxy in the environment (common on CI) would otherwise route 127.0.0.1 to it.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,7 +65,7 @@ class Server:
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> Reply:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with LOCAL.open(req, timeout=60) as r:
                 return Reply(r.status, r.read(), dict(r.headers))
         except urllib.error.HTTPError as e:
             return Reply(e.code, e.read(), dict(e.headers))
