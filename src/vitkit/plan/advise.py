@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 # The rule (docs/advise.md): from 20 passes over the data regularisation pays, from about 100 passes flips, mild
 # crops and light Mixup too; stronger augmentation and mixing did not pay on any cell of the grid (up to 60k
 # images and 200 passes), so the published DeiT strengths are kept for DeiT's own regime (ImageNet-sized data,
@@ -20,7 +22,6 @@ from typing import Any
 LIGHT_FROM_EPOCHS = 20
 MODERATE_FROM_EPOCHS = 100
 STRONG_FROM_IMAGES, STRONG_FROM_EPOCHS = 100_000, 100
-# Settings of each strength. Values not named keep vit-plain's (no trick).
 LIGHT = {"model.drop_path_rate": 0.1, "train.label_smoothing": 0.1, "optim.weight_decay": 0.05}
 MODERATE = {**LIGHT, "augment.hflip": 0.5, "augment.rrc_scale": [0.7, 1.0], "augment.rrc_ratio": [0.75, 1.3333]}
 MODERATE |= {"augment.mixup": 0.2, "augment.mix_prob": 0.5}
@@ -63,17 +64,9 @@ class RecipeAdvice:
 
 
 def yaml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(yaml_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        text = f"{value:.1f}" if value.is_integer() else f"{value:.6g}"
-        mantissa = text.split("e")[0]
-        return text.replace("e", ".0e", 1) if "e" in text and "." not in mantissa else text  # YAML reads 1e-05 as text
-    return str(value)
+    """`value` as YAML flow text, for a recipe line and a `--set` override (PyYAML writes 1e-05 as 1.0e-05, which
+    it reads back as a number, and quotes strings YAML would read as something else)."""
+    return str(yaml.safe_dump(value, default_flow_style=True, width=10**6)).removesuffix("\n...\n").strip()
 
 
 def strength_for(epochs: int, images: int) -> str:
@@ -138,24 +131,43 @@ class DataProfile:
         return max(self.class_counts) / smallest if smallest else math.inf
 
 
-# Model by training-set size, from scratch: (fewer than this many images, embed_dim, depth, heads, name, lr).
+@dataclass(frozen=True)
+class Width:
+    """A from-scratch model for training sets of fewer than `below` images, and the lr it trains at."""
+
+    below: float
+    embed_dim: int
+    depth: int
+    heads: int
+    name: str
+    lr: float
+
+
 WIDTHS = (
-    (100_000, 64, 6, 2, "a 0.3M-parameter ViT", 2e-3),
-    (1_000_000, 192, 12, 3, "DeiT-Ti", 1e-3),
-    (math.inf, 384, 12, 6, "DeiT-S", 5e-4),
+    Width(100_000, 64, 6, 2, "a 0.3M-parameter ViT", 2e-3),
+    Width(1_000_000, 192, 12, 3, "DeiT-Ti", 1e-3),
+    Width(math.inf, 384, 12, 6, "DeiT-S", 5e-4),
 )
 
 
+def _under(below: float) -> str:
+    return f" (under {int(below):,})" if math.isfinite(below) else ""
+
+
+def width_for(images: int) -> Width:
+    return next(w for w in WIDTHS if images < w.below)
+
+
 def _model_choices(profile: DataProfile, img_size: int, patch: int) -> list[Choice]:
-    below, dim, depth, heads, name, _ = next(w for w in WIDTHS if profile.images < w[0])
-    tokens = (img_size // patch) ** 2
+    w = width_for(profile.images)
+    side = img_size // patch
     return [
         Choice("model.name", "vit_tiny_patch16_224", "a plain ViT (timm), resized below"),
         Choice("model.img_size", img_size, f"the images' median shorter side is {profile.size} px"),
-        Choice("model.patch_size", patch, f"{img_size // patch}x{img_size // patch} = {tokens} tokens"),
-        Choice("model.embed_dim", dim, f"{name} for {profile.images:,} images (under {below:,})"),
-        Choice("model.depth", depth, f"{name}"),
-        Choice("model.num_heads", heads, f"{name}: 32-64 channels per head"),
+        Choice("model.patch_size", patch, f"{side}x{side} = {side * side} tokens"),
+        Choice("model.embed_dim", w.embed_dim, f"{w.name} for {profile.images:,} images{_under(w.below)}"),
+        Choice("model.depth", w.depth, w.name),
+        Choice("model.num_heads", w.heads, f"{w.name}: 32-64 channels per head"),
         Choice("model.drop_rate", 0.0, "dropout stays off: DeiT found it hurts next to stochastic depth"),
     ]
 
@@ -277,7 +289,7 @@ def advise_recipe(
         img = image_size_for(profile.size)
         choices = _model_choices(profile, img, patch_size_for(img))
         base, batch = "deit-tiny", batch_size_for(epochs * profile.images, profile.images)
-        lr = next(w[5] for w in WIDTHS if profile.images < w[0])
+        lr = width_for(profile.images).lr
         if profile.images < 10_000:
             notes.append("under 10k images, pretrained weights (--pretrained) usually beat any from-scratch recipe")
     choices += _data_choices(profile) + _trick_choices(level) + _optim_choices(profile, epochs, batch, lr, budget_why)
