@@ -192,6 +192,16 @@ def test_architectures_transformers_cannot_hold_are_refused_by_reason(tmp_path: 
     assert doc["checks"]["logits"]["passed"]
 
 
+def test_a_conv_stem_is_refused_by_both_folder_formats_before_anything_is_written(tmp_path: Path):
+    run = trained(tmp_path, "model.stem=conv", evaluate=False)
+    for fmt in ("hf", "timm"):
+        with pytest.raises(
+            VitkitError, match=r"convolutional stem \(model\.stem=conv\)\. Export it with --format onnx"
+        ):
+            export_folder(run, tmp_path / fmt, fmt)
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "timm").exists()
+
+
 def test_a_missing_hf_extra_is_named(monkeypatch, vit_run: Path, tmp_path: Path):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)
     with pytest.raises(MissingExtraError, match=r"vitkit\[hf\]"):

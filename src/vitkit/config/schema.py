@@ -34,6 +34,11 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(
         0.0, ge=0.0, lt=1.0, description="Stochastic depth: block l of L is dropped with probability l/(L-1) x rate."
     )
+    stem: Literal["patch", "conv"] = Field(
+        "patch",
+        description="Patch embedding: one patchify convolution (patch), or stride-2 3x3 convolutions (conv; "
+        "Xiao et al. 2021), which helps ViTs trained from scratch on small data. ViT family only.",
+    )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra timm.create_model arguments, e.g. {channels: [24, 48, 96, 192]}."
     )

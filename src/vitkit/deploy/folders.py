@@ -27,6 +27,7 @@ from vitkit.deploy.card import CARD, LOAD_SNIPPETS, run_card
 from vitkit.deploy.hf import processor_config, require_transformers, to_transformers, transformers_spec
 from vitkit.deploy.parity import SAME_FRAMEWORK_MAX_ABS_DIFF, Parity, compare, require_parity
 from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, stacked
+from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_or_checkpoint, save_timm_folder
 from vitkit.run_folder import EXPORT_MARKER, check_export_folder
 
@@ -56,6 +57,12 @@ def export_folder(path: Path, out: Path, fmt: str, parity_images: int = 64) -> d
     model, recipe, info = load_run_or_checkpoint(path)
     splits = recipe_splits(recipe)
     classes = info.get("classes") or splits.classes
+    if recipe.model.stem == "conv":
+        raise VitkitError(
+            f"a {LIBRARY[fmt]} folder is rebuilt from that library's own config, which has no place for vitkit's "
+            "convolutional stem (model.stem=conv). Export it with --format onnx or --format pt2, or load the run "
+            "folder with vitkit."
+        )
     if fmt == "hf":
         transformers_spec(model, classes)  # refuses an architecture transformers cannot hold before anything is written
     images = first_images(splits.val, parity_images)

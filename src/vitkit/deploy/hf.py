@@ -51,7 +51,9 @@ def transformers_blockers(model: nn.Module) -> list[str]:
             reasons.append(f"it has a {part} layer")
     if getattr(m, "attn_pool", None) is not None:
         reasons.append("it pools with attention")
-    if not _is(m.norm, "LayerNorm") or not _is(m.patch_embed.norm, "Identity") or m.patch_embed.proj.bias is None:
+    if not _is(m.patch_embed.proj, "Conv2d"):
+        reasons.append("its patch embedding is a convolutional stem (model.stem=conv)")
+    elif not _is(m.norm, "LayerNorm") or not _is(m.patch_embed.norm, "Identity") or m.patch_embed.proj.bias is None:
         reasons.append("its patch embedding or final norm differs from ViT's")
     reasons += _block_blockers(m.blocks)
     size, patch = m.patch_embed.img_size, m.patch_embed.patch_size

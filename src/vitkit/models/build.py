@@ -10,6 +10,7 @@ from torch import nn
 
 from vitkit.config.schema import ModelConfig
 from vitkit.errors import RecipeError, VitkitError
+from vitkit.models.stems import ConvStemEmbed
 
 if TYPE_CHECKING:
     from vitkit.models.pretrained import PretrainedWeights
@@ -46,7 +47,14 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeight
     if not hub and not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise RecipeError(f"model.name: timm has no model '{cfg.name}'. Similar names: {', '.join(close) or 'none'}.")
+    if cfg.stem == "conv" and pretrained is not None:
+        raise RecipeError(
+            "model.stem=conv: pretrained weights were learned with a patchify stem and do not fit a convolutional "
+            "one. Set model.stem=patch to fine-tune, or drop the pretrained weights to train from scratch."
+        )
     kwargs = {**model_kwargs(cfg, num_classes), **cfg.kwargs}
+    if cfg.stem == "conv":
+        kwargs["embed_layer"] = ConvStemEmbed
     load = pretrained.create_kwargs() if pretrained is not None else {}
     while True:
         try:
@@ -58,6 +66,11 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeight
             if droppable and (droppable[0] == "img_size" or not kwargs[droppable[0]]):
                 kwargs.pop(droppable[0])
                 continue
+            if "embed_layer" in str(exc):
+                raise RecipeError(
+                    f"model.stem=conv: '{cfg.name}' has no patch embedding to replace; the convolutional stem is "
+                    "for the ViT family (vit_*, deit_*). Set model.stem=patch."
+                ) from exc
             raise RecipeError(
                 f"model '{cfg.name}' does not accept one of the settings {sorted(kwargs)}: {exc}. "
                 "Remove it from the model section (e.g. Swin takes no 'depth', a ResNet no 'patch_size')."

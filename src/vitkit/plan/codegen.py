@@ -56,6 +56,7 @@ def script_config(recipe: Recipe, data: str | None = None) -> dict[str, Any]:
         "val_fraction": recipe.data.val_fraction,
         "model": m.name,
         "model_kwargs": kwargs,
+        "conv_stem": m.stem == "conv",
         "fused_attention": choose_attention(m.attn_impl, torch.device("cpu"), precision, _tokens(m)) == "fused",
         "norm_eps": m.norm_eps,
         "grad_checkpointing": m.grad_checkpointing,

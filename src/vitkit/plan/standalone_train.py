@@ -27,6 +27,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.loader import fast_collate
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
+from timm.layers import PatchEmbed
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -179,8 +180,35 @@ def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torc
 # --- model, optimizer, schedule -----------------------------------------------------------------------------
 
 
+def stem_layers(in_chans: int, embed_dim: int, patch_size: int) -> torch.nn.Sequential:
+    """A convolutional stem (Xiao et al. 2021): stride-2 3x3 conv-BN-ReLU stages while 2 divides what is left of
+    the patch, channels doubling up to embed_dim, then one convolution over the rest of the patch."""
+    halvings = 0
+    while patch_size % 2 ** (halvings + 1) == 0:
+        halvings += 1
+    layers: list[torch.nn.Module] = []
+    channels = in_chans
+    for stage in range(halvings):
+        out = max(8, embed_dim // 2 ** (halvings - 1 - stage))
+        conv = torch.nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False)
+        layers += [conv, torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
+        channels = out
+    rest = patch_size // 2**halvings
+    layers.append(torch.nn.Conv2d(channels, embed_dim, kernel_size=rest, stride=rest))
+    return torch.nn.Sequential(*layers)
+
+
+class ConvStemEmbed(PatchEmbed):
+    """timm's PatchEmbed (same grid and token count) whose projection is the convolutional stem."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proj = stem_layers(self.proj.in_channels, self.proj.out_channels, self.patch_size[0])  # type: ignore[assignment]
+
+
 def build_model(c: dict[str, Any], num_classes: int) -> torch.nn.Module:
-    model = timm.create_model(c["model"], num_classes=num_classes, **c["model_kwargs"])
+    stem: dict[str, Any] = {"embed_layer": ConvStemEmbed} if c["conv_stem"] else {}
+    model = timm.create_model(c["model"], num_classes=num_classes, **c["model_kwargs"], **stem)
     for module in model.modules():  # the attention kernel vitkit chose: fused SDPA or explicit math
         if hasattr(module, "fused_attn"):
             module.fused_attn = c["fused_attention"]
