@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-ORDER=(--config light --config moderate --config plain --config resnet --config medium --config none --config tune
+ORDER=(--config advisor --config light --config moderate --config plain --config resnet --config medium --config none --config tune
   --config deit --config strong)
 grid() { $PY benchmarks/recipe_grid.py --workers "${WORKERS:-2}" --threads "${THREADS:-1}" "${ORDER[@]}" "$@"; }
 grid --budget short

@@ -124,6 +124,8 @@ def test_imbalance_and_pretrained_are_advised():
     assert "train.imbalance" not in [c.field for c in advise_recipe(FASHION_1K, 20).choices]
     tuned = advise_recipe(skewed, 20, pretrained="vit_small_patch16_224.augreg_in21k")
     assert tuned.base == "finetune-full"
+    assert "model.stem" not in [c.field for c in tuned.choices]  # pretrained weights come with a patchify stem
+    assert advise_recipe(FASHION_1K, 20).value("model.stem") == "conv"  # from scratch: the convolutional stem
     assert tuned.value("model.name") == "vit_small_patch16_224"
     assert tuned.value("finetune.pretrained") == "vit_small_patch16_224.augreg_in21k"
 
