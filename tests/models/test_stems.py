@@ -42,6 +42,14 @@ def test_conv_stem_gives_the_patchify_stems_tokens(patch: int):
     assert conv(torch.randn(3, 3, 16, 16)).shape == (3, 5)
 
 
+def test_a_conv_stem_model_takes_a_new_image_size_but_not_a_new_patch():
+    model = build_model(ModelConfig(**TINY, stem="conv"), num_classes=3)
+    model.set_input_size(img_size=32)  # timm resamples the position embedding; the stem is kept
+    assert num_tokens(model) == 8 * 8 + 1 and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    with pytest.raises(ValueError, match="patch size is fixed"):
+        model.set_input_size(patch_size=8)
+
+
 def test_conv_stem_trains_its_batchnorm_and_keeps_it_out_of_weight_decay():
     from vitkit.config.schema import OptimConfig
     from vitkit.train.optim import build_optimizer

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, to_2tuple
 from torch import nn
 
 
@@ -38,8 +38,8 @@ class ConvStemEmbed(PatchEmbed):
         self.proj = stem_layers(in_chans, self.proj.out_channels, self.patch_size[0])  # type: ignore[assignment]
 
     def set_input_size(self, img_size: Any = None, patch_size: Any = None) -> None:
-        if patch_size is not None and tuple(patch_size if isinstance(patch_size, tuple) else (patch_size,) * 2) != (
-            self.patch_size
-        ):
+        """A new image size keeps the stem (timm then resamples the position embedding); a new patch size would
+        need a different stem, so it is refused rather than silently resampled into a patchify kernel."""
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
             raise ValueError("a convolutional stem's patch size is fixed when the model is built")
         super().set_input_size(img_size=img_size)
