@@ -54,9 +54,9 @@ STRENGTHS = ("none", "light", "moderate", "medium", "strong")
 CONFIGS = ("plain", "deit", *STRENGTHS, "advisor", "resnet", "tune")
 TUNE_TRIALS = 6  # at the short budget on 80% of the training split, then the winner at 3x: about 9x in all
 RESNET = ["model.name=resnet10t", "model.kwargs={channels: [16, 32, 64, 128]}", "model.patch_size=null"]
-RESNET.append("model.stem=patch")  # a ResNet has no patch embedding to replace
-PATCHIFY = "model.stem=patch"  # the strength sweep and the shipped recipes keep timm's patchify stem
 RESNET += ["model.embed_dim=null", "model.depth=null", "model.num_heads=null"]
+PATCHIFY = "model.stem=patch"  # the strength sweep and the shipped recipes keep timm's patchify stem
+RESNET.append(PATCHIFY)  # a ResNet has no patch embedding to replace
 
 
 def prepare(name: str) -> Path:
@@ -96,8 +96,11 @@ def overrides_for(config: str, data: Path, budget: str) -> tuple[str, list[str],
     facts = {"images": profile.images, "epochs": epochs, "advised_strength": advised.strength}
     common = [f"data.source={data}", "data.num_workers=0", f"train.eval_every={epochs}", "train.log_every=1000"]
     common.append("train.precision=fp32")  # bf16 autocast on CPU made the ResNet's losses non-finite on 8-px digits
-    model = [o for o in advised.overrides() if o.split("=")[0].startswith(("model.", "data."))]
-    model = [o for o in model if not o.startswith("model.stem=")]
+    model = [
+        o
+        for o in advised.overrides()
+        if o.split("=")[0].startswith(("model.", "data.")) and not o.startswith("model.stem=")
+    ]
     if config in ("plain", "deit"):
         base = "vit-plain" if config == "plain" else "deit-tiny"
         warmup = f"schedule.warmup_epochs={min(5.0, 0.1 * epochs):g}"  # DeiT's 5 epochs do not fit short budgets

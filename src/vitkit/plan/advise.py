@@ -213,9 +213,9 @@ TRICK_WHY = {
 }
 STRENGTH_WHY = {
     "none": "under 20 passes over the data the model is still under-fitting: on the grid no trick helped there "
-    "(none was best or within 2.1 points of the best on 6 of 6 such cells)",
+    "(none was best or within 2.1 points of the best on 7 of 7 such cells)",
     "light": "from 20 passes, regularisation of the weights and the targets pays, while crops, flips, RandAugment "
-    "and Mixup still cost points (moderate lost 2-24 points to light on every grid cell with 6-60 passes)",
+    "and Mixup still cost points (moderate lost 1-24 points to light on every grid cell with 6-60 passes)",
     "moderate": "from 100 passes the images must change under the model: flips, crops from 70% of the area and "
     "Mixup 0.2 on half the batches (1k images, 200 passes: 78.0% against 72.7% with light)",
     "medium": "crops from 35% of the area, RandAugment m5 and erasing on top of moderate (searched by vitkit tune)",
