@@ -150,10 +150,15 @@ def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
         "img_per_s": result.summary["train_images_per_second"],
         "params": result.summary["parameters"],
         "date": str(date.today()),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
         "base": base,
         "overrides": [o for o in overrides if not o.startswith("data.source")],
     }
+
+
+def machine() -> str:
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
 
 
 def recorded() -> set[tuple[str, str, str]]:

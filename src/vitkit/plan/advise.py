@@ -34,7 +34,7 @@ STRENGTHS: dict[str, dict[str, Any]] = {"none": {}, "light": LIGHT, "moderate": 
 STRENGTHS["strong"] = STRONG
 PATCH_SIZES = (16, 14, 8, 7, 4, 2, 1)
 CONV_STEM_WHY = (
-    "stride-2 3x3 convolutions make the tokens (Xiao et al. 2021): 0.6-7.7 points over patchify on 13 of 14 cells"
+    "stride-2 3x3 convolutions make the tokens (Xiao et al. 2021): 0.6-7.7 points over patchify on 14 of 15 cells"
 )
 MIN_GRID = 7  # patches per side: fewer than 7x7 tokens leave attention little to relate
 MIN_PATCH = 2
@@ -213,7 +213,7 @@ TRICK_WHY = {
 }
 STRENGTH_WHY = {
     "none": "under 20 passes over the data the model is still under-fitting: on the grid no trick helped there "
-    "(none was best or within 2.1 points of the best on 7 of 7 such cells)",
+    "(none was best or within 2.1 points of the best on 8 of 8 such cells)",
     "light": "from 20 passes, regularisation of the weights and the targets pays, while crops, flips, RandAugment "
     "and Mixup still cost points (moderate lost 1-24 points to light on every grid cell with 6-60 passes)",
     "moderate": "from 100 passes the images must change under the model: flips, crops from 70% of the area and "

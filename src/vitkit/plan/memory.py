@@ -9,18 +9,23 @@ With gradient checkpointing a block keeps only its input, and the backward pass 
 again while it recomputes them.
 
 Weights are fp32 (the master copy under mixed precision), gradients fp32 for what trains, AdamW two fp32 moments
-per trainable parameter, EMA one fp32 copy. With bf16/fp16 the saved activations are 2 bytes, as autocast feeds
-the matrix products.
+per trainable parameter, EMA one fp32 copy. With bf16/fp16 the trace follows CUDA autocast's rules (the meta
+device has no autocast of its own): matrix products and attention take 2-byte copies of their inputs and weights
+and keep them for backward, LayerNorm and softmax run in fp32, and the residual stream stays fp32, so a block
+keeps 4-byte LayerNorm inputs next to 2-byte matrix-product inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from vitkit.config.schema import Recipe
 from vitkit.models.build import build_model, num_tokens, set_attention
@@ -88,12 +93,9 @@ class MemoryPlan:
         other = sum(v for k, v in self.per_block().items() if not k.startswith("block"))
         if not self.checkpointing or not blocks:
             return other + sum(blocks.values())
-        inputs = len(blocks) * self.batch * self.tokens * self.width * self.element_bytes
+        # a block's input is the fp32 residual stream, under autocast too
+        inputs = len(blocks) * self.batch * self.tokens * self.width * 4
         return other + inputs + max(blocks.values())
-
-    @property
-    def element_bytes(self) -> int:
-        return 4 if self.precision == "fp32" else 2
 
     @property
     def workspace(self) -> int:
@@ -120,13 +122,52 @@ class MemoryPlan:
         return int(s * b * h * (34 + quadratic))
 
 
+# CUDA autocast's lists, for the functions a timm model calls: these run on 2-byte copies of their inputs ...
+LOWER_PRECISION = {
+    F.linear, F.conv1d, F.conv2d, F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.baddbmm,
+    torch.addmm, torch.mm, torch.einsum, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm,
+}  # fmt: skip
+# ... and these in fp32
+FULL_PRECISION = {
+    F.layer_norm, F.group_norm, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, torch.Tensor.softmax,
+    torch.Tensor.log_softmax, F.cross_entropy,
+}  # fmt: skip
+
+
+class MetaAutocast(TorchFunctionMode):
+    """CUDA autocast for a trace on the meta device: it casts above autograd, as autocast does, so what
+    autograd keeps (the 2-byte copies of inputs and weights) is what a GPU step keeps."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        cast = self.dtype if func in LOWER_PRECISION else torch.float32 if func in FULL_PRECISION else None
+        if cast is not None:
+            args, kwargs = _cast(args, cast), _cast(kwargs, cast)
+        return func(*args, **kwargs)
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != dtype:
+        return value.to(dtype)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    return value
+
+
 def _pop(stack: list[int]) -> None:
     stack.pop()  # returns None: a forward hook that returns a value replaces the module's output
 
 
-def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype) -> list[Saved]:
-    """Every tensor autograd saves in one forward pass of `model` on the meta device: views of one tensor once,
-    parameters never; each tagged with the block it was saved in."""
+def trace_saved(model: nn.Module, batch: int, img_size: int, autocast: torch.dtype | None = None) -> list[Saved]:
+    """Every tensor autograd saves in one forward pass of `model` on the meta device (under CUDA autocast's rules
+    to `autocast` if given): views of one tensor once, parameters never; each tagged with the block it was saved
+    in."""
     parameters = {id(p) for p in model.parameters()}
     where = ["embed"]
     handles = [
@@ -159,9 +200,10 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, dtype: torch.dtype)
             saved.append(Saved(where[0], base.numel() * base.element_size(), shape, head_dim))
         return tensor
 
-    pixels = torch.empty(batch, 3, img_size, img_size, device="meta", dtype=dtype)
+    pixels = torch.empty(batch, 3, img_size, img_size, device="meta")
+    mode = MetaAutocast(autocast) if autocast is not None else contextlib.nullcontext()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
             model(pixels)
     finally:
         for handle in handles:
@@ -179,10 +221,13 @@ def _fused(saved: list[Saved]) -> list[Saved]:
     math path keeps copies of the same total size). The output is laid out so that the projection's input is a
     view of it: when the projection trains, the math path already counts it; when it is frozen (LoRA on q and v
     only), it is the `fused_only` entry the trace added (measured on CPU: equal to the byte)."""
-    out = []
+    out, attended = [], set()
     for s in saved:
-        rows = math.prod(s.shape[:-1])
-        out.append(Saved(s.where, 4 * rows, s.shape[:-1]) if s.head_dim else s)
+        if not s.head_dim:
+            out.append(s)
+        elif s.where not in attended:  # under autocast the fp32 probabilities and their 2-byte copy: one kernel
+            attended.add(s.where)
+            out.append(Saved(s.where, 4 * math.prod(s.shape[:-1]), s.shape[:-1]))
     return out
 
 
@@ -191,19 +236,18 @@ def plan_memory(cfg: Recipe, batch: int, num_classes: int = 1000) -> MemoryPlan:
     # auto is bf16 on the GPUs this plans for (every recent NVIDIA GPU computes it)
     precision = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
     attention = "math" if cfg.model.attn_impl == "math" else "fused"
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+    autocast = {"fp32": None, "fp16": torch.float16}.get(precision, torch.bfloat16)
     model_cfg = cfg.model.model_copy(update={"grad_checkpointing": False})  # checkpointing is accounted below
     with torch.device("meta"):
         model = apply_strategy(build_model(model_cfg, num_classes), cfg.finetune)
     set_attention(model, "math")
     model.train()
-    model.to(dtype)
     base: Any = getattr(model, "base_model", model)
     base = getattr(base, "model", base)
     tokens = num_tokens(base)
     first = next(iter(getattr(base, "blocks", [])), None)
     heads = int(getattr(getattr(first, "attn", None), "num_heads", 0) or 0)
-    saved = trace_saved(model, batch, cfg.model.img_size, dtype)
+    saved = trace_saved(model, batch, cfg.model.img_size, autocast)
     saved = _fused(saved) if attention == "fused" else [s for s in saved if not s.fused_only]
     return MemoryPlan(
         batch=batch,
