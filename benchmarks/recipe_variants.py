@@ -1,0 +1,106 @@
+"""Variants of the advised recipe on grid cells: architecture and optimisation changes tried against the advisor
+(one seed each, a `baseline` row of the recipe as advised in the same run).
+
+    python benchmarks/recipe_variants.py --dataset fmnist-1k --dataset fmnist-10k --workers 16
+    .venv/bin/python benchmarks/recipe_variants.py --table
+
+The data are the grid's (benchmarks/recipe_grid.py prepares and caches them); each finished run is appended to
+benchmarks/results/recipe_variants.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from recipe_ablation import append_row, read_rows
+from recipe_grid import BUDGETS, DATASETS, machine, overrides_for, prepare
+
+RESULTS = Path(__file__).parent / "results" / "recipe_variants.jsonl"
+VARIANTS = {
+    "baseline": [],
+    "layerscale": ["model.kwargs={init_values: 0.0001}"],  # CaiT's LayerScale
+    "qk_norm": ["model.kwargs={qk_norm: true}"],
+    "deep_narrow": ["model.embed_dim=48", "model.depth=10", "model.num_heads=3"],  # about the same parameters
+    "heads4": ["model.num_heads=4"],  # head width 16 instead of 32
+    "batch32": ["train.batch_size=32"],  # twice the updates at the same lr
+    "lr1e-3": ["optim.lr=0.001"],
+    "lr4e-3": ["optim.lr=0.004"],
+}
+
+
+def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]:
+    import torch
+    from rich.console import Console
+
+    from vitkit.config import load_recipe
+    from vitkit.train.loop import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    base, overrides, facts = overrides_for("advisor", prepare(dataset), budget)
+    recipe = load_recipe(base, [*overrides, *VARIANTS[variant]])
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(recipe, Path(tmp) / "run", console=Console(quiet=True))
+    final = result.summary["final"]
+    ema = final.get("ema_val_top1")
+    return {
+        "dataset": dataset,
+        "budget": budget,
+        "variant": variant,
+        **facts,
+        "score": ema if recipe.ema.enabled and ema is not None else final["val_top1"],
+        "params": result.summary["parameters"],
+        "wall_s": result.summary["wall_seconds"],
+        "date": str(date.today()),
+        "machine": machine(),
+        "extra": VARIANTS[variant],
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Test top-1 per variant and cell, and its difference to the baseline of the same run, in points."""
+    cells = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda c: DATASETS.index(c[0]))
+    lines = ["| variant | " + " | ".join(f"{d} {b}" for d, b in cells) + " |", "|---|" + "---|" * len(cells)]
+    by = {(r["dataset"], r["budget"], r["variant"]): r["score"] for r in rows}
+    for variant in VARIANTS:
+        shown = []
+        for d, b in cells:
+            score, base = by.get((d, b, variant)), by.get((d, b, "baseline"))
+            delta = f" ({100 * (score - base):+.1f})" if score is not None and base is not None else ""
+            shown.append("-" if score is None else f"{score:.1%}{delta if variant != 'baseline' else ''}")
+        lines.append(f"| {variant} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", action="append", choices=DATASETS, help="repeatable; default: fmnist-1k")
+    parser.add_argument("--budget", choices=list(BUDGETS), default="10x")
+    parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="repeatable; default: all")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
+    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(read_rows(RESULTS)))
+        return
+    jobs = [(d, args.budget, v) for d in args.dataset or ["fmnist-1k"] for v in args.variant or list(VARIANTS)]
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
+        futures = [pool.submit(run, *job, args.threads) for job in jobs]
+        for future in as_completed(futures):  # appended as each finishes
+            row = future.result()
+            append_row(RESULTS, row)
+            print(f"{row['dataset']} {row['budget']} {row['variant']}: {row['score']:.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
