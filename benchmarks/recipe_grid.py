@@ -121,6 +121,12 @@ def tuned_overrides(data: Path, tmp: Path) -> list[str]:
     return [o for o in result.best_overrides if not o.startswith("data.holdout")]
 
 
+def score(recipe: Any, final: dict[str, Any]) -> float:
+    """The final test top-1: of the EMA weights where the recipe keeps an EMA."""
+    ema = final.get("ema_val_top1")
+    return float(ema if recipe.ema.enabled and ema is not None else final["val_top1"])
+
+
 def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
     from vitkit.train.faults import TrainingDiverged
     from vitkit.train.loop import train
@@ -137,15 +143,14 @@ def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
         except TrainingDiverged as exc:  # a recipe that diverges scores chance, and the grid goes on
             return {"dataset": dataset, "budget": budget, "config": config, **facts, "score": None, "failed": str(exc)}
     final = result.summary["final"]
-    ema = final.get("ema_val_top1")
     return {
         "dataset": dataset,
         "budget": budget,
         "config": config,
         **facts,
         "test_top1": final["val_top1"],
-        "ema_test_top1": ema,
-        "score": ema if recipe.ema.enabled and ema is not None else final["val_top1"],
+        "ema_test_top1": final.get("ema_val_top1"),
+        "score": score(recipe, final),
         "wall_s": result.summary["wall_seconds"],
         "img_per_s": result.summary["train_images_per_second"],
         "params": result.summary["parameters"],

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_ablation import append_row, read_rows
-from recipe_grid import BUDGETS, DATASETS, machine, overrides_for, prepare
+from recipe_grid import BUDGETS, DATASETS, machine, overrides_for, prepare, score
 
 RESULTS = Path(__file__).parent / "results" / "recipe_variants.jsonl"
 VARIANTS = {
@@ -49,14 +49,12 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
     recipe = load_recipe(base, [*overrides, *VARIANTS[variant]])
     with tempfile.TemporaryDirectory() as tmp:
         result = train(recipe, Path(tmp) / "run", console=Console(quiet=True))
-    final = result.summary["final"]
-    ema = final.get("ema_val_top1")
     return {
         "dataset": dataset,
         "budget": budget,
         "variant": variant,
         **facts,
-        "score": ema if recipe.ema.enabled and ema is not None else final["val_top1"],
+        "score": score(recipe, result.summary["final"]),
         "params": result.summary["parameters"],
         "wall_s": result.summary["wall_seconds"],
         "date": str(date.today()),
