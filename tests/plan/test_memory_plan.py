@@ -150,6 +150,17 @@ def test_a_bf16_block_keeps_what_cuda_autocast_keeps(attn: str):
     assert plan.per_block()["block 0"] == 36 * s * b * h + 16 * s * b + 24 * h * h + attention
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_attention_keeps_one_log_sum_exp_per_attention_call(precision: str):
+    """DeiT-S, 12 attentions of 6 heads over 197 tokens: each keeps one fp32 log-sum-exp of b*6*197 values, in
+    bf16 too, where the math path saves the probabilities twice (fp32 and their bf16 copy for the product)."""
+    cfg = load_recipe("deit-small", [f"train.precision={precision}", "model.attn_impl=fused"])
+    plan = plan_memory(cfg, 2, 10)
+    kept = [s for s in plan.saved if s.attention_call]
+    assert sorted(s.attention_call for s in kept) == list(range(1, 13))
+    assert all(s.nbytes == 4 * 2 * 6 * 197 for s in kept)
+
+
 @pytest.mark.parametrize(("text", "expected"), [("24GB", 24 * 2**30), ("80 GiB", 80 * 2**30), ("512MB", 512 * 2**20)])
 def test_sizes_parse(text: str, expected: int):
     assert parse_size(text) == expected

@@ -41,6 +41,7 @@ class Saved:
     nbytes: int
     shape: tuple[int, ...]
     head_dim: int = 0  # set on the N x N attention probabilities of an attention module, 0 elsewhere
+    attention_call: int = 0  # which attention module call saved the probabilities (1, 2, ...), 0 elsewhere
     fused_only: bool = False  # the attention output, which a fused kernel keeps and the math path may not
 
 
@@ -160,7 +161,12 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _pop(stack: list[int]) -> None:
+def _enter(stack: list[tuple[int, int]], calls: list[int], head_dim: int) -> None:
+    calls[0] += 1
+    stack.append((head_dim, calls[0]))
+
+
+def _pop(stack: list[tuple[int, int]]) -> None:
     stack.pop()  # returns None: a forward hook that returns a value replaces the module's output
 
 
@@ -177,11 +183,12 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, autocast: torch.dty
     for name in ("norm", "fc_norm", "head"):
         if isinstance(module := getattr(model, name, None), nn.Module):
             handles.append(module.register_forward_pre_hook(lambda _m, _a: where.__setitem__(0, "head")))
-    inside: list[int] = []  # the head dim of the attention module running, if any
+    inside: list[tuple[int, int]] = []  # (head dim, call number) of the attention module running, if any
+    calls = [0]
     outputs: list[tuple[str, torch.Tensor]] = []  # each attention's output, as its projection receives it
     for module in model.modules():
         if hasattr(module, "fused_attn") and hasattr(module, "head_dim"):
-            handles.append(module.register_forward_pre_hook(lambda m, _a: inside.append(int(m.head_dim))))
+            handles.append(module.register_forward_pre_hook(lambda m, _a: _enter(inside, calls, int(m.head_dim))))
             handles.append(module.register_forward_hook(lambda _m, _a, _o: _pop(inside)))
             if isinstance(proj := getattr(module, "proj", None), nn.Module):
                 handles.append(proj.register_forward_pre_hook(lambda _m, a: outputs.append((where[0], a[0]))))
@@ -196,8 +203,8 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, autocast: torch.dty
             seen.add(id(base))
             shape = tuple(base.shape)
             square = len(shape) >= 3 and shape[-1] == shape[-2]
-            head_dim = inside[-1] if inside and square else 0
-            saved.append(Saved(where[0], base.numel() * base.element_size(), shape, head_dim))
+            head_dim, call = inside[-1] if inside and square else (0, 0)
+            saved.append(Saved(where[0], base.numel() * base.element_size(), shape, head_dim, call))
         return tensor
 
     pixels = torch.empty(batch, 3, img_size, img_size, device="meta")
@@ -225,9 +232,9 @@ def _fused(saved: list[Saved]) -> list[Saved]:
     for s in saved:
         if not s.head_dim:
             out.append(s)
-        elif s.where not in attended:  # under autocast the fp32 probabilities and their 2-byte copy: one kernel
-            attended.add(s.where)
-            out.append(Saved(s.where, 4 * math.prod(s.shape[:-1]), s.shape[:-1]))
+        elif s.attention_call not in attended:  # under autocast the fp32 probabilities and their 2-byte copy
+            attended.add(s.attention_call)
+            out.append(Saved(s.where, 4 * math.prod(s.shape[:-1]), s.shape[:-1], attention_call=s.attention_call))
     return out
 
 
