@@ -16,7 +16,7 @@ from tests.e2e.test_cli import vitkit
 from vitkit.config.loader import recipe_from_yaml_file
 from vitkit.data.sources import recipe_splits
 from vitkit.errors import VitkitError
-from vitkit.plan.tune import overrides_for, tune
+from vitkit.plan.tune import base_values, overrides_for, tune
 from vitkit.train.logging import read_metrics
 
 BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
@@ -44,6 +44,22 @@ def test_overrides_for_a_trial():
     assert overrides_for({"augment.randaugment": 7.2}, base) == ["augment.randaugment=rand-m7-mstd0.5-inc1"]
 
 
+def test_the_base_recipe_in_the_search_space():
+    base = tiny_recipe(
+        "optim.weight_decay=0.05", "model.drop_path_rate=0.1", "train.label_smoothing=0.1",
+        "augment.rrc_scale=[0.35, 1.0]", "augment.randaugment=rand-m7-mstd0.5-inc1", "augment.random_erasing=0.25",
+        "augment.mixup=0.8", "augment.cutmix=1.0",
+    )  # fmt: skip
+    assert base_values(base) == {
+        "optim.lr": 1.0, "optim.weight_decay": 0.05, "model.drop_path_rate": 0.1, "train.label_smoothing": 0.1,
+        "augment.rrc_scale": 0.35, "augment.randaugment": 7.0, "augment.random_erasing": 0.25, "augment.mixup": 0.8,
+        "augment.cutmix": 1.0,
+    }  # fmt: skip
+    # no weight decay and no RandAugment: the lowest weight decay searched, RandAugment off
+    plain = base_values(tiny_recipe("optim.weight_decay=0", "augment.randaugment=null"))
+    assert plain["optim.weight_decay"] == 0.005 and plain["augment.randaugment"] == 0.0
+
+
 def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_path: Path):
     out = tmp_path / "study"
     first = tune(tiny_recipe(*BASE), out, trials=2, console=Console(quiet=True))
@@ -56,8 +72,14 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     best = recipe_from_yaml_file(first.best_recipe)
     assert best.data.holdout is None  # the winner trains on the whole training split, judged on validation
     assert f"optim.weight_decay={best.optim.weight_decay:.4g}" in first.best_overrides
+    base, first_trial = tiny_recipe(*BASE), recipe_from_yaml_file(runs[0] / "recipe.yaml")
+    assert first_trial.optim.lr == base.optim.lr and first_trial.augment.mixup == base.augment.mixup  # the base
+    assert first_trial.model.drop_path_rate == base.model.drop_path_rate  # recipe itself comes first
+    assert recipe_from_yaml_file(runs[1] / "recipe.yaml").optim.lr != base.optim.lr  # then the sampler's values
     again = tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True))
     assert again.trials == 3 and (out / "trial-0002").exists()  # continued, not started over
+    study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.params == base_values(base) for t in study.trials] == [True, False, False]  # enqueued once
 
 
 class PruneAll(optuna.pruners.BasePruner):

@@ -3,14 +3,16 @@
 Each trial is an ordinary vitkit run folder (OUT/trial-0007) of the base recipe with the trial's values, trained
 with `data.holdout`: it validates on a seeded share of the training split, so the data's own validation split
 (which the final model is judged on) is never seen while choosing. Optuna's TPE sampler proposes the values and
-its Hyperband pruner stops trials whose per-epoch validation curve falls behind. The study lives in
-OUT/study.db (SQLite): running the same command again continues it, and several processes (one per GPU or
-machine sharing the folder) can run trials of one study at the same time.
+its Hyperband pruner stops trials whose per-epoch validation curve falls behind. The first trial is the base
+recipe itself, so the search starts from it. The study lives in OUT/study.db (SQLite): running the same command
+again continues it, and several processes (one per GPU or machine sharing the folder) can run trials of one
+study at the same time.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -80,6 +82,25 @@ def overrides_for(values: dict[str, float], base: Recipe) -> list[str]:
     if mixing and base.augment.mix_prob == 0:
         out.append("augment.mix_prob=1.0")
     return out
+
+
+def base_values(base: Recipe) -> dict[str, float]:
+    """The base recipe's own values in the search space, each clamped to its knob's range (a weight decay of 0
+    becomes the lowest searched, 0.005): the first trial, so the search starts from the recipe it is asked to
+    improve and its winner never did worse than that recipe on the held-out images."""
+    magnitude = re.match(r"rand-m(\d+)", base.augment.randaugment or "")
+    raw = {
+        "optim.lr": 1.0,
+        "optim.weight_decay": base.optim.weight_decay,
+        "model.drop_path_rate": base.model.drop_path_rate,
+        "train.label_smoothing": base.train.label_smoothing,
+        "augment.rrc_scale": base.augment.rrc_scale[0],
+        "augment.randaugment": float(magnitude.group(1)) if magnitude else 0.0,
+        "augment.random_erasing": base.augment.random_erasing,
+        "augment.mixup": base.augment.mixup,
+        "augment.cutmix": base.augment.cutmix,
+    }
+    return {k.field: min(max(raw[k.field], k.low), k.high) for k in SPACE}
 
 
 def suggest(trial: Any) -> dict[str, float]:
@@ -180,6 +201,7 @@ def tune(
         pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
     )
     optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
+    study.enqueue_trial(base_values(base), skip_if_exists=True)  # once per study, also when resumed or shared
     (out / "base.yaml").write_text(recipe_to_yaml(base))
     study.optimize(
         _Objective(optuna, base, overrides or [], out, console),
