@@ -126,7 +126,8 @@ def main() -> None:
         return
     jobs = [(d, args.budget, v) for d in args.dataset or ["fmnist-1k"] for v in args.variant or list(VARIANTS)]
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.workers, mp_context=spawn) as pool:
+    # one process per run: the lsa variant patches timm in its process, which no other run may inherit
+    with ProcessPoolExecutor(args.workers, mp_context=spawn, max_tasks_per_child=1) as pool:
         futures = [pool.submit(run, *job, args.threads) for job in jobs]
         for future in as_completed(futures):  # appended as each finishes
             row = future.result()

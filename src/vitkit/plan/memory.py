@@ -18,6 +18,7 @@ keeps 4-byte LayerNorm inputs next to 2-byte matrix-product inputs.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,11 +162,6 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     return value
 
 
-def _enter(stack: list[tuple[int, int]], calls: list[int], head_dim: int) -> None:
-    calls[0] += 1
-    stack.append((head_dim, calls[0]))
-
-
 def _pop(stack: list[tuple[int, int]]) -> None:
     stack.pop()  # returns None: a forward hook that returns a value replaces the module's output
 
@@ -184,11 +180,15 @@ def trace_saved(model: nn.Module, batch: int, img_size: int, autocast: torch.dty
         if isinstance(module := getattr(model, name, None), nn.Module):
             handles.append(module.register_forward_pre_hook(lambda _m, _a: where.__setitem__(0, "head")))
     inside: list[tuple[int, int]] = []  # (head dim, call number) of the attention module running, if any
-    calls = [0]
+    calls = itertools.count(1)
+
+    def enter(module: Any, _args: Any) -> None:  # a pre-hook returning None leaves the input as it is
+        inside.append((int(module.head_dim), next(calls)))
+
     outputs: list[tuple[str, torch.Tensor]] = []  # each attention's output, as its projection receives it
     for module in model.modules():
         if hasattr(module, "fused_attn") and hasattr(module, "head_dim"):
-            handles.append(module.register_forward_pre_hook(lambda m, _a: _enter(inside, calls, int(m.head_dim))))
+            handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(lambda _m, _a, _o: _pop(inside)))
             if isinstance(proj := getattr(module, "proj", None), nn.Module):
                 handles.append(proj.register_forward_pre_hook(lambda _m, a: outputs.append((where[0], a[0]))))

@@ -88,7 +88,7 @@ def base_values(base: Recipe) -> dict[str, float]:
     """The base recipe's own values in the search space, each clamped to its knob's range (a weight decay of 0
     becomes the lowest searched, 0.005): the first trial, so the search starts from the recipe it is asked to
     improve and its winner never did worse than that recipe on the held-out images."""
-    magnitude = re.match(r"rand-m(\d+)", base.augment.randaugment or "")
+    magnitude = re.search(r"-m(\d+)", base.augment.randaugment or "")  # timm's spec: rand-m9-mstd0.5, rand-n2-m9
     raw = {
         "optim.lr": 1.0,
         "optim.weight_decay": base.optim.weight_decay,
