@@ -35,6 +35,17 @@ VARIANTS = {
     "lr1e-3": ["optim.lr=0.001"],
     "lr4e-3": ["optim.lr=0.004"],
     "lsa": [],  # Lee et al. 2021's locality self-attention, patched into timm's attention below
+    # Beyer et al. 2022 ("Better plain ViT baselines"): the average of the tokens, normed, instead of a class token
+    "gap": ["model.kwargs={global_pool: avg, class_token: false}"],
+    "gap_qk_heads4": ["model.kwargs={global_pool: avg, class_token: false, qk_norm: true}", "model.num_heads=4"],
+    "local_mlp": ["model.mlp=local"],  # LocalViT's depthwise convolution in every MLP
+    "gap_local_mlp": ["model.mlp=local", "model.kwargs={global_pool: avg, class_token: false}"],
+    "all": [  # the variants that each gained: pooling, qk norm, 4 heads, local MLPs, batch 32
+        "model.mlp=local",
+        "model.kwargs={global_pool: avg, class_token: false, qk_norm: true}",
+        "model.num_heads=4",
+        "train.batch_size=32",
+    ],
 }
 
 

@@ -87,8 +87,9 @@ def test_pt2_export_loads_with_torch_export(vit_run: Path, tmp_path: Path):
         ("model.name=deit_tiny_distilled_patch16_224",),  # two heads, averaged as evaluation does
         ("model.name=vit_base_patch16_reg4_gap_256",),  # register tokens
         ("model.stem=conv",),  # convolutional stem with BatchNorm (eval statistics)
+        ("model.mlp=local",),  # tokens reshaped to the patch grid and back in every block
     ],
-    ids=["distilled-deit", "register-tokens", "conv-stem"],
+    ids=["distilled-deit", "register-tokens", "conv-stem", "local-mlp"],
 )
 def test_other_architectures_export_with_parity(tmp_path: Path, extra: tuple[str, ...]):
     run = trained(tmp_path, *extra)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,12 +193,11 @@ def test_architectures_transformers_cannot_hold_are_refused_by_reason(tmp_path: 
     assert doc["checks"]["logits"]["passed"]
 
 
-def test_a_conv_stem_is_refused_by_both_folder_formats_before_anything_is_written(tmp_path: Path):
-    run = trained(tmp_path, "model.stem=conv", evaluate=False)
+@pytest.mark.parametrize("own", ["model.stem=conv", "model.mlp=local"])
+def test_vitkits_own_layers_are_refused_by_both_folder_formats_before_anything_is_written(tmp_path: Path, own: str):
+    run = trained(tmp_path, own, evaluate=False)
     for fmt in ("hf", "timm"):
-        with pytest.raises(
-            VitkitError, match=r"convolutional stem \(model\.stem=conv\)\. Export it with --format onnx"
-        ):
+        with pytest.raises(VitkitError, match=rf"local MLP \({re.escape(own)}\)\. Export it with --format onnx"):
             export_folder(run, tmp_path / fmt, fmt)
     assert not (tmp_path / "hf").exists() and not (tmp_path / "timm").exists()
 

@@ -24,6 +24,7 @@ TRICKS = [
     "augment.repeated_aug=2",
     "model.drop_path_rate=0.1",
     "model.stem=conv",
+    "model.mlp=local",
     "train.label_smoothing=0.1",
     "train.accumulation_steps=2",
     "optim.clip_grad=1.0",

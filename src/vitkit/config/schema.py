@@ -39,6 +39,12 @@ class ModelConfig(Section):
         description="Patch embedding: one patchify convolution (patch), or stride-2 3x3 convolutions (conv; "
         "Xiao et al. 2021), which helps ViTs trained from scratch on small data. ViT family only.",
     )
+    mlp: Literal["mlp", "local"] = Field(
+        "mlp",
+        description="Block MLP: timm's two linear layers (mlp), or with a depthwise 3x3 convolution over the patch "
+        "grid between them (local; LocalViT, Li et al. 2021), locality for ViTs trained from scratch on small "
+        "data. ViT family only.",
+    )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra timm.create_model arguments, e.g. {channels: [24, 48, 96, 192]}."
     )

@@ -57,11 +57,12 @@ def export_folder(path: Path, out: Path, fmt: str, parity_images: int = 64) -> d
     model, recipe, info = load_run_or_checkpoint(path)
     splits = recipe_splits(recipe)
     classes = info.get("classes") or splits.classes
-    if recipe.model.stem == "conv":
+    own = [f"model.{k}={v}" for k, v in (("stem", "conv"), ("mlp", "local")) if getattr(recipe.model, k) == v]
+    if own:
         raise VitkitError(
             f"a {LIBRARY[fmt]} folder is rebuilt from that library's own config, which has no place for vitkit's "
-            "convolutional stem (model.stem=conv). Export it with --format onnx or --format pt2, or load the run "
-            "folder with vitkit."
+            f"convolutional stem or local MLP ({', '.join(own)}). Export it with --format onnx or --format pt2, or "
+            "load the run folder with vitkit."
         )
     if fmt == "hf":
         transformers_spec(model, classes)  # refuses an architecture transformers cannot hold before anything is written

@@ -10,6 +10,7 @@ from torch import nn
 
 from vitkit.config.schema import ModelConfig
 from vitkit.errors import RecipeError, VitkitError
+from vitkit.models.local import LocalMlp
 from vitkit.models.stems import ConvStemEmbed
 
 if TYPE_CHECKING:
@@ -40,6 +41,30 @@ def model_kwargs(cfg: ModelConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
+def check_from_scratch_parts(cfg: ModelConfig, pretrained: PretrainedWeights | None) -> None:
+    """vitkit's own layers have no pretrained weights: refuse them with weights rather than start them at random."""
+    if cfg.stem == "conv" and pretrained is not None:
+        raise RecipeError(
+            "model.stem=conv: pretrained weights were learned with a patchify stem and do not fit a convolutional "
+            "one. Set model.stem=patch to fine-tune, or drop the pretrained weights to train from scratch."
+        )
+    if cfg.mlp == "local" and pretrained is not None:
+        raise RecipeError(
+            "model.mlp=local: pretrained weights have no depthwise convolution in their MLPs. Set model.mlp=mlp to "
+            "fine-tune, or drop the pretrained weights to train from scratch."
+        )
+
+
+def from_scratch_layers(cfg: ModelConfig) -> dict[str, Any]:
+    """The timm layer arguments for vitkit's convolutional stem and local MLP, where the recipe asks for them."""
+    layers: dict[str, Any] = {}
+    if cfg.stem == "conv":
+        layers["embed_layer"] = ConvStemEmbed
+    if cfg.mlp == "local":
+        layers["mlp_layer"] = LocalMlp
+    return layers
+
+
 def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeights | None = None) -> nn.Module:
     """`timm.create_model` with the recipe's overrides, optionally on pretrained weights (whose architecture
     `cfg` must already carry, see `with_architecture`); unknown names and unsupported overrides get a clear error."""
@@ -47,14 +72,8 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeight
     if not hub and not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:8]
         raise RecipeError(f"model.name: timm has no model '{cfg.name}'. Similar names: {', '.join(close) or 'none'}.")
-    if cfg.stem == "conv" and pretrained is not None:
-        raise RecipeError(
-            "model.stem=conv: pretrained weights were learned with a patchify stem and do not fit a convolutional "
-            "one. Set model.stem=patch to fine-tune, or drop the pretrained weights to train from scratch."
-        )
-    kwargs = {**model_kwargs(cfg, num_classes), **cfg.kwargs}
-    if cfg.stem == "conv":
-        kwargs["embed_layer"] = ConvStemEmbed
+    check_from_scratch_parts(cfg, pretrained)
+    kwargs = {**model_kwargs(cfg, num_classes), **cfg.kwargs, **from_scratch_layers(cfg)}
     load = pretrained.create_kwargs() if pretrained is not None else {}
     while True:
         try:
@@ -71,6 +90,11 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeight
                     f"model.stem=conv: '{cfg.name}' has no patch embedding to replace; the convolutional stem is "
                     "for the ViT family (vit_*, deit_*). Set model.stem=patch."
                 ) from exc
+            if "mlp_layer" in str(exc):
+                raise RecipeError(
+                    f"model.mlp=local: '{cfg.name}' has no ViT block MLP to replace; the local MLP is for the ViT "
+                    "family (vit_*, deit_*). Set model.mlp=mlp."
+                ) from exc
             raise RecipeError(
                 f"model '{cfg.name}' does not accept one of the settings {sorted(kwargs)}: {exc}. "
                 "Remove it from the model section (e.g. Swin takes no 'depth', a ResNet no 'patch_size')."
@@ -83,6 +107,9 @@ def build_model(cfg: ModelConfig, num_classes: int, pretrained: PretrainedWeight
                 f"could not load the pretrained weights for '{cfg.name}': {exc}. Without network access the files "
                 "must already be in the Hugging Face cache (HF_HOME); or pass a local .safetensors file or folder."
             ) from exc
+    for module in model.modules():
+        if isinstance(module, LocalMlp):  # the class and register tokens the model puts before its patches
+            module.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
     if cfg.norm_eps is not None:
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):

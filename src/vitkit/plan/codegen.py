@@ -57,6 +57,7 @@ def script_config(recipe: Recipe, data: str | None = None) -> dict[str, Any]:
         "model": m.name,
         "model_kwargs": kwargs,
         "conv_stem": m.stem == "conv",
+        "local_mlp": m.mlp == "local",
         "fused_attention": choose_attention(m.attn_impl, torch.device("cpu"), precision, _tokens(m)) == "fused",
         "norm_eps": m.norm_eps,
         "grad_checkpointing": m.grad_checkpointing,

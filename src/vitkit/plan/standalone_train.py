@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.data.loader import fast_collate
 from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
-from timm.layers import PatchEmbed
+from timm.layers import Mlp, PatchEmbed
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -206,9 +207,36 @@ class ConvStemEmbed(PatchEmbed):
         self.proj = stem_layers(self.proj.in_channels, self.proj.out_channels, self.patch_size[0])  # type: ignore[assignment]
 
 
+class LocalMlp(Mlp):
+    """timm's Mlp with a depthwise 3x3 convolution over the patch grid after fc1 (LocalViT, Li et al. 2021); the
+    class and register tokens pass it unchanged."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, **kwargs: Any) -> None:
+        super().__init__(in_features, hidden_features, **kwargs)
+        weight = self.fc1.weight
+        hidden = int(weight.shape[0])
+        self.local = torch.nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, device=weight.device)
+        self.local_act = torch.nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.fc1(x))
+        b, n, c = x.shape
+        prefix, side = self.num_prefix_tokens, math.isqrt(n - self.num_prefix_tokens)
+        patches = self.local(x[:, prefix:].transpose(1, 2).reshape(b, c, side, side)).flatten(2).transpose(1, 2)
+        x = self.local_act(torch.cat([x[:, :prefix], patches], dim=1))
+        return self.drop2(self.fc2(self.norm(self.drop1(x))))
+
+
 def build_model(c: dict[str, Any], num_classes: int) -> torch.nn.Module:
-    stem: dict[str, Any] = {"embed_layer": ConvStemEmbed} if c["conv_stem"] else {}
-    model = timm.create_model(c["model"], num_classes=num_classes, **c["model_kwargs"], **stem)
+    layers: dict[str, Any] = {"embed_layer": ConvStemEmbed} if c["conv_stem"] else {}
+    if c["local_mlp"]:
+        layers["mlp_layer"] = LocalMlp
+    model = timm.create_model(c["model"], num_classes=num_classes, **c["model_kwargs"], **layers)
+    for module in model.modules():
+        if isinstance(module, LocalMlp):
+            module.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
     for module in model.modules():  # the attention kernel vitkit chose: fused SDPA or explicit math
         if hasattr(module, "fused_attn"):
             module.fused_attn = c["fused_attention"]
