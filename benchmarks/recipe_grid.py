@@ -56,8 +56,10 @@ TUNE_TRIALS = 6  # at the short budget on 80% of the training split (at most 4.8
 TUNE_FINAL = 5  # ... then the winner at 5x: at most 9.8x in all, against the advisor's 10x
 RESNET = ["model.name=resnet10t", "model.kwargs={channels: [16, 32, 64, 128]}", "model.patch_size=null"]
 RESNET += ["model.embed_dim=null", "model.depth=null", "model.num_heads=null"]
-PATCHIFY = "model.stem=patch"  # the strength sweep and the shipped recipes keep timm's patchify stem
-RESNET.append(PATCHIFY)  # a ResNet has no patch embedding to replace
+# The strength sweep, vit-plain and DeiT keep the architecture they were measured with: timm's patchify stem, MLP
+# and class token, 2 heads of 32 channels.
+PLAIN_VIT = ["model.stem=patch", "model.mlp=mlp", "model.kwargs={}", "model.num_heads=2"]
+RESNET += ["model.stem=patch", "model.mlp=mlp"]  # a ResNet has no patch embedding or ViT MLP to replace
 
 
 def prepare(name: str) -> Path:
@@ -98,18 +100,14 @@ def overrides_for(config: str, data: Path, budget: str | int) -> tuple[str, list
     facts = {"images": profile.images, "epochs": epochs, "advised_strength": advised.strength}
     common = [f"data.source={data}", "data.num_workers=0", f"train.eval_every={epochs}", "train.log_every=1000"]
     common.append("train.precision=fp32")  # bf16 autocast on CPU made the ResNet's losses non-finite on 8-px digits
-    model = [
-        o
-        for o in advised.overrides()
-        if o.split("=")[0].startswith(("model.", "data.")) and not o.startswith("model.stem=")
-    ]
+    model = [o for o in advised.overrides() if o.split("=")[0].startswith(("model.", "data."))] + PLAIN_VIT
     if config in ("plain", "deit"):
         base = "vit-plain" if config == "plain" else "deit-tiny"
         warmup = f"schedule.warmup_epochs={min(5.0, 0.1 * epochs):g}"  # DeiT's 5 epochs do not fit short budgets
         return base, [*model, f"schedule.epochs={epochs}", warmup, *common], facts
     strength = config if config in STRENGTHS else None  # "advisor" and "resnet": the advisor's own pick
     recipe = advise_recipe(profile, epochs, strength=strength)
-    extra = RESNET if config == "resnet" else [PATCHIFY] if config in STRENGTHS else []
+    extra = RESNET if config == "resnet" else PLAIN_VIT if config in STRENGTHS else []
     return recipe.base, [*recipe.overrides(), *extra, *common], {**facts, "strength": recipe.strength}
 
 

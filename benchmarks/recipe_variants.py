@@ -74,6 +74,11 @@ def use_locality_self_attention() -> None:
     vt.Attention.forward = lsa_forward
 
 
+def advised_model(overrides: list[str]) -> str:
+    """Which of the advisor's ViTs a run started from: the variants are differences to the advisor of their day."""
+    return "local MLP" if "model.mlp=local" in overrides else "conv stem"
+
+
 def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]:
     import torch
     from rich.console import Console
@@ -100,6 +105,7 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         "date": str(date.today()),
         "machine": machine(),
         "extra": VARIANTS[variant],
+        "advisor": advised_model(overrides),
     }
 
 
@@ -109,14 +115,15 @@ def table(rows: list[dict[str, Any]]) -> str:
     cells = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda c: DATASETS.index(c[0]))
     lines = ["| variant | " + " | ".join(f"{d} {b}" for d, b in cells) + " |", "|---|" + "---|" * len(cells)]
     by = {(r["dataset"], r["budget"], r["variant"]): r for r in rows}
-    advised = [r for r in read_rows(GRID) if r["config"] == "advisor"] + [r for r in rows if r["variant"] == "baseline"]
-    baselines = {(r["dataset"], r["budget"], r["machine"]): r["score"] for r in advised}
+    grid = [{**r, "advisor": advised_model(r["overrides"])} for r in read_rows(GRID) if r["config"] == "advisor"]
+    advised = grid + [r for r in rows if r["variant"] == "baseline"]
+    baselines = {(r["dataset"], r["budget"], r["machine"], r["advisor"]): r["score"] for r in advised}
     for variant in VARIANTS:
         shown = []
         for d, b in cells:
             row = by.get((d, b, variant))
             score = row["score"] if row else None
-            base = baselines.get((d, b, row["machine"])) if row else None
+            base = baselines.get((d, b, row["machine"], row["advisor"])) if row else None
             delta = f" ({100 * (score - base):+.1f})" if score is not None and base is not None else ""
             shown.append("-" if score is None else f"{score:.1%}{delta if variant != 'baseline' else ''}")
         lines.append(f"| {variant} | " + " | ".join(shown) + " |")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import write_image_folder
@@ -124,10 +125,25 @@ def test_imbalance_and_pretrained_are_advised():
     assert "train.imbalance" not in [c.field for c in advise_recipe(FASHION_1K, 20).choices]
     tuned = advise_recipe(skewed, 20, pretrained="vit_small_patch16_224.augreg_in21k")
     assert tuned.base == "finetune-full"
-    assert "model.stem" not in [c.field for c in tuned.choices]  # pretrained weights come with a patchify stem
+    own_layers = ("model.stem", "model.mlp", "model.kwargs")
+    assert not set(own_layers) & {c.field for c in tuned.choices}  # pretrained weights keep timm's architecture
     assert advise_recipe(FASHION_1K, 20).value("model.stem") == "conv"  # from scratch: the convolutional stem
     assert tuned.value("model.name") == "vit_small_patch16_224"
     assert tuned.value("finetune.pretrained") == "vit_small_patch16_224.augreg_in21k"
+
+
+def test_from_scratch_the_advised_vit_is_the_small_data_one():
+    """Conv stem, local MLPs, pooled tokens without a class token, normalised queries and keys, 4 heads of 16."""
+    from vitkit.models.build import build_model
+    from vitkit.models.local import LocalMlp
+
+    model = build_model(load_recipe("deit-tiny", advise_recipe(FASHION_1K, 200).overrides()).model, 10)
+    assert getattr(model, "cls_token", None) is None and model.global_pool == "avg"
+    assert all(isinstance(b.mlp, LocalMlp) and b.mlp.num_prefix_tokens == 0 for b in model.blocks)
+    assert {(b.attn.num_heads, b.attn.head_dim, type(b.attn.q_norm).__name__) for b in model.blocks} == {
+        (4, 16, "LayerNorm")
+    }
+    assert model(torch.zeros(2, 3, 28, 28)).shape == (2, 10)
 
 
 def test_minutes_become_epochs_through_the_measured_speed():

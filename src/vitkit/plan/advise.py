@@ -36,6 +36,11 @@ PATCH_SIZES = (16, 14, 8, 7, 4, 2, 1)
 CONV_STEM_WHY = (
     "stride-2 3x3 convolutions make the tokens (Xiao et al. 2021): 0.6-7.7 points over patchify on 14 of 15 cells"
 )
+LOCAL_MLP_WHY = "a depthwise 3x3 convolution in every MLP mixes neighbouring patches (LocalViT, Li et al. 2021)"
+# Beyer et al. 2022 pool the tokens; Dehghani et al. 2023 normalise queries and keys. With the local MLP and 4 heads
+# of 16 channels, the variants benchmark measured +1.2 (1k images) and +2.2 points (5k) at 10x over the class token.
+SMALL_VIT_KWARGS = {"global_pool": "avg", "class_token": False, "qk_norm": True}
+SMALL_VIT_WHY = "the mean of the patch tokens instead of a class token, and normalised queries and keys"
 MIN_GRID = 7  # patches per side: fewer than 7x7 tokens leave attention little to relate
 MIN_PATCH = 2
 LARGEST_FROM_SCRATCH = 224
@@ -147,7 +152,7 @@ class Width:
 
 
 WIDTHS = (
-    Width(100_000, 64, 6, 2, "a 0.3M-parameter ViT", 2e-3),
+    Width(100_000, 64, 6, 4, "a 0.3M-parameter ViT", 2e-3),
     Width(1_000_000, 192, 12, 3, "DeiT-Ti", 1e-3),
     Width(math.inf, 384, 12, 6, "DeiT-S", 5e-4),
 )
@@ -169,9 +174,11 @@ def _model_choices(profile: DataProfile, img_size: int, patch: int) -> list[Choi
         Choice("model.img_size", img_size, f"the images' median shorter side is {profile.size} px"),
         Choice("model.patch_size", patch, f"{side}x{side} = {side * side} tokens"),
         Choice("model.stem", "conv", CONV_STEM_WHY),
+        Choice("model.mlp", "local", LOCAL_MLP_WHY),
+        Choice("model.kwargs", SMALL_VIT_KWARGS, SMALL_VIT_WHY),
         Choice("model.embed_dim", w.embed_dim, f"{w.name} for {profile.images:,} images{_under(w.below)}"),
         Choice("model.depth", w.depth, w.name),
-        Choice("model.num_heads", w.heads, f"{w.name}: 32-64 channels per head"),
+        Choice("model.num_heads", w.heads, f"{w.name}: {w.embed_dim // w.heads} channels per head"),
         Choice("model.drop_rate", 0.0, "dropout stays off: DeiT found it hurts next to stochastic depth"),
     ]
 
