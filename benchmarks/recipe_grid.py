@@ -6,8 +6,9 @@ about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
 
 - `plain` and `deit`: the shipped vit-plain and deit-tiny recipes with the advisor's model for the data;
 - `none`, `light`, `moderate`, `medium`, `strong`: the advisor's recipe with the trick strength forced and timm's
-  patchify stem (the sweep the strength rule is read from);
-- `advisor`: the advisor's recipe as it stands: its strength for the cell and the convolutional stem;
+  plain ViT (patchify stem, MLP, class token, 2 heads; the sweep the strength rule is read from);
+- `advisor`: the advisor's recipe as it stands: its strength for the cell and its small-data ViT (convolutional
+  stem, local MLPs, pooled tokens, QK normalisation, 4 heads);
 - `resnet`: a ResNet-10t of about the ViT's size with the advisor's recipe for the cell (the reference row);
 - `tune`: `vitkit tune` at about the same total compute (trials plus the final run) against the advisor.
 
@@ -219,9 +220,9 @@ def _points(rows: dict[str, Any], a: str | None, b: str | None) -> float | None:
 
 def targets(results: list[dict[str, Any]]) -> str:
     """Per cell, the margins the advisor is held to: over vit-plain (never below -0.5; +2 on the 10x budget) and
-    DeiT; the strength rule's regret in the patchify sweep; what the convolutional stem adds to the rule's pick;
+    DeiT; the strength rule's regret in the plain-ViT sweep; what the small-data ViT adds to the rule's pick;
     the advisor against the ResNet (within 1 point at 10x); tune against the advisor."""
-    head = "| data | budget | advisor - plain | advisor - deit | rule's pick - best strength | conv stem gain "
+    head = "| data | budget | advisor - plain | advisor - deit | rule's pick - best strength | architecture gain "
     lines = [head + "| advisor - resnet | tune - advisor |", "|---|---|---|---|---|---|---|---|"]
     for dataset, budget, rows in _cells(results):
         pick = _pick(rows)

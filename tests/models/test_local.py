@@ -69,14 +69,20 @@ def test_build_model_puts_a_local_mlp_in_every_block():
     assert extra == 2 * (128 * 9 + 128)  # one depthwise 3x3 kernel and bias per hidden channel, per block
 
 
-def test_local_mlp_is_refused_for_models_without_vit_blocks():
-    with pytest.raises(RecipeError, match=r"model\.mlp=local: 'resnet10t' has no ViT block MLP"):
-        build_model(ModelConfig(name="resnet10t", mlp="local"), num_classes=3)
+OWN_LAYERS = [
+    ({"stem": "conv"}, r"model\.stem=conv: 'resnet10t' has no patch embedding", r"Set model\.stem=patch to fine-tune"),
+    ({"mlp": "local"}, r"model\.mlp=local: 'resnet10t' has no ViT block MLP", r"Set model\.mlp=mlp to fine-tune"),
+]
 
 
-def test_local_mlp_is_refused_with_pretrained_weights(tmp_path):
+@pytest.mark.parametrize(("layer", "not_a_vit", "pretrained"), OWN_LAYERS, ids=["conv-stem", "local-mlp"])
+def test_vitkits_own_layers_are_refused_off_the_vit_family_and_with_pretrained_weights(
+    tmp_path, layer: dict[str, str], not_a_vit: str, pretrained: str
+):
     from vitkit.models.pretrained import PretrainedWeights
 
+    with pytest.raises(RecipeError, match=not_a_vit):
+        build_model(ModelConfig(name="resnet10t", **layer), num_classes=3)
     weights = PretrainedWeights(source=str(tmp_path / "w.safetensors"), kind="file", architecture={})
-    with pytest.raises(RecipeError, match=r"Set model\.mlp=mlp to fine-tune"):
-        build_model(ModelConfig(**TINY, mlp="local"), num_classes=3, pretrained=weights)
+    with pytest.raises(RecipeError, match=pretrained):
+        build_model(ModelConfig(**TINY, **layer), num_classes=3, pretrained=weights)

@@ -3,7 +3,6 @@ import torch
 from torch import nn
 
 from vitkit.config.schema import ModelConfig
-from vitkit.errors import RecipeError
 from vitkit.models.build import build_model, num_tokens
 from vitkit.models.stems import stem_layers
 
@@ -61,16 +60,3 @@ def test_conv_stem_trains_its_batchnorm_and_keeps_it_out_of_weight_decay():
     conv = next(m for m in model.patch_embed.modules() if isinstance(m, nn.Conv2d))
     assert decay_of[id(bn.weight)] == 0.0 and decay_of[id(bn.bias)] == 0.0
     assert decay_of[id(conv.weight)] == pytest.approx(0.05)
-
-
-def test_conv_stem_is_refused_for_models_without_a_patch_embedding():
-    with pytest.raises(RecipeError, match=r"model\.stem=conv: 'resnet10t' has no patch embedding"):
-        build_model(ModelConfig(name="resnet10t", stem="conv"), num_classes=3)
-
-
-def test_conv_stem_is_refused_with_pretrained_weights(tmp_path):
-    from vitkit.models.pretrained import PretrainedWeights
-
-    weights = PretrainedWeights(source=str(tmp_path / "w.safetensors"), kind="file", architecture={})
-    with pytest.raises(RecipeError, match=r"Set model\.stem=patch to fine-tune"):
-        build_model(ModelConfig(**TINY, stem="conv"), num_classes=3, pretrained=weights)
