@@ -189,11 +189,22 @@ def _cell(rows: dict[str, Any], config: str) -> str:
     return "diverged" if row["score"] is None else f"{row['score']:.1%}"
 
 
+def _architecture(row: dict[str, Any]) -> str:
+    return "local MLP" if "model.mlp=local" in row.get("overrides", []) else "conv stem"
+
+
 def _cells(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    """(dataset, budget, {config: row}) in the grid's order; a rerun job's last row wins."""
+    """(dataset, budget, {config: row}) in the grid's order; a rerun job's last row wins. `tune_base` is the last
+    advisor row with the tuned run's architecture: tune is compared with the advisor it started from."""
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     for r in results:
-        cells.setdefault((r["dataset"], r["budget"]), {})[r["config"]] = r
+        cell = cells.setdefault((r["dataset"], r["budget"]), {})
+        cell[r["config"]] = r
+        if r["config"] == "advisor":
+            cell[f"advisor/{_architecture(r)}"] = r
+    for cell in cells.values():
+        if "tune" in cell and f"advisor/{_architecture(cell['tune'])}" in cell:
+            cell["tune_base"] = cell[f"advisor/{_architecture(cell['tune'])}"]
     return [(d, b, cells[(d, b)]) for d in DATASETS for b in BUDGETS if (d, b) in cells]
 
 
@@ -230,7 +241,7 @@ def targets(results: list[dict[str, Any]]) -> str:
         best = max(swept, key=lambda c: rows[c]["score"] or 0.0) if swept else None
         margins = [_points(rows, "advisor", "plain"), _points(rows, "advisor", "deit")]
         margins += [_points(rows, pick, best), _points(rows, "advisor", pick)]
-        margins += [_points(rows, "advisor", "resnet"), _points(rows, "tune", "advisor")]
+        margins += [_points(rows, "advisor", "resnet"), _points(rows, "tune", "tune_base")]
         shown = ["-" if m is None else f"{m:+.1f}" for m in margins]
         lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
