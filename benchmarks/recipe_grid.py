@@ -114,12 +114,17 @@ def overrides_for(config: str, data: Path, budget: str | int) -> tuple[str, list
 
 def tuned_overrides(data: Path, tmp: Path) -> list[str]:
     """`vitkit tune` around the advisor's short-budget recipe: TUNE_TRIALS trials validated on a held-out 20% of
-    the training split (the test set is never seen); the winning trick strengths as overrides."""
-    from vitkit.plan.tune import tune
+    the training split (the test set is never seen); the winning trick strengths as overrides. Where the winner is
+    the first trial, the recipe it started from, none: the advisor's own strengths for the final budget stand,
+    not the short budget's."""
+    from vitkit.plan.tune import base_values, tune
+    from vitkit.plan.tune import overrides_for as trial_overrides
 
     base, overrides, _ = overrides_for("advisor", data, "short")
-    result = tune(load_recipe(base, overrides), tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
-    return [o for o in result.best_overrides if not o.startswith("data.holdout")]
+    recipe = load_recipe(base, overrides)
+    result = tune(recipe, tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
+    chosen = [o for o in result.best_overrides if not o.startswith("data.holdout")]
+    return [] if chosen == trial_overrides(base_values(recipe), recipe) else chosen
 
 
 def score(recipe: Any, final: dict[str, Any]) -> float:
