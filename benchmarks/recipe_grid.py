@@ -194,8 +194,13 @@ def _cell(rows: dict[str, Any], config: str) -> str:
     return "diverged" if row["score"] is None else f"{row['score']:.1%}"
 
 
+def advised_architecture(overrides: list[str]) -> str:
+    """Which of the advisor's ViTs a run's overrides build: the stem-only one, or the one with local MLPs."""
+    return "local MLP" if "model.mlp=local" in overrides else "conv stem"
+
+
 def _architecture(row: dict[str, Any]) -> str:
-    return "local MLP" if "model.mlp=local" in row.get("overrides", []) else "conv stem"
+    return advised_architecture(row.get("overrides", []))
 
 
 def _cells(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_ablation import append_row, read_rows
-from recipe_grid import BUDGETS, DATASETS, machine, overrides_for, prepare, score
+from recipe_grid import BUDGETS, DATASETS, advised_architecture, machine, overrides_for, prepare, score
 from recipe_grid import RESULTS as GRID
 
 RESULTS = Path(__file__).parent / "results" / "recipe_variants.jsonl"
@@ -74,11 +74,6 @@ def use_locality_self_attention() -> None:
     vt.Attention.forward = lsa_forward
 
 
-def advised_model(overrides: list[str]) -> str:
-    """Which of the advisor's ViTs a run started from: the variants are differences to the advisor of their day."""
-    return "local MLP" if "model.mlp=local" in overrides else "conv stem"
-
-
 def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]:
     import torch
     from rich.console import Console
@@ -105,7 +100,7 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         "date": str(date.today()),
         "machine": machine(),
         "extra": VARIANTS[variant],
-        "advisor": advised_model(overrides),
+        "advisor": advised_architecture(overrides),  # variants differ from the advisor of their day
     }
 
 
@@ -115,7 +110,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     cells = sorted({(r["dataset"], r["budget"]) for r in rows}, key=lambda c: DATASETS.index(c[0]))
     lines = ["| variant | " + " | ".join(f"{d} {b}" for d, b in cells) + " |", "|---|" + "---|" * len(cells)]
     by = {(r["dataset"], r["budget"], r["variant"]): r for r in rows}
-    grid = [{**r, "advisor": advised_model(r["overrides"])} for r in read_rows(GRID) if r["config"] == "advisor"]
+    grid = [{**r, "advisor": advised_architecture(r["overrides"])} for r in read_rows(GRID) if r["config"] == "advisor"]
     advised = grid + [r for r in rows if r["variant"] == "baseline"]
     baselines = {(r["dataset"], r["budget"], r["machine"], r["advisor"]): r["score"] for r in advised}
     for variant in VARIANTS:

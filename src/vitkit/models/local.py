@@ -42,4 +42,4 @@ class LocalMlp(Mlp):
             raise ValueError(f"LocalMlp needs the patches of a square image; got {n - prefix} patch tokens")
         patches = x[:, prefix:].transpose(1, 2).reshape(b, c, side, side)
         patches = self.local(patches).flatten(2).transpose(1, 2)
-        return torch.cat([x[:, :prefix], patches], dim=1)
+        return torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches  # pooled models: no copy per step

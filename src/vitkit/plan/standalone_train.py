@@ -225,7 +225,7 @@ class LocalMlp(Mlp):
         b, n, c = x.shape
         prefix, side = self.num_prefix_tokens, math.isqrt(n - self.num_prefix_tokens)
         patches = self.local(x[:, prefix:].transpose(1, 2).reshape(b, c, side, side)).flatten(2).transpose(1, 2)
-        x = self.local_act(torch.cat([x[:, :prefix], patches], dim=1))
+        x = self.local_act(torch.cat([x[:, :prefix], patches], dim=1) if prefix else patches)
         return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
