@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_ablation import append_row, read_rows
-from recipe_grid import BUDGETS, DATASETS, advised_architecture, machine, overrides_for, prepare, score
+from recipe_grid import BUDGETS, DATASETS, RESNET, advised_architecture, machine, overrides_for, prepare, score
 from recipe_grid import RESULTS as GRID
 
 RESULTS = Path(__file__).parent / "results" / "recipe_variants.jsonl"
@@ -46,6 +46,20 @@ VARIANTS = {
         "model.num_heads=4",
         "train.batch_size=32",
     ],
+    # on top of the small-data ViT as advised
+    "hflip": ["augment.hflip=0.5"],  # flips alone, without the crops and Mixup of `moderate`
+    "no_pos": ["model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}"],
+    "dp0.2": ["model.drop_path_rate=0.2"],
+    "wd0.1": ["optim.weight_decay=0.1"],
+    "hflip_no_pos": [
+        "augment.hflip=0.5",
+        "model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}",
+    ],
+    "deep_stem": [],  # four 3x3 convolutions in the stem, as in Xiao et al.'s: stride-1 ones fill up, see below
+    "deep_stem_no_pos": ["model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}"],
+    # the grid's ResNet reference with the same changes, so that a change that helps both is seen as such
+    "resnet": RESNET,
+    "resnet_hflip": [*RESNET, "augment.hflip=0.5"],
 }
 
 
@@ -74,6 +88,28 @@ def use_locality_self_attention() -> None:
     vt.Attention.forward = lsa_forward
 
 
+def use_deep_stem(convs: int = 4) -> None:
+    """Every convolutional stem built from here on has `convs` 3x3 convolutions: stride-1 conv-BN-ReLU layers after
+    the first stride-2 one fill up to it where the patch has fewer halvings (patch 4: two of each, at 14x14 for
+    28-px images), the way ResNet's deep stem works at its first resolution."""
+    from torch import nn
+
+    from vitkit.models import stems
+
+    shallow = stems.stem_layers
+
+    def deep(in_chans: int, embed_dim: int, patch_size: int) -> nn.Sequential:
+        layers = list(shallow(in_chans, embed_dim, patch_size))
+        strided = sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in layers)
+        width = layers[0].out_channels
+        extra: list[nn.Module] = []
+        for _ in range(max(0, convs - strided)):
+            extra += [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        return nn.Sequential(*layers[:3], *extra, *layers[3:])
+
+    stems.stem_layers = deep
+
+
 def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]:
     import torch
     from rich.console import Console
@@ -85,6 +121,8 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         torch.set_num_threads(threads)
     if variant == "lsa":
         use_locality_self_attention()
+    if variant.startswith("deep_stem"):
+        use_deep_stem()
     base, overrides, facts = overrides_for("advisor", prepare(dataset), budget)
     recipe = load_recipe(base, [*overrides, *VARIANTS[variant]])
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,6 +139,7 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         "machine": machine(),
         "extra": VARIANTS[variant],
         "advisor": advised_architecture(overrides),  # variants differ from the advisor of their day
+        "final": result.summary["final"],  # the last epoch's losses: over- or underfitting
     }
 
 

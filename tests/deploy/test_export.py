@@ -81,6 +81,9 @@ def test_pt2_export_loads_with_torch_export(vit_run: Path, tmp_path: Path):
     assert doc["parity"]["passed"] and Pt2Model(tmp_path / "export" / "model.pt2")(pixels(1)).shape == (1, 3)
 
 
+ADVISED_KWARGS = "model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}"
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -88,8 +91,9 @@ def test_pt2_export_loads_with_torch_export(vit_run: Path, tmp_path: Path):
         ("model.name=vit_base_patch16_reg4_gap_256",),  # register tokens
         ("model.stem=conv",),  # convolutional stem with BatchNorm (eval statistics)
         ("model.mlp=local",),  # tokens reshaped to the patch grid and back in every block
+        ("model.stem=conv", "model.mlp=local", ADVISED_KWARGS),  # the advisor's ViT: pooled, no position embedding
     ],
-    ids=["distilled-deit", "register-tokens", "conv-stem", "local-mlp"],
+    ids=["distilled-deit", "register-tokens", "conv-stem", "local-mlp", "small-data-vit"],
 )
 def test_other_architectures_export_with_parity(tmp_path: Path, extra: tuple[str, ...]):
     run = trained(tmp_path, *extra)

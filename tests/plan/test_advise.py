@@ -107,6 +107,10 @@ def test_short_budget_turns_every_trick_off_and_deit_regime_gets_deit_strengths(
     assert short.value("model.drop_path_rate") == 0 and short.value("augment.mixup") == 0
     assert short.value("ema.enabled") is False
     assert long.strength == "moderate" and long.value("augment.rrc_scale") == [0.7, 1.0]
+    light = advise_recipe(FASHION_1K, 40)
+    assert light.strength == "light" and light.value("augment.hflip") == 0.5  # flips pay from 20 passes
+    assert light.value("augment.rrc_scale") == [1.0, 1.0] and light.value("augment.mixup") == 0
+    assert short.value("augment.hflip") == 0
     assert long.value("model.drop_path_rate") == 0.1 and long.value("ema.enabled") is True
     imagenet = DataProfile(1_281_167, [1281] * 1000, 400, False, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     deit = advise_recipe(imagenet, 300)
@@ -133,12 +137,14 @@ def test_imbalance_and_pretrained_are_advised():
 
 
 def test_from_scratch_the_advised_vit_is_the_small_data_one():
-    """Conv stem, local MLPs, pooled tokens without a class token, normalised queries and keys, 4 heads of 16."""
+    """Conv stem, local MLPs, pooled tokens without a class token or position embedding, normalised queries and
+    keys, 4 heads of 16."""
     from vitkit.models.build import build_model
     from vitkit.models.local import LocalMlp
 
     model = build_model(load_recipe("deit-tiny", advise_recipe(FASHION_1K, 200).overrides()).model, 10)
     assert getattr(model, "cls_token", None) is None and model.global_pool == "avg"
+    assert model.pos_embed is None  # the convolutions' zero padding places the tokens
     assert all(isinstance(b.mlp, LocalMlp) and b.mlp.num_prefix_tokens == 0 for b in model.blocks)
     assert {(b.attn.num_heads, b.attn.head_dim, type(b.attn.q_norm).__name__) for b in model.blocks} == {
         (4, 16, "LayerNorm")

@@ -25,6 +25,7 @@ TRICKS = [
     "model.drop_path_rate=0.1",
     "model.stem=conv",
     "model.mlp=local",
+    "model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}",  # the advised ViT
     "train.label_smoothing=0.1",
     "train.accumulation_steps=2",
     "optim.clip_grad=1.0",
