@@ -195,8 +195,12 @@ def _cell(rows: dict[str, Any], config: str) -> str:
 
 
 def advised_architecture(overrides: list[str]) -> str:
-    """Which of the advisor's ViTs a run's overrides build: the stem-only one, or the one with local MLPs."""
-    return "local MLP" if "model.mlp=local" in overrides else "conv stem"
+    """Which of the advisor's ViTs a run's overrides build: the stem-only one, the one with local MLPs, or that one
+    without a position embedding (whose advisor also flips from the light strength)."""
+    if "model.mlp=local" not in overrides:
+        return "conv stem"
+    kwargs = next((o for o in reversed(overrides) if o.startswith("model.kwargs=")), "")
+    return "no position embedding" if "pos_embed: none" in kwargs else "local MLP"
 
 
 def _architecture(row: dict[str, Any]) -> str:

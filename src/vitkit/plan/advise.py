@@ -40,7 +40,7 @@ LOCAL_MLP_WHY = "a depthwise 3x3 convolution in every MLP mixes neighbouring pat
 # Beyer et al. 2022 pool the tokens; Dehghani et al. 2023 normalise queries and keys. With the local MLP and 4 heads
 # of 16 channels (and batch 32), the variants benchmark measured +1.3 (1k images) and +2.2 points (5k) at 10x. The
 # stem's and the MLPs' zero-padded convolutions tell a token where it is (Islam et al. 2020), so the learned
-# position embedding goes: +0.5 and +0.2 points on 5k and 10k images at 10x.
+# position embedding goes: +0.6 and +0.2 points on 5k and 10k images at 10x.
 SMALL_VIT_KWARGS = {"global_pool": "avg", "class_token": False, "qk_norm": True, "pos_embed": "none"}
 SMALL_VIT_WHY = (
     "the mean of the patch tokens instead of a class token, normalised queries and keys, and no position "
@@ -226,7 +226,7 @@ TRICK_WHY = {
 STRENGTH_WHY = {
     "none": "under 20 passes over the data the model is still under-fitting: on the grid no trick helped there "
     "(none was best or within 2.1 points of the best on 8 of 8 such cells)",
-    "light": "from 20 passes, regularisation of the weights and the targets pays, and flips (+0.7 and +0.9 points "
+    "light": "from 20 passes, regularisation of the weights and the targets pays, and flips (+1.0 and +0.7 points "
     "on 5k and 10k images), while crops, RandAugment and Mixup still cost points (moderate lost 1-24 points to "
     "light on every grid cell with 6-60 passes)",
     "moderate": "from 100 passes the images must change under the model: crops from 70% of the area and "
