@@ -56,6 +56,9 @@ VARIANTS = {
     "deep_stem": [],  # four 3x3 convolutions in the stem, as in Xiao et al.'s: stride-1 ones fill up, see below
     # the grid's ResNet reference with the same changes, so that a change that helps both is seen as such
     "resnet_hflip": [*RESNET, "augment.hflip=0.5"],
+    # a second seed of the advised ViT and of the ResNet: how far one seed's gap between them moves
+    "seed1": ["train.seed=1"],
+    "resnet_seed1": [*RESNET, "train.seed=1"],
 }
 
 
