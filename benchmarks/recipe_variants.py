@@ -25,6 +25,8 @@ from recipe_grid import BUDGETS, DATASETS, RESNET, advised_architecture, machine
 from recipe_grid import RESULTS as GRID
 
 RESULTS = Path(__file__).parent / "results" / "recipe_variants.jsonl"
+# the small-data ViT's kwargs without the learned position embedding
+NO_POSITION_EMBEDDING = "model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}"
 VARIANTS = {
     "baseline": [],
     "layerscale": ["model.kwargs={init_values: 0.0001}"],  # CaiT's LayerScale
@@ -48,10 +50,10 @@ VARIANTS = {
     ],
     # on top of the small-data ViT as advised
     "hflip": ["augment.hflip=0.5"],  # flips alone, without the crops and Mixup of `moderate`
-    "no_pos": ["model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}"],
+    "no_pos": [NO_POSITION_EMBEDDING],
     "hflip_no_pos": [
         "augment.hflip=0.5",
-        "model.kwargs={class_token: false, global_pool: avg, qk_norm: true, pos_embed: none}",
+        NO_POSITION_EMBEDDING,
     ],
     "deep_stem": [],  # four 3x3 convolutions in the stem, as in Xiao et al.'s: stride-1 ones fill up, see below
     # the grid's ResNet reference with the same changes, so that a change that helps both is seen as such
