@@ -16,7 +16,7 @@ from tests.e2e.test_cli import vitkit
 from vitkit.config.loader import recipe_from_yaml_file
 from vitkit.data.sources import recipe_splits
 from vitkit.errors import VitkitError
-from vitkit.plan.tune import base_values, overrides_for, tune
+from vitkit.plan.tune import base_values, overrides_for, startup_trials, tune
 from vitkit.train.logging import read_metrics
 
 BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
@@ -42,6 +42,12 @@ def test_overrides_for_a_trial():
     assert sets[:3] == ["optim.lr=0.001", "augment.rrc_scale=[0.3, 1.0]", "augment.randaugment=null"]
     assert "augment.mixup=0.2" in sets
     assert overrides_for({"augment.randaugment": 7.2}, base) == ["augment.randaugment=rand-m7-mstd0.5-inc1"]
+
+
+def test_a_small_study_is_not_a_random_search():
+    # Optuna's TPE samples its first 10 trials at random: a third of a smaller study, at least 2 (base + 1)
+    assert [startup_trials(n) for n in (3, 6, 12, 30, 100)] == [2, 2, 4, 10, 10]
+    assert startup_trials(None) == 10  # a study limited by time only
 
 
 def test_the_base_recipe_in_the_search_space():

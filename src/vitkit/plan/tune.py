@@ -103,6 +103,13 @@ def base_values(base: Recipe) -> dict[str, float]:
     return {k.field: min(max(raw[k.field], k.low), k.high) for k in SPACE}
 
 
+def startup_trials(trials: int | None) -> int:
+    """How many trials TPE samples at random before it models the results: Optuna's 10, but a third of a smaller
+    study, so that a study of six trials is not a random search. With the base recipe as the first trial, TPE's
+    first proposals then stay near the better of the first few points."""
+    return 10 if trials is None else min(10, max(2, trials // 3))
+
+
 def suggest(trial: Any) -> dict[str, float]:
     return {k.field: trial.suggest_float(k.field, k.low, k.high, log=k.log) for k in SPACE}
 
@@ -197,7 +204,7 @@ def tune(
         storage=storage,
         load_if_exists=True,
         direction="minimize" if metric == "val_loss" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.train.seed),
+        sampler=optuna.samplers.TPESampler(seed=base.train.seed, n_startup_trials=startup_trials(trials)),
         pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
     )
     optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
