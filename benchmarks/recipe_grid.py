@@ -114,17 +114,35 @@ def overrides_for(config: str, data: Path, budget: str | int) -> tuple[str, list
 
 def tuned_overrides(data: Path, tmp: Path) -> list[str]:
     """`vitkit tune` around the advisor's short-budget recipe: TUNE_TRIALS trials validated on a held-out 20% of
-    the training split (the test set is never seen); the winning trick strengths as overrides. Where the winner is
-    the first trial, the recipe it started from, none: the advisor's own strengths for the final budget stand,
-    not the short budget's."""
-    from vitkit.plan.tune import base_values, tune
+    the training split (the test set is never seen). What the search changed is carried over to the advisor's
+    recipe for the final budget as a change of each setting (a factor on a log scale), not the short budget's values:
+    the advisor's strengths grow with the budget (the rule), and a short search picks short-budget strengths."""
+    from vitkit.plan.tune import SPACE, base_values, tune
     from vitkit.plan.tune import overrides_for as trial_overrides
 
     base, overrides, _ = overrides_for("advisor", data, "short")
-    recipe = load_recipe(base, overrides)
-    result = tune(recipe, tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
-    chosen = [o for o in result.best_overrides if not o.startswith("data.holdout")]
-    return [] if chosen == trial_overrides(base_values(recipe), recipe) else chosen
+    short = load_recipe(base, overrides)
+    result = tune(short, tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
+    final = load_recipe(*overrides_for("advisor", data, TUNE_FINAL)[:2])
+    return transferred(result.best_values, base_values(short), final, SPACE, trial_overrides)
+
+
+def transferred(best: dict[str, float], start: dict[str, float], final: Any, space: Any, to_sets: Any) -> list[str]:
+    """The winner's change from the search's start applied to `final`'s own values, each clamped to its range;
+    none where the winner is the start itself."""
+    from vitkit.plan.tune import base_values
+
+    if all(abs(best[k] - start[k]) < 1e-9 for k in best):
+        return []
+    own = base_values(final)
+
+    def moved(k: Any) -> float:  # a knob searched on a log scale (the lr factor, weight decay) moves by a factor
+        value = (
+            own[k.field] * best[k.field] / start[k.field] if k.log else own[k.field] + best[k.field] - start[k.field]
+        )
+        return float(min(max(value, k.low), k.high))
+
+    return list(to_sets({k.field: moved(k) for k in space}, final))
 
 
 def score(recipe: Any, final: dict[str, Any]) -> float:

@@ -78,6 +78,7 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     best = recipe_from_yaml_file(first.best_recipe)
     assert best.data.holdout is None  # the winner trains on the whole training split, judged on validation
     assert f"optim.weight_decay={best.optim.weight_decay:.4g}" in first.best_overrides
+    assert first.best_overrides == [*overrides_for(first.best_values, tiny_recipe(*BASE)), "data.holdout=0.25"]
     base, first_trial = tiny_recipe(*BASE), recipe_from_yaml_file(runs[0] / "recipe.yaml")
     assert first_trial.optim.lr == base.optim.lr and first_trial.augment.mixup == base.augment.mixup  # the base
     assert first_trial.model.drop_path_rate == base.model.drop_path_rate  # recipe itself comes first

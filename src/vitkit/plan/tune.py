@@ -171,6 +171,7 @@ class _Objective:
 class TuneResult:
     best_value: float
     best_overrides: list[str]
+    best_values: dict[str, float]  # the winner's point in the search space (the lr as a factor of the base's)
     importances: dict[str, float]
     trials: int
     pruned: int
@@ -231,7 +232,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     path = out / "best.yaml"
     path.write_text(recipe_to_yaml(best_recipe))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
-    return TuneResult(best.value, best.user_attrs["overrides"], dict(importances), len(study.trials), pruned, path)
+    values = {k: float(v) for k, v in best.params.items()}
+    return TuneResult(best.value, best.user_attrs["overrides"], values, dict(importances), len(study.trials), pruned, path)
 
 
 def retrain(best_recipe: Path, out: Path, console: Console, train_fn: Callable[..., Any] | None = None) -> Any:
