@@ -26,6 +26,7 @@ from recipe_grid import (
     DATASETS,
     PLAIN_VIT,
     RESNET,
+    STRENGTHS,
     advised_architecture,
     machine,
     overrides_for,
@@ -71,11 +72,10 @@ VARIANTS = {
     # a second seed of the advised ViT and of the ResNet: how far one seed's gap between them moves
     "seed1": ["train.seed=1"],
     "resnet_seed1": [*RESNET, "train.seed=1"],
-    # the small-data ViT at a strength the rule does not pick for the cell (the grid's sweep is of the plain ViT)
-    "at_light": [],
-    "at_moderate": [],
-    "at_medium": [],
 }
+# the small-data ViT, and the ResNet, at a strength the rule may not pick for the cell (the grid's sweep is of the
+# plain ViT): the recipe as advised with the strength forced
+VARIANTS |= {f"at_{s}": [] for s in STRENGTHS} | {f"resnet_at_{s}": [*RESNET] for s in STRENGTHS}
 
 
 def use_locality_self_attention() -> None:
@@ -138,7 +138,8 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         use_locality_self_attention()
     if variant == "deep_stem":
         use_deep_stem()
-    config = variant.removeprefix("at_") if variant.startswith("at_") else "advisor"
+    forced = variant.removeprefix("resnet_")
+    config = forced.removeprefix("at_") if forced.startswith("at_") else "advisor"
     base, overrides, facts = overrides_for(config, prepare(dataset), budget)
     overrides = [o for o in overrides if o not in PLAIN_VIT]  # the advised architecture at any strength
     recipe = load_recipe(base, [*overrides, *VARIANTS[variant]])
