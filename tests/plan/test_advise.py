@@ -42,9 +42,11 @@ def test_patch_gives_at_least_seven_tokens_a_side(img: int, patch: int):
         (1, 1000, "none"),
         (19, 60_000, "none"),
         (20, 1000, "light"),
-        (99, 60_000, "light"),
-        (100, 1000, "moderate"),
-        (99, 10**6, "light"),
+        (39, 60_000, "light"),
+        (40, 1000, "moderate"),
+        (99, 60_000, "moderate"),
+        (100, 1000, "medium"),
+        (99, 10**6, "moderate"),
         (100, 100_000, "strong"),
         (300, 1_281_167, "strong"),
     ],
@@ -106,8 +108,8 @@ def test_short_budget_turns_every_trick_off_and_deit_regime_gets_deit_strengths(
     short, long = advise_recipe(FASHION_1K, 5), advise_recipe(FASHION_1K, 400)
     assert short.value("model.drop_path_rate") == 0 and short.value("augment.mixup") == 0
     assert short.value("ema.enabled") is False
-    assert long.strength == "moderate" and long.value("augment.rrc_scale") == [0.7, 1.0]
-    light = advise_recipe(FASHION_1K, 40)
+    assert long.strength == "medium" and long.value("augment.rrc_scale") == [0.35, 1.0]
+    light = advise_recipe(FASHION_1K, 30)
     assert light.strength == "light" and light.value("augment.hflip") == 0.5  # flips pay from 20 passes
     assert light.value("augment.rrc_scale") == [1.0, 1.0] and light.value("augment.mixup") == 0
     assert short.value("augment.hflip") == 0

@@ -233,7 +233,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     path.write_text(recipe_to_yaml(best_recipe))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     values = {k: float(v) for k, v in best.params.items()}
-    return TuneResult(best.value, best.user_attrs["overrides"], values, dict(importances), len(study.trials), pruned, path)
+    overrides = best.user_attrs["overrides"]
+    return TuneResult(best.value, overrides, values, dict(importances), len(study.trials), pruned, path)
 
 
 def retrain(best_recipe: Path, out: Path, console: Console, train_fn: Callable[..., Any] | None = None) -> Any:
