@@ -230,9 +230,9 @@ STRENGTH_WHY = {
     "none": "under 20 passes over the data the model is still under-fitting: no trick helped there (light lost "
     "0.5-2.0 points to none on all 7 such cells of the grid)",
     "light": "from 20 passes, regularisation of the weights and the targets pays, and flips (+1.0 and +0.7 points "
-    "on 5k and 10k images), while crops and Mixup do not yet (moderate: -2.9 and +0.2 points at 20 passes)",
+    "on 5k and 10k images), while crops and Mixup do not yet (moderate: -2.9 and +0.1 points at 20 passes)",
     "moderate": "from 40 passes the images must change under the model: crops from 70% of the area and Mixup 0.2 "
-    "on half the batches (+1.5 points over light on 5k images at 40 passes and on 1k images at 60)",
+    "on half the batches (+1.5 points over light on 5k images at 40 passes, +1.4 on 1k images at 60)",
     "medium": "from 100 passes, crops from 35% of the area, RandAugment m5 and erasing 0.1 on top of moderate "
     "(+0.4 points on 1k images at 200 passes, +0.6 on digits at 160)",
     "strong": "the published DeiT strengths, for DeiT's regime: 100k+ images and 100+ passes (DeiT's ablations "
