@@ -183,6 +183,24 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def sweep(rows: list[dict[str, Any]]) -> str:
+    """The advised ViT's strength sweep: the grid's advisor rows of today's architecture and the `at_*` variants,
+    per cell; * marks the strength the rule picks."""
+    from vitkit.plan.advise import strength_for
+
+    vit = [r for r in read_rows(GRID) if r["config"] == "advisor" and "strength" in r]
+    vit = [r for r in vit if advised_architecture(r["overrides"]) == "no position embedding"]
+    vit += [r for r in rows if r["variant"].startswith("at_")]
+    scores = {(r["dataset"], r["budget"], r["strength"]): r["score"] for r in vit}
+    passes = {(r["dataset"], r["budget"]): r["epochs"] for r in vit}
+    lines = ["| data | budget | passes | " + " | ".join(STRENGTHS) + " |", "|---|---|---|" + "---|" * len(STRENGTHS)]
+    for d, b in sorted(passes, key=lambda c: (DATASETS.index(c[0]), list(BUDGETS).index(c[1]))):
+        pick = strength_for(passes[d, b], next(r["images"] for r in vit if r["dataset"] == d))
+        shown = [f"{scores[d, b, s]:.1%}{'*' if s == pick else ''}" if (d, b, s) in scores else "-" for s in STRENGTHS]
+        lines.append(f"| {d} | {b} | {passes[d, b]} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", action="append", choices=DATASETS, help="repeatable; default: fmnist-1k")
@@ -191,9 +209,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--sweep", action="store_true", help="print the advised ViT's strength sweep and exit")
     args = parser.parse_args()
-    if args.table:
-        print(table(read_rows(RESULTS)))
+    if args.table or args.sweep:
+        print(table(read_rows(RESULTS)) if args.table else sweep(read_rows(RESULTS)))
         return
     jobs = [(d, args.budget, v) for d in args.dataset or ["fmnist-1k"] for v in args.variant or list(VARIANTS)]
     spawn = multiprocessing.get_context("spawn")
