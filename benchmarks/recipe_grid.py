@@ -6,11 +6,13 @@ about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
 
 - `plain` and `deit`: the shipped vit-plain and deit-tiny recipes with the advisor's model for the data;
 - `none`, `light`, `moderate`, `medium`, `strong`: the advisor's recipe with the trick strength forced and timm's
-  plain ViT (patchify stem, MLP, class token, 2 heads; the sweep the strength rule is read from);
+  plain ViT (patchify stem, MLP, class token, 2 heads; the sweep the strength rule was first read from: the advised
+  ViT's own sweep, which the rule follows now, is `recipe_variants.py --sweep`);
 - `advisor`: the advisor's recipe as it stands: its strength for the cell and its small-data ViT (convolutional
   stem, local MLPs, pooled tokens, QK normalisation, 4 heads);
 - `resnet`: a ResNet-10t of about the ViT's size with the advisor's recipe for the cell (the reference row);
-- `tune`: `vitkit tune` at about the same total compute (trials plus the final run) against the advisor.
+- `tune`: `vitkit tune` at about the same total compute (trials plus the final run) against the advisor: six
+  trials at the short budget, the winner's changes to the advisor's recipe carried over to a final run at 5x.
 
 The score is the final epoch's test top-1 (of the EMA weights where the recipe keeps an EMA). Each run appends
 one JSON line to benchmarks/results/recipe_grid.jsonl as it finishes; recorded runs are skipped, so the grid is
