@@ -281,6 +281,24 @@ def targets(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def architectures(results: list[dict[str, Any]]) -> str:
+    """Per cell, the last advisor row of each ViT the advisor has built, and the ResNet reference's last row."""
+    kinds = ("conv stem", "local MLP", "no position embedding")
+    head = "| data | budget | conv stem only | + local MLPs, pooled tokens | now | change | ResNet-10t | now - ResNet |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for dataset, budget, rows in _cells(results):
+        shown = [_cell(rows, f"advisor/{kind}") for kind in kinds]
+        change = _points(rows, f"advisor/{kinds[2]}", f"advisor/{kinds[1]}")
+        gap = _points(rows, f"advisor/{kinds[2]}", "resnet")
+        shown += [
+            "-" if change is None else f"{change:+.1f}",
+            _cell(rows, "resnet"),
+            "-" if gap is None else f"{gap:+.1f}",
+        ]
+        lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
 def _run_job(job: tuple[str, str, str], threads: int) -> dict[str, Any] | None:
     """One job in a worker process; None when it failed (not recorded, so it runs again next time)."""
     if threads:
@@ -305,7 +323,8 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the results tables and exit")
     args = parser.parse_args()
     if args.table:
-        print(table(read_rows(RESULTS)) + "\n\n" + targets(read_rows(RESULTS)))
+        rows = read_rows(RESULTS)
+        print(table(rows) + "\n\n" + targets(rows) + "\n\n" + architectures(rows))
         return
     configs = args.config or list(CONFIGS)
     todo = jobs(args.budget or ["short"], args.dataset or list(DATASETS), configs)
