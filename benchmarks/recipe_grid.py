@@ -119,20 +119,20 @@ def tuned_overrides(data: Path, tmp: Path) -> list[str]:
     the training split (the test set is never seen). What the search changed is carried over to the advisor's
     recipe for the final budget as a change of each setting (a factor on a log scale), not the short budget's values:
     the advisor's strengths grow with the budget (the rule), and a short search picks short-budget strengths."""
-    from vitkit.plan.tune import SPACE, base_values, tune
-    from vitkit.plan.tune import overrides_for as trial_overrides
+    from vitkit.plan.tune import base_values, tune
 
     base, overrides, _ = overrides_for("advisor", data, "short")
     short = load_recipe(base, overrides)
     result = tune(short, tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
     final = load_recipe(*overrides_for("advisor", data, TUNE_FINAL)[:2])
-    return transferred(result.best_values, base_values(short), final, SPACE, trial_overrides)
+    return transferred(result.best_values, base_values(short), final)
 
 
-def transferred(best: dict[str, float], start: dict[str, float], final: Any, space: Any, to_sets: Any) -> list[str]:
+def transferred(best: dict[str, float], start: dict[str, float], final: Any) -> list[str]:
     """The winner's change from the search's start applied to `final`'s own values, each clamped to its range;
     none where the winner is the start itself."""
-    from vitkit.plan.tune import base_values
+    from vitkit.plan.tune import SPACE, base_values
+    from vitkit.plan.tune import overrides_for as trial_overrides
 
     if all(abs(best[k] - start[k]) < 1e-9 for k in best):
         return []
@@ -144,7 +144,7 @@ def transferred(best: dict[str, float], start: dict[str, float], final: Any, spa
         )
         return float(min(max(value, k.low), k.high))
 
-    return list(to_sets({k.field: moved(k) for k in space}, final))
+    return trial_overrides({k.field: moved(k) for k in SPACE}, final)
 
 
 def score(recipe: Any, final: dict[str, Any]) -> float:
@@ -263,6 +263,10 @@ def _points(rows: dict[str, Any], a: str | None, b: str | None) -> float | None:
     return 100 * ((rows[a]["score"] or 0.0) - (rows[b]["score"] or 0.0))
 
 
+def _signed(points: float | None) -> str:
+    return "-" if points is None else f"{points:+.1f}"
+
+
 def targets(results: list[dict[str, Any]]) -> str:
     """Per cell, the margins the advisor is held to: over vit-plain (never below -0.5; +2 on the 10x budget) and
     DeiT; the strength rule's regret in the plain-ViT sweep; what the small-data ViT adds to that sweep's best;
@@ -276,7 +280,7 @@ def targets(results: list[dict[str, Any]]) -> str:
         margins = [_points(rows, "advisor", "plain"), _points(rows, "advisor", "deit")]
         margins += [_points(rows, pick, best), _points(rows, "advisor", best)]
         margins += [_points(rows, "advisor", "resnet"), _points(rows, "tune", "tune_base")]
-        shown = ["-" if m is None else f"{m:+.1f}" for m in margins]
+        shown = [_signed(m) for m in margins]
         lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -290,11 +294,7 @@ def architectures(results: list[dict[str, Any]]) -> str:
         shown = [_cell(rows, f"advisor/{kind}") for kind in kinds]
         change = _points(rows, f"advisor/{kinds[2]}", f"advisor/{kinds[1]}")
         gap = _points(rows, f"advisor/{kinds[2]}", "resnet")
-        shown += [
-            "-" if change is None else f"{change:+.1f}",
-            _cell(rows, "resnet"),
-            "-" if gap is None else f"{gap:+.1f}",
-        ]
+        shown += [_signed(change), _cell(rows, "resnet"), _signed(gap)]
         lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
