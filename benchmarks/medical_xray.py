@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from cpu import cpu_name
 from vitkit.config import load_recipe
 from vitkit.evaluate.run import evaluate_run
 from vitkit.train.loop import train
@@ -46,11 +46,6 @@ CONFIGS: dict[str, tuple[list[str], str]] = {
     "focal": (["train.imbalance=focal"], "same, focal loss (gamma 2)"),
     "cnn": (CNN, "ResNet-10t (channels 20-160), same recipe"),
 }
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def read_rows() -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.profiler import ProfilerActivity, profile
 
+from cpu import cpu_name
 from vitkit.config import load_recipe
 from vitkit.models.build import build_model, set_attention
 from vitkit.models.finetune import apply_strategy
@@ -52,11 +52,6 @@ GPU_CONFIGS = [
     for precision in ("fp32", "bf16")
     for ckpt in ("false", "true")
 ]
-
-
-def cpu_name() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "?")
 
 
 def training_step(cfg: object, batch: int, device: str) -> Callable[[], None]:

@@ -42,6 +42,7 @@ import torch
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cpu import cpu_name
 from recipe_ablation import CLASSES, append_row, find_idx, read_idx, read_rows
 from vitkit.config import load_recipe
 from vitkit.data.sources import load_arrays, stratified_split
@@ -189,7 +190,7 @@ def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
 
 def machine() -> str:
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
+    return f"{cpu_name()}, {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}"
 
 
 def recorded() -> set[tuple[str, str, str]]:
