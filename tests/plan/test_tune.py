@@ -11,12 +11,20 @@ import optuna
 import pytest
 from rich.console import Console
 
-from tests.conftest import tiny_recipe
+from tests.conftest import TINY_OVERRIDES, tiny_recipe
 from tests.e2e.test_cli import vitkit
 from vitkit.config.loader import recipe_from_yaml_file
 from vitkit.data.sources import recipe_splits
 from vitkit.errors import VitkitError
-from vitkit.plan.tune import base_values, overrides_for, startup_trials, tune
+from vitkit.plan.tune import (
+    TuneResult,
+    base_values,
+    difference_noise,
+    overrides_for,
+    startup_trials,
+    tune,
+    winner_margin,
+)
 from vitkit.train.logging import read_metrics
 
 BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
@@ -87,6 +95,27 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     assert again.trials == 3 and (out / "trial-0002").exists()  # continued, not started over
     study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.params == base_values(base) for t in study.trials] == [True, False, False]  # enqueued once
+    assert again.base_value == study.trials[0].value and again.best_is_base == (study.best_trial.number == 0)
+    assert again.held_out == len(recipe_splits(tiny_recipe(*BASE)).val)  # the images each trial validated on
+
+
+def _result(best: float, base: float | None, held_out: int | None, metric: str = "val_top1") -> TuneResult:
+    return TuneResult(best, [], {}, {}, 6, 0, Path("best.yaml"), metric, base, best == base, held_out)
+
+
+def test_the_winners_margin_is_weighed_against_the_noise_of_the_held_out_images():
+    # hand values: sqrt(2 * 0.8 * 0.2 / 200) = 0.04; sqrt(2 * 0.9 * 0.1 / 2000) = 0.0095
+    assert difference_noise(0.8, 200) == pytest.approx(4.0) and difference_noise(0.9, 2000) == pytest.approx(
+        0.949, 1e-3
+    )
+    assert "+10.0 points" in winner_margin(_result(0.90, 0.80, 2000)) and "beyond chance" in winner_margin(
+        _result(0.90, 0.80, 2000)
+    )
+    near = winner_margin(_result(0.82, 0.80, 200))  # 2 points against one standard error of 3.8
+    assert "+2.0 points" in near and "3.8" in near and "may be chance" in near
+    assert "keep it" in winner_margin(_result(0.80, 0.80, 200))
+    assert "has not finished" in winner_margin(_result(0.80, None, 200))
+    assert "0.0500 below" in winner_margin(_result(0.40, 0.45, 200, "val_loss"))
 
 
 class PruneAll(optuna.pruners.BasePruner):
@@ -112,3 +141,17 @@ def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path)
     result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"))
     assert result.returncode == 2 and "--trials N or --budget" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_the_tune_command_prints_the_importances_the_winners_margin_and_the_recipe(tmp_path: Path):
+    sets = [f"--set={o}" for o in TINY_OVERRIDES if not o.startswith("data.source")]
+    result = vitkit(
+        "tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"), "--trials", "2", "--base", "quickstart",
+        *sets, "--set=schedule.epochs=1", "--set=schedule.warmup_epochs=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "2 trials (0 pruned)" in result.stdout  # the pruner never discards a trial's last epoch
+    assert "optim.lr" in result.stdout  # the importance table
+    winner = result.stdout.split("the winner:")[1]  # the base recipe itself, or a margin over it with its noise
+    assert "keep it" in winner or "held-out images" in winner
+    assert f"best recipe: {tmp_path / 't' / 'best.yaml'}" in result.stdout.replace("\n", "")

@@ -12,6 +12,7 @@ study at the same time.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import warnings
@@ -155,7 +156,8 @@ class _Objective:
                 scores = [record[k] for k in (metric, f"ema_{metric}") if k in record]
                 if scores:
                     trial.report(min(scores) if minimise else max(scores), record["epoch"])
-            return bool(new) and trial.should_prune()
+            last = bool(new) and new[-1]["epoch"] >= recipe.schedule.epochs  # a finished trial counts in full
+            return bool(new) and not last and trial.should_prune()
 
         try:
             result = train(recipe, run_dir, console=Console(quiet=True), should_stop=should_stop, evaluate=False)
@@ -163,6 +165,8 @@ class _Objective:
             self.console.print(f"trial {trial.number}: pruned after epoch {reported[0]}", highlight=False)
             raise self.optuna.TrialPruned() from None
         best = float(result.summary["best"]["value"])
+        split = json.loads((run_dir / "data_split.json").read_text())
+        trial.set_user_attr("val_images", split["val_images"])  # how far its score can be trusted
         self.console.print(f"trial {trial.number}: {metric} {best:.4f}  ({run_dir.name})", highlight=False)
         return best
 
@@ -176,6 +180,10 @@ class TuneResult:
     trials: int
     pruned: int
     best_recipe: Path
+    metric: str = "val_top1"
+    base_value: float | None = None  # the base recipe's own trial, where it finished
+    best_is_base: bool = False
+    held_out: int | None = None  # the images the trials were validated on
 
 
 def tune(
@@ -221,7 +229,8 @@ def tune(
 
 
 def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
-    """The best trial's recipe (OUT/best.yaml) and each knob's importance (fANOVA over the finished trials)."""
+    """The best trial's recipe (OUT/best.yaml) and each knob's importance (Optuna's PED-ANOVA over
+    the finished trials: how the best tenth's values differ from the rest's; all equal over a handful of trials)."""
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.")
@@ -234,7 +243,49 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     values = {k: float(v) for k, v in best.params.items()}
     overrides = best.user_attrs["overrides"]
-    return TuneResult(best.value, overrides, values, dict(importances), len(study.trials), pruned, path)
+    start = next((t for t in done if t.params == base_values(base)), None)
+    return TuneResult(
+        best.value,
+        overrides,
+        values,
+        dict(importances),
+        len(study.trials),
+        pruned,
+        path,
+        metric=_metric(base),
+        base_value=start.value if start else None,
+        best_is_base=start is not None and start.number == best.number,
+        held_out=best.user_attrs.get("val_images"),
+    )
+
+
+def difference_noise(accuracy: float, images: int) -> float:
+    """One standard error, in points, of the difference between two accuracies near `accuracy`, each measured on
+    `images` held-out images (binomial errors, taken as independent)."""
+    return 100 * math.sqrt(2 * accuracy * (1 - accuracy) / images)
+
+
+def winner_margin(result: TuneResult) -> str:
+    """The winner against the base recipe on the held-out images, and whether the margin is beyond the noise of
+    so few images: on 200 images two recipes' accuracies near 80% differ by 4 points by chance alone."""
+    if result.base_value is None:
+        return "the base recipe's own trial has not finished: no margin to report."
+    if result.best_is_base:
+        return "the base recipe itself scored best on the held-out images: keep it."
+    if result.metric == "val_loss":
+        return f"val_loss {result.base_value - result.best_value:.4f} below the base recipe's own trial."
+    points = 100 * (result.best_value - result.base_value)
+    head = f"{points:+.1f} points over the base recipe's own trial"
+    if not result.held_out or result.metric not in ("val_top1", "val_top5"):
+        return head + "."
+    noise = difference_noise(result.best_value, result.held_out)
+    text = f"{head} on {result.held_out} held-out images, where one standard error of a difference is {noise:.1f}"
+    if points >= 2 * noise:
+        return text + " points: beyond chance."
+    return text + (
+        " points: it may be chance (the best of several trials more so). Hold out more images (--holdout) or keep "
+        "the base recipe."
+    )
 
 
 def retrain(best_recipe: Path, out: Path, console: Console, train_fn: Callable[..., Any] | None = None) -> Any:
