@@ -16,7 +16,8 @@ about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
 
 The score is the final epoch's test top-1 (of the EMA weights where the recipe keeps an EMA). Each run appends
 one JSON line to benchmarks/results/recipe_grid.jsonl as it finishes; recorded runs are skipped, so the grid is
-run in parts (and in several worker processes with --workers).
+run in parts (and in several worker processes with --workers). It needs Fashion-MNIST (Debian's
+dataset-fashion-mnist) and, for digits, scikit-learn (`pip install scikit-learn`).
 
     .venv/bin/python benchmarks/recipe_grid.py --list
     .venv/bin/python benchmarks/recipe_grid.py --budget short --workers 2 --threads 1
@@ -73,7 +74,12 @@ def prepare(name: str) -> Path:
         return path
     CACHE.mkdir(parents=True, exist_ok=True)
     if name == "digits":
-        from sklearn.datasets import load_digits
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise RuntimeError(
+                "the digits cells need scikit-learn (its copy of the data): pip install scikit-learn"
+            ) from None
 
         digits = load_digits()
         x = np.round(digits.images * (255 / 16)).astype(np.uint8)
