@@ -156,8 +156,9 @@ class _Objective:
                 scores = [record[k] for k in (metric, f"ema_{metric}") if k in record]
                 if scores:
                     trial.report(min(scores) if minimise else max(scores), record["epoch"])
-            last = bool(new) and new[-1]["epoch"] >= recipe.schedule.epochs  # a finished trial counts in full
-            return bool(new) and not last and trial.should_prune()
+            if not new or new[-1]["epoch"] >= recipe.schedule.epochs:  # a finished trial counts in full
+                return False
+            return bool(trial.should_prune())
 
         try:
             result = train(recipe, run_dir, console=Console(quiet=True), should_stop=should_stop, evaluate=False)
@@ -243,7 +244,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
     values = {k: float(v) for k, v in best.params.items()}
     overrides = best.user_attrs["overrides"]
-    start = next((t for t in done if t.params == base_values(base)), None)
+    start_point = base_values(base)
+    start = next((t for t in done if t.params == start_point), None)
     return TuneResult(
         best.value,
         overrides,
