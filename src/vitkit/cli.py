@@ -953,7 +953,7 @@ def tune_command(
     """Search trick strengths (lr, weight decay, drop path, smoothing, crops, RandAugment, erasing, Mixup, CutMix)
     on a held-out part of the training split with Optuna (TPE, Hyperband pruning); resumable."""
     from vitkit.plan.tune import retrain as retrain_best
-    from vitkit.plan.tune import tune, winner_margin
+    from vitkit.plan.tune import search_cost, tune, winner_margin
 
     cfg = load_recipe(base, [*(set_ or []), f"data.source={data}", f"data.holdout={holdout}"])
     result = tune(cfg, out, trials=trials, budget_seconds=parse_duration(budget) if budget else None, console=console)
@@ -964,6 +964,7 @@ def tune_command(
         table.add_row(name, f"{share:.2f}")
     console.print(table)
     console.print(f"the winner: {winner_margin(result)}", highlight=False)
+    console.print(search_cost(result), highlight=False)
     console.print(
         f"best recipe: {result.best_recipe} (train it: vitkit train --recipe {result.best_recipe} --data "
         f"{data} --out runs/NAME)",

@@ -3,7 +3,9 @@ the pruner stops trials, the winner is written as a recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from vitkit.plan.tune import (
     base_values,
     difference_noise,
     overrides_for,
+    search_cost,
     startup_trials,
     tune,
     winner_margin,
@@ -76,6 +79,7 @@ def test_the_base_recipe_in_the_search_space():
 
 def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_path: Path):
     out = tmp_path / "study"
+    started = time.monotonic()
     first = tune(tiny_recipe(*BASE), out, trials=2, console=Console(quiet=True))
     assert first.trials == 2 and (out / "study.db").exists()
     runs = sorted(out.glob("trial-*"))
@@ -92,6 +96,8 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     assert first_trial.model.drop_path_rate == base.model.drop_path_rate  # recipe itself comes first
     assert recipe_from_yaml_file(runs[1] / "recipe.yaml").optim.lr != base.optim.lr  # then the sampler's values
     again = tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True))
+    elapsed = time.monotonic() - started
+    assert 0 < again.base_seconds < again.search_seconds < elapsed  # three trials' time, the base's the first
     assert again.trials == 3 and (out / "trial-0002").exists()  # continued, not started over
     study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.params == base_values(base) for t in study.trials] == [True, False, False]  # enqueued once
@@ -116,6 +122,17 @@ def test_the_winners_margin_is_weighed_against_the_noise_of_the_held_out_images(
     assert "keep it" in winner_margin(_result(0.80, 0.80, 200))
     assert "has not finished" in winner_margin(_result(0.80, None, 200))
     assert "0.0500 below" in winner_margin(_result(0.40, 0.45, 200, "val_loss"))
+
+
+def test_the_search_cost_is_counted_in_runs_of_the_base_recipe():
+    result = dataclasses.replace(_result(0.9, 0.8, 200), base_seconds=600.0, search_seconds=2880.0)
+    assert search_cost(result) == (
+        "the search took 48 min 00 s, 4.8 times the base recipe's own trial (10 min 00 s). With the winner's final "
+        "run, that compute would train the base recipe for about 5.8 times its epochs."
+    )
+    long = dataclasses.replace(result, base_seconds=None, search_seconds=3725.0)
+    assert search_cost(long) == "the search took 1 h 02 min."  # the base recipe's trial never finished
+    assert search_cost(dataclasses.replace(long, search_seconds=7.4)) == "the search took 7 s."
 
 
 class PruneAll(optuna.pruners.BasePruner):
@@ -154,4 +171,5 @@ def test_the_tune_command_prints_the_importances_the_winners_margin_and_the_reci
     assert "optim.lr" in result.stdout  # the importance table
     winner = result.stdout.split("the winner:")[1]  # the base recipe itself, or a margin over it with its noise
     assert "keep it" in winner or "held-out images" in winner
+    assert "times the base recipe's own trial" in winner  # what the search cost
     assert f"best recipe: {tmp_path / 't' / 'best.yaml'}" in result.stdout.replace("\n", "")

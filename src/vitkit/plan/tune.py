@@ -185,6 +185,8 @@ class TuneResult:
     base_value: float | None = None  # the base recipe's own trial, where it finished
     best_is_base: bool = False
     held_out: int | None = None  # the images the trials were validated on
+    base_seconds: float | None = None  # the wall time of the base recipe's own trial, where it finished
+    search_seconds: float = 0.0  # all trials' wall time together (pruned ones included)
 
 
 def tune(
@@ -258,7 +260,38 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         base_value=start.value if start else None,
         best_is_base=start is not None and start.number == best.number,
         held_out=best.user_attrs.get("val_images"),
+        base_seconds=_seconds(start) if start else None,
+        search_seconds=sum(_seconds(t) for t in study.trials),
     )
+
+
+def _seconds(trial: Any) -> float:
+    """A trial's wall time; 0 for one still running or never started."""
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return 0.0
+    return float((trial.datetime_complete - trial.datetime_start).total_seconds())
+
+
+def search_cost(result: TuneResult) -> str:
+    """What the search cost, in runs of the base recipe: with the winner's final run, the compute that would
+    instead train the base recipe for that many times its epochs (which, at equal compute, scored higher on
+    every cell of the recipe grid: docs/advise.md)."""
+    spent = f"the search took {_duration(result.search_seconds)}"
+    if not result.base_seconds:
+        return spent + "."
+    runs = result.search_seconds / result.base_seconds
+    return (
+        f"{spent}, {runs:.1f} times the base recipe's own trial ({_duration(result.base_seconds)}). With the "
+        f"winner's final run, that compute would train the base recipe for about {runs + 1:.1f} times its epochs."
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def difference_noise(accuracy: float, images: int) -> float:
