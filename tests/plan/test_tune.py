@@ -157,6 +157,9 @@ def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path)
         tune(tiny_recipe(*BASE), tmp_path / "mine", trials=1, console=Console(quiet=True))
     result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"))
     assert result.returncode == 2 and "--trials N or --budget" in result.stderr
+    for limit in (["--trials", "0"], ["--budget", "0s"]):
+        result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"), *limit)
+        assert result.returncode == 2 and "at least one trial and some time" in result.stderr
     assert not (tmp_path / "t").exists()
 
 

@@ -204,6 +204,10 @@ def tune(
     console = console or Console()
     if trials is None and budget_seconds is None:
         raise VitkitError("vitkit tune needs a limit: --trials N or --budget 2h (or both).")
+    if trials is not None and trials < 1:
+        raise VitkitError(f"--trials {trials}: give at least one trial and some time.")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise VitkitError(f"--budget of {budget_seconds:g} s: give at least one trial and some time.")
     check_tune_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
