@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,3 +179,23 @@ def test_the_tune_command_prints_the_importances_the_winners_margin_and_the_reci
     assert "keep it" in winner or "held-out images" in winner
     assert "times the base recipe's own trial" in winner  # what the search cost
     assert f"best recipe: {tmp_path / 't' / 'best.yaml'}" in result.stdout.replace("\n", "")
+
+
+def test_processes_started_together_share_one_study(tmp_path: Path):
+    """One process per GPU, all started at once on one folder (the folder already made, empty): SQLite's tables
+    are created once, the base recipe is queued once, and each process runs its own trial."""
+    out = tmp_path / "shared"
+    out.mkdir()  # an empty folder is taken as new
+    sets = [f"--set={o}" for o in TINY_OVERRIDES if not o.startswith("data.source")]
+    command = [sys.executable, "-m", "vitkit", "tune", "--data", "builtin:shapes", "--out", str(out), "--trials", "1"]
+    command += ["--base", "quickstart", *sets, "--set=schedule.epochs=1", "--set=schedule.warmup_epochs=0"]
+    env = {**os.environ, "COLUMNS": "200"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
+    processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
+    base = base_values(tiny_recipe("schedule.epochs=1", "schedule.warmup_epochs=0"))
+    assert len(study.trials) == 2 and sum(t.params == base for t in study.trials) == 1
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-0000", "trial-0001"]

@@ -116,8 +116,9 @@ def suggest(trial: Any) -> dict[str, float]:
 
 
 def check_tune_folder(out: Path) -> None:
-    """A new folder, or one `vitkit tune` made (its marker): nothing else is ever written into."""
-    if out.exists() and not (out / MARKER).exists():
+    """A new or empty folder, or one `vitkit tune` made (its marker): nothing else is ever written into. (An empty
+    one may also be another process's study a moment before its marker is written.)"""
+    if out.exists() and not (out / MARKER).exists() and (not out.is_dir() or any(out.iterdir())):
         entries = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
         raise VitkitError(
             f"--out {out} exists and is not a vitkit tune folder (it holds {entries or 'a file'}). Choose a new "
@@ -211,20 +212,7 @@ def tune(
     check_tune_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{(out / 'study.db').resolve()}", heartbeat_interval=60, grace_period=180
-    )
-    metric = _metric(base)
-    study = optuna.create_study(
-        study_name=STUDY,
-        storage=storage,
-        load_if_exists=True,
-        direction="minimize" if metric == "val_loss" else "maximize",
-        sampler=optuna.samplers.TPESampler(seed=base.train.seed, n_startup_trials=startup_trials(trials)),
-        pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
-    )
-    optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
-    study.enqueue_trial(base_values(base), skip_if_exists=True)  # once per study, also when resumed or shared
+    study = _open_study(optuna, out, base, trials, pruner)
     (out / "base.yaml").write_text(recipe_to_yaml(base))
     study.optimize(
         _Objective(optuna, base, overrides or [], out, console),
@@ -233,6 +221,28 @@ def tune(
         catch=(VitkitError,),
     )
     return summarise(optuna, study, base, out)
+
+
+def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner: Any) -> Any:
+    """The study in OUT/study.db, with the base recipe queued once. Creating SQLite's tables and queueing are not
+    atomic, so processes started together (one per GPU) take turns here under a file lock."""
+    from filelock import FileLock
+
+    with FileLock(out / ".study.lock"):
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{(out / 'study.db').resolve()}", heartbeat_interval=60, grace_period=180
+        )
+        study = optuna.create_study(
+            study_name=STUDY,
+            storage=storage,
+            load_if_exists=True,
+            direction="minimize" if _metric(base) == "val_loss" else "maximize",
+            sampler=optuna.samplers.TPESampler(seed=base.train.seed, n_startup_trials=startup_trials(trials)),
+            pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
+        )
+        optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
+        study.enqueue_trial(base_values(base), skip_if_exists=True)  # once per study, also when resumed or shared
+    return study
 
 
 def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
