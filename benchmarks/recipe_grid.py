@@ -12,7 +12,9 @@ about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
   stem, local MLPs, pooled tokens, QK normalisation, 4 heads);
 - `resnet`: a ResNet-10t of about the ViT's size with the advisor's recipe for the cell (the reference row);
 - `tune`: `vitkit tune` at about the same total compute (trials plus the final run) against the advisor: six
-  trials at the short budget, the winner's changes to the advisor's recipe carried over to a final run at 5x.
+  trials at the short budget, the winner's changes to the advisor's recipe carried over to a final run at 5x;
+- `tune_plain`: the same search around `plain` (vit-plain), against `plain`: what a search finds where the
+  recipe it starts from is not the best of its neighbourhood.
 
 The score is the final epoch's test top-1 (of the EMA weights where the recipe keeps an EMA). Each run appends
 one JSON line to benchmarks/results/recipe_grid.jsonl as it finishes; recorded runs are skipped, so the grid is
@@ -56,7 +58,8 @@ DATASETS = ("digits", *SIZES)
 SHORT_IMAGES = 20_000
 BUDGETS = {"short": 1, "3x": 3, "10x": 10}
 STRENGTHS = ("none", "light", "moderate", "medium", "strong")
-CONFIGS = ("plain", "deit", *STRENGTHS, "advisor", "resnet", "tune")
+CONFIGS = ("plain", "deit", *STRENGTHS, "advisor", "resnet", "tune", "tune_plain")
+SEARCHED = {"tune": "advisor", "tune_plain": "plain"}  # the configuration each search starts from
 TUNE_TRIALS = 6  # at the short budget on 80% of the training split (at most 4.8x; less where pruned) ...
 TUNE_FINAL = 5  # ... then the winner at 5x: at most 9.8x in all, against the advisor's 10x
 RESNET = ["model.name=resnet10t", "model.kwargs={channels: [16, 32, 64, 128]}", "model.patch_size=null"]
@@ -121,17 +124,18 @@ def overrides_for(config: str, data: Path, budget: str | int) -> tuple[str, list
     return recipe.base, [*recipe.overrides(), *extra, *common], {**facts, "strength": recipe.strength}
 
 
-def tuned_overrides(data: Path, tmp: Path) -> list[str]:
-    """`vitkit tune` around the advisor's short-budget recipe: TUNE_TRIALS trials validated on a held-out 20% of
-    the training split (the test set is never seen). What the search changed is carried over to the advisor's
-    recipe for the final budget as a change of each setting (a factor on a log scale), not the short budget's values:
-    the advisor's strengths grow with the budget (the rule), and a short search picks short-budget strengths."""
+def tuned_overrides(data: Path, tmp: Path, searched: str) -> list[str]:
+    """`vitkit tune` around the `searched` configuration's short-budget recipe: TUNE_TRIALS trials validated on a
+    held-out 20% of the training split (the test set is never seen). What the search changed is carried over to
+    that configuration's recipe for the final budget as a change of each setting (a factor on a log scale), not the
+    short budget's values: the advisor's strengths grow with the budget (the rule), and a short search picks
+    short-budget strengths."""
     from vitkit.plan.tune import base_values, tune
 
-    base, overrides, _ = overrides_for("advisor", data, "short")
+    base, overrides, _ = overrides_for(searched, data, "short")
     short = load_recipe(base, overrides)
     result = tune(short, tmp / "study", trials=TUNE_TRIALS, console=Console(quiet=True))
-    final = load_recipe(*overrides_for("advisor", data, TUNE_FINAL)[:2])
+    final = load_recipe(*overrides_for(searched, data, TUNE_FINAL)[:2])
     return transferred(result.best_values, base_values(short), final)
 
 
@@ -166,9 +170,10 @@ def run(dataset: str, budget: str, config: str) -> dict[str, Any]:
 
     data = prepare(dataset)
     with tempfile.TemporaryDirectory() as tmp:
-        chosen = tuned_overrides(data, Path(tmp)) if config == "tune" else []
-        final_budget = TUNE_FINAL if config == "tune" else budget
-        base, overrides, facts = overrides_for("advisor" if config == "tune" else config, data, final_budget)
+        searched = SEARCHED.get(config)
+        chosen = tuned_overrides(data, Path(tmp), searched) if searched else []
+        final_budget = TUNE_FINAL if searched else budget
+        base, overrides, facts = overrides_for(searched or config, data, final_budget)
         overrides += chosen
         recipe = load_recipe(base, overrides)
         try:
@@ -205,12 +210,12 @@ def recorded() -> set[tuple[str, str, str]]:
 
 def jobs(budgets: list[str], datasets: list[str], configs: list[str]) -> list[tuple[str, str, str]]:
     """Every (dataset, budget, config); tune only where the budget leaves room for a search (10x)."""
-    return [(d, b, c) for b in budgets for d in datasets for c in configs if c != "tune" or b == "10x"]
+    return [(d, b, c) for b in budgets for d in datasets for c in configs if c not in SEARCHED or b == "10x"]
 
 
 def _pick(rows: dict[str, Any]) -> str:
     """The strength the advisor's current rule picks for the cell."""
-    row = next(r for c, r in rows.items() if c != "tune")
+    row = next(r for c, r in rows.items() if c not in SEARCHED)
     return strength_for(row["epochs"], row["images"])
 
 
@@ -251,14 +256,14 @@ def _cells(results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]
 
 def table(results: list[dict[str, Any]]) -> str:
     """One line per cell: every configuration's test top-1; the rule's pick in the sweep is marked with *."""
-    head = "| data | budget | epochs | plain | deit | " + " | ".join(STRENGTHS) + " | advisor | resnet | tune |"
-    lines = [head, "|" + "---|" * (8 + len(STRENGTHS))]
+    head = "| data | budget | epochs | plain | deit | " + " | ".join(STRENGTHS) + " | advisor | resnet | tune "
+    lines = [head + "| tune_plain |", "|" + "---|" * (9 + len(STRENGTHS))]
     for dataset, budget, rows in _cells(results):
-        any_row = next(r for c, r in rows.items() if c != "tune")
+        any_row = next(r for c, r in rows.items() if c not in SEARCHED)
         pick = _pick(rows)
         sweep = [_cell(rows, c) + ("*" if c == pick else "") for c in STRENGTHS]
         shown = [_cell(rows, "plain"), _cell(rows, "deit"), *sweep]
-        shown += [_cell(rows, "advisor"), _cell(rows, "resnet"), _cell(rows, "tune")]
+        shown += [_cell(rows, "advisor"), _cell(rows, "resnet"), _cell(rows, "tune"), _cell(rows, "tune_plain")]
         lines.append(f"| {dataset} | {budget} | {any_row['epochs']} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
 
@@ -279,7 +284,7 @@ def targets(results: list[dict[str, Any]]) -> str:
     DeiT; the strength rule's regret in the plain-ViT sweep; what the small-data ViT adds to that sweep's best;
     the advisor against the ResNet (within 1 point at 10x); tune against the advisor."""
     head = "| data | budget | advisor - plain | advisor - deit | rule's pick - best strength | architecture gain "
-    lines = [head + "| advisor - resnet | tune - advisor |", "|---|---|---|---|---|---|---|---|"]
+    lines = [head + "| advisor - resnet | tune - advisor | tune_plain - plain |", "|---" * 9 + "|"]
     for dataset, budget, rows in _cells(results):
         pick = _pick(rows)
         swept = [c for c in STRENGTHS if c in rows]
@@ -287,6 +292,7 @@ def targets(results: list[dict[str, Any]]) -> str:
         margins = [_points(rows, "advisor", "plain"), _points(rows, "advisor", "deit")]
         margins += [_points(rows, pick, best), _points(rows, "advisor", best)]
         margins += [_points(rows, "advisor", "resnet"), _points(rows, "tune", "tune_base")]
+        margins.append(_points(rows, "tune_plain", "plain"))
         shown = [_signed(m) for m in margins]
         lines.append(f"| {dataset} | {budget} | " + " | ".join(shown) + " |")
     return "\n".join(lines)
