@@ -195,8 +195,9 @@ def test_processes_started_together_share_one_study(tmp_path: Path):
     command = [sys.executable, "-m", "vitkit", "tune", "--data", "builtin:shapes", "--out", str(out), "--trials", "1"]
     command += ["--base", "quickstart", *sets, "--set=schedule.epochs=1", "--set=schedule.warmup_epochs=0"]
     env = {**os.environ, "COLUMNS": "200"}
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)]
-    processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr

@@ -291,10 +291,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
 
 
 def _seconds(trial: Any) -> float:
-    """A trial's wall time; 0 for one still running or never started."""
-    if trial.datetime_start is None or trial.datetime_complete is None:
-        return 0.0
-    return float((trial.datetime_complete - trial.datetime_start).total_seconds())
+    """A trial's wall time (Optuna's duration); 0 for one still running."""
+    return trial.duration.total_seconds() if trial.duration else 0.0
 
 
 def search_cost(result: TuneResult) -> str:
