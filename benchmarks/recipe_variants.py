@@ -72,6 +72,8 @@ VARIANTS = {
     # a second seed of the advised ViT and of the ResNet: how far one seed's gap between them moves
     "seed1": ["train.seed=1"],
     "resnet_seed1": [*RESNET, "train.seed=1"],
+    "seed2": ["train.seed=2"],
+    "resnet_seed2": [*RESNET, "train.seed=2"],
     # the advised ViT fits its training images less than the ResNet does (train top-1 91.6% against 93.8% on 5k
     # images at 10x, 90.2% against 93.0% on 1k): less stochastic depth, or a higher lr
     "no_drop_path": ["model.drop_path_rate=0.0"],

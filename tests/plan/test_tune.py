@@ -31,6 +31,7 @@ from vitkit.plan.tune import (
     tune,
     winner_margin,
 )
+from vitkit.train.faults import TrainingDiverged
 from vitkit.train.logging import read_metrics
 
 BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
@@ -168,6 +169,28 @@ def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path)
     for limit in (["--trials", "0"], ["--budget", "0s"]):
         result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"), *limit)
         assert result.returncode == 2 and "at least one trial and some time" in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_trial_that_fails_is_reported_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import vitkit.train.loop
+
+    def diverges(*args: object, **kwargs: object) -> None:
+        raise TrainingDiverged("the loss was not finite for 5 updates in a row: lower optim.lr")
+
+    monkeypatch.setattr(vitkit.train.loop, "train", diverges)
+    out = tmp_path / "failing"
+    with pytest.raises(VitkitError, match="Trial 1 failed: the loss was not finite") as error:
+        tune(tiny_recipe(*BASE), out, trials=2, console=Console(quiet=True))
+    assert "give it more --trials" in str(error.value)
+    study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
+    ran = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+    assert [t.state for t in ran] == [optuna.trial.TrialState.FAIL] * 2  # the first failure did not end the study
+
+
+def test_a_wrong_data_path_is_named_before_the_study_folder_is_made(tmp_path: Path):
+    with pytest.raises(VitkitError, match=f"--data {tmp_path / 'nope'}: no such file or folder"):
+        tune(tiny_recipe(*BASE, f"data.source={tmp_path / 'nope'}"), tmp_path / "t", trials=1)
     assert not (tmp_path / "t").exists()
 
 

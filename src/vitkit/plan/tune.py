@@ -175,6 +175,10 @@ class _Objective:
         except TrainingPreempted:
             self.console.print(f"trial {trial.number}: pruned after epoch {reported[0]}", highlight=False)
             raise self.optuna.TrialPruned() from None
+        except VitkitError as error:  # this trial's values (an lr that diverges): the study goes on without it
+            self.console.print(f"trial {trial.number}: failed: {error}", highlight=False)
+            trial.set_user_attr("error", str(error))
+            return math.nan  # Optuna records the trial as failed, without a traceback
         best = float(result.summary["best"]["value"])
         split = json.loads((run_dir / "data_split.json").read_text())
         trial.set_user_attr("val_images", split["val_images"])  # how far its score can be trusted
@@ -218,17 +222,15 @@ def tune(
         raise VitkitError(f"--trials {trials}: give at least one trial and some time.")
     if budget_seconds is not None and budget_seconds <= 0:
         raise VitkitError(f"--budget of {budget_seconds:g} s: give at least one trial and some time.")
+    from vitkit.data.sources import recipe_splits
+
     check_tune_folder(out)
+    recipe_splits(base)  # every trial reads the same data: a wrong --data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     study = _open_study(optuna, out, base, trials, pruner)
     (out / "base.yaml").write_text(recipe_to_yaml(base))
-    study.optimize(
-        _Objective(optuna, base, overrides or [], out, console),
-        n_trials=trials,
-        timeout=budget_seconds,
-        catch=(VitkitError,),
-    )
+    study.optimize(_Objective(optuna, base, overrides or [], out, console), n_trials=trials, timeout=budget_seconds)
     return summarise(optuna, study, base, out)
 
 
@@ -261,7 +263,9 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     ran = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]  # not the queued first points
     done = [t for t in ran if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.")
+        failed = [t for t in ran if "error" in t.user_attrs]
+        why = f" Trial {failed[-1].number} failed: {failed[-1].user_attrs['error']}" if failed else ""
+        raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.{why}")
     best = study.best_trial
     importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
     chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
