@@ -962,7 +962,13 @@ def tune_command(
     table.add_column("importance")
     for name, share in result.importances.items():
         table.add_row(name, f"{share:.2f}")
-    console.print(table)
+    if result.importances:
+        console.print(table)
+    else:
+        console.print(
+            f"{table.title}; the finished trials cannot rank the settings yet (too few, or equal scores).",
+            highlight=False,
+        )
     console.print(f"the winner: {winner_margin(result)}", highlight=False)
     console.print(search_cost(result), highlight=False)
     console.print(

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ from rich.console import Console
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe
 from tests.e2e.test_cli import vitkit
-from vitkit.config.loader import recipe_from_yaml_file
+from vitkit.config.loader import recipe_from_yaml_file, recipe_to_yaml
 from vitkit.data.sources import recipe_splits
 from vitkit.errors import VitkitError
 from vitkit.plan.tune import (
     TuneResult,
+    _importances,
     base_values,
+    check_same_base,
     difference_noise,
     overrides_for,
     search_cost,
@@ -147,6 +150,17 @@ class PruneAll(optuna.pruners.BasePruner):
         return True
 
 
+def test_importances_rank_the_setting_that_decides_and_stay_empty_when_the_trials_tie():
+    def study_of(score: Callable[[float, float], float]) -> optuna.Study:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: score(t.suggest_float("lr", 0, 1), t.suggest_float("wd", 0, 1)), n_trials=12)
+        return study
+
+    ranked = _importances(optuna, study_of(lambda lr, wd: lr))  # only the lr moves the score
+    assert list(ranked) == ["lr", "wd"] and ranked["lr"] > 0.5
+    assert _importances(optuna, study_of(lambda lr, wd: 0.5)) == {}  # every trial scored the same
+
+
 def test_the_pruner_stops_a_trial_after_its_first_epoch(tmp_path: Path):
     out = tmp_path / "pruned"
     with pytest.raises(VitkitError, match="no trial of the study"):
@@ -186,6 +200,18 @@ def test_a_trial_that_fails_is_reported_and_the_study_goes_on(tmp_path: Path, mo
     study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
     ran = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     assert [t.state for t in ran] == [optuna.trial.TrialState.FAIL] * 2  # the first failure did not end the study
+
+
+def test_a_study_goes_on_only_around_the_recipe_it_started_from(tmp_path: Path):
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / ".vitkit-tune").write_text("{}")
+    first = recipe_to_yaml(tiny_recipe(*BASE))
+    (out / "base.yaml").write_text(first)
+    with pytest.raises(VitkitError, match=r"another recipe \(optim.lr, train.label_smoothing differ"):
+        tune(tiny_recipe(*BASE, "optim.lr=0.01", "train.label_smoothing=0.3"), out, trials=1)
+    assert (out / "base.yaml").read_text() == first
+    check_same_base(out, tiny_recipe(*BASE))  # the same recipe again: the study goes on
 
 
 def test_a_wrong_data_path_is_named_before_the_study_folder_is_made(tmp_path: Path):

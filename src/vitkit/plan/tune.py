@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from vitkit.config.loader import override_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
+from vitkit.run_list import flatten
 
 MARKER = ".vitkit-tune"
 STUDY = "vitkit"
@@ -139,6 +141,21 @@ def _metric(recipe: Recipe) -> str:
     return recipe.train.best_metric if recipe.train.best_metric != "auto" else "val_top1"
 
 
+def check_same_base(out: Path, base: Recipe) -> None:
+    """A study goes on only around the recipe it started from: its trials' values are relative to it (the lr as a
+    factor of the base's), and TPE would model two searches as one."""
+    saved = out / "base.yaml"
+    if not saved.is_file():
+        return
+    before, now = (flatten(yaml.safe_load(text)) for text in (saved.read_text(), recipe_to_yaml(base)))
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differ:
+        raise VitkitError(
+            f"--out {out} holds a study around another recipe ({', '.join(differ[:4])} differ: see {saved}). "
+            "Continue it with the same --base, --data, --holdout and --set, or choose a new --out."
+        )
+
+
 class _Objective:
     """One trial: train a run folder with the trial's values; report each epoch's validation score to the pruner."""
 
@@ -225,9 +242,11 @@ def tune(
     from vitkit.data.sources import recipe_splits
 
     check_tune_folder(out)
+    check_same_base(out, base)
     recipe_splits(base)  # every trial reads the same data: a wrong --data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    if not (out / MARKER).exists():
+        (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     study = _open_study(optuna, out, base, trials, pruner)
     (out / "base.yaml").write_text(recipe_to_yaml(base))
     study.optimize(_Objective(optuna, base, overrides or [], out, console), n_trials=trials, timeout=budget_seconds)
@@ -267,7 +286,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         why = f" Trial {failed[-1].number} failed: {failed[-1].user_attrs['error']}" if failed else ""
         raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.{why}")
     best = study.best_trial
-    importances = optuna.importance.get_param_importances(study) if len(done) > 1 else {}
+    importances = _importances(optuna, study) if len(done) > 1 else {}
     chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
     best_recipe = override_recipe(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
     path = out / "best.yaml"
@@ -281,7 +300,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         best.value,
         overrides,
         values,
-        dict(importances),
+        importances,
         len(ran),
         pruned,
         path,
@@ -292,6 +311,15 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         base_seconds=_seconds(start) if start else None,
         search_seconds=sum(_seconds(t) for t in ran),
     )
+
+
+def _importances(optuna: Any, study: Any) -> dict[str, float]:
+    """Each setting's share of the importance; empty where too few trials finished to tell them apart (PED-ANOVA
+    then warns and rates every setting the same)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        importances = optuna.importance.get_param_importances(study)
+    return {} if any("importances will be equal" in str(w.message) for w in caught) else dict(importances)
 
 
 def _seconds(trial: Any) -> float:
