@@ -977,8 +977,8 @@ def tune_command(
         highlight=False,
     )
     if retrain:
-        final = retrain_best(result.best_recipe, out, console)
-        console.print(f"retrained on the whole training split: {final.run_dir}", highlight=False)
+        final = retrain_best(result, out, console)
+        console.print(f"the winner, trained on the whole training split: {final}", highlight=False)
 
 
 def parse_duration(text: str) -> float:

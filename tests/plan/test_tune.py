@@ -235,6 +235,25 @@ def test_the_tune_command_prints_the_importances_the_winners_margin_and_the_reci
     assert f"best recipe: {tmp_path / 't' / 'best.yaml'}" in result.stdout.replace("\n", "")
 
 
+def test_retrain_trains_each_winner_in_its_own_run_and_never_over_an_earlier_one(tmp_path: Path):
+    sets = [f"--set={o}" for o in TINY_OVERRIDES if not o.startswith("data.source")]
+    command = ["tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"), "--trials", "1", "--retrain"]
+    command += ["--base", "quickstart", *sets, "--set=schedule.epochs=1", "--set=schedule.warmup_epochs=0"]
+    first = vitkit(*command)
+    assert first.returncode == 0, first.stderr
+    final = tmp_path / "t" / "final-trial-0000"
+    assert recipe_from_yaml_file(final / "recipe.yaml").data.holdout is None  # the whole training split
+    summary = (final / "summary.json").read_bytes()
+    again = vitkit(*command)  # one more trial; its winner is trained beside the first, or found already trained
+    assert again.returncode == 0, again.stderr
+    finals = sorted(p.name for p in (tmp_path / "t").glob("final-*"))
+    assert finals in (["final-trial-0000"], ["final-trial-0000", "final-trial-0001"])
+    assert all((tmp_path / "t" / name / "summary.json").is_file() for name in finals)
+    assert (final / "summary.json").read_bytes() == summary
+    if finals == ["final-trial-0000"]:
+        assert f"already retrained: {final}" in again.stdout.replace("\n", "")
+
+
 def test_processes_started_together_share_one_study(tmp_path: Path):
     """One process per GPU, all started at once on one folder (the folder already made, empty): SQLite's tables
     are created once, the base recipe is queued once, and each process runs its own trial."""

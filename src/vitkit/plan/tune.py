@@ -16,7 +16,6 @@ import math
 import re
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +217,7 @@ class TuneResult:
     held_out: int | None = None  # the images the trials were validated on
     base_seconds: float | None = None  # the wall time of the base recipe's own trial, where it finished
     search_seconds: float = 0.0  # all trials' wall time together (pruned ones included)
+    best_trial: int = 0  # the winner's trial number
 
 
 def tune(
@@ -310,6 +310,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         held_out=best.user_attrs.get("val_images"),
         base_seconds=_seconds(start) if start else None,
         search_seconds=sum(_seconds(t) for t in ran),
+        best_trial=best.number,
     )
 
 
@@ -378,9 +379,16 @@ def winner_margin(result: TuneResult) -> str:
     )
 
 
-def retrain(best_recipe: Path, out: Path, console: Console, train_fn: Callable[..., Any] | None = None) -> Any:
-    """The winning recipe on the whole training split, validated on the data's own validation split."""
+def retrain(result: TuneResult, out: Path, console: Console) -> Path:
+    """The winning recipe on the whole training split, validated on the data's own validation split, in
+    OUT/final-trial-NNNN: each winner has its own run, so a later, better winner never replaces an earlier one's
+    model. Asked again, the run is continued where it stopped, or left as it is once finished."""
     from vitkit.config.loader import recipe_from_yaml_file
     from vitkit.train.loop import train
 
-    return (train_fn or train)(recipe_from_yaml_file(best_recipe), out / "final", console=console)
+    folder = out / f"final-trial-{result.best_trial:04d}"
+    if (folder / "summary.json").is_file():
+        console.print(f"the winner was already retrained: {folder}", highlight=False)
+        return folder
+    train(recipe_from_yaml_file(result.best_recipe), folder, console=console, resume="auto")
+    return folder
