@@ -144,6 +144,38 @@ def test_npz_arrays_with_and_without_val(tmp_path: Path):
         load_source(str(tmp_path / "c.npz"))
 
 
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x_train": np.zeros((4, 8, 8)), "y_train": np.array([0, 1, 2])}, r"x_train \(4, 8, 8\), y_train \(3,\)"),
+        (
+            {"x_train": np.zeros((4, 8, 8)), "y_train": np.array([0, 1, -1, 2])},
+            r"class indices .* \(got -1\)",
+        ),
+        ({"x_train": np.zeros((4, 8, 8)), "y_train": np.array([0, 0.5, 1, 1])}, r"class indices .* \(got float64\)"),
+        ({"x_train": np.zeros((4, 8)), "y_train": np.array([0, 1, 1, 0])}, r"x_train \(4, 8\)"),
+    ],
+)
+def test_npz_arrays_that_cannot_be_images_and_labels_are_named(tmp_path: Path, arrays: dict, message: str):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        load_source(str(tmp_path / "bad.npz"))
+
+
+def test_a_file_that_is_not_an_npz_of_arrays_gets_a_message_not_a_traceback(tmp_path: Path):
+    (tmp_path / "text.npz").write_text("not arrays")
+    np.savez(tmp_path / "good.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0.0, 1.0, 1.0, 0.0]))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "good.npz").read_bytes()[:100])
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    for name in ("text", "cut"):
+        with pytest.raises(DataError, match=f"{name}.npz: numpy cannot read it as an .npz of arrays. Save it with"):
+            load_source(str(tmp_path / f"{name}.npz"))
+    with pytest.raises(DataError, match=r"one array, not an \.npz of named arrays"):
+        load_source(str(tmp_path / "one.npz"))
+    assert load_source(str(tmp_path / "good.npz"), val_fraction=0.5).classes == ["0", "1"]  # whole floats are classes
+
+
 def test_hf_imagefolder(tmp_path: Path):
     write_image_folder(tmp_path / "imgs" / "train", per_class=3)
     splits = load_source(f"hf:{tmp_path / 'imgs'}", val_fraction=0.34, seed=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,8 +391,7 @@ def load_torchvision(name: str, root: str | None, val_fraction: float, seed: int
 def load_arrays(path: Path, val_fraction: float, seed: int) -> DataSplits:
     """An .npz with x_train (N, H, W[, C]) uint8 and y_train, optionally x_val/y_val and classes; or a MedMNIST
     file (train_images/train_labels, val_images/val_labels; its test arrays are left for evaluation)."""
-    with np.load(path, allow_pickle=False) as arrays:
-        data = {k: arrays[k] for k in arrays.files}
+    data = _read_npz(path)
     if {"train_images", "train_labels"} <= data.keys():
         return load_medmnist(path, data, val_fraction, seed)
     if not {"x_train", "y_train"} <= data.keys():
@@ -399,13 +399,42 @@ def load_arrays(path: Path, val_fraction: float, seed: int) -> DataSplits:
             f"{path}: an .npz source needs arrays x_train and y_train, or MedMNIST's train_images and train_labels "
             f"(found {sorted(data)})."
         )
-    train = ImageSet(_rgb(data["x_train"]), data["y_train"].astype(np.int64))
+    train = _array_set(path, data, "x_train", "y_train")
     n = int(train.labels.max()) + 1
     classes = [str(c) for c in data["classes"]] if "classes" in data else [str(i) for i in range(n)]
     if "x_val" not in data:
         return _split(train, classes, val_fraction, seed, f"arrays {path}")
-    val = ImageSet(_rgb(data["x_val"]), data["y_val"].astype(np.int64))
+    val = _array_set(path, data, "x_val", "y_val")
     return DataSplits(train, val, classes, f"arrays {path} ({len(train)} train / {len(val)} val)")
+
+
+NPZ_HINT = "Save it with numpy.savez(path, x_train=images, y_train=labels): uint8 images (N, H, W[, 3]), labels (N,)."
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, or a DataError that says what is wrong with it (never numpy's traceback)."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):  # a single .npy array named .npz
+            raise DataError(f"--data {path}: one array, not an .npz of named arrays. {NPZ_HINT}")
+        with arrays:
+            return {k: arrays[k] for k in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # numpy's own message talks of pickles
+        raise DataError(f"--data {path}: numpy cannot read it as an .npz of arrays. {NPZ_HINT}") from None
+
+
+def _array_set(path: Path, data: dict[str, np.ndarray], images: str, labels: str) -> ImageSet:
+    """Images and class indices from an .npz, checked: one label per image, whole non-negative classes."""
+    x, y = data[images], data.get(labels)
+    if y is None or x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
+        shapes = f"{images} {x.shape}, {labels} {None if y is None else y.shape}"
+        raise DataError(f"--data {path}: {shapes}; give N images of (H, W) or (H, W, 3) and N labels. {NPZ_HINT}")
+    whole = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))
+    if not whole:
+        raise DataError(f"--data {path}: {labels} must be class indices 0, 1, 2, ... (got {y.dtype}). {NPZ_HINT}")
+    if len(y) and y.min() < 0:
+        raise DataError(f"--data {path}: {labels} must be class indices 0, 1, 2, ... (got {y.min()}). {NPZ_HINT}")
+    return ImageSet(_rgb(x), y.astype(np.int64))
 
 
 def _rgb(x: np.ndarray) -> np.ndarray:
