@@ -138,6 +138,20 @@ def test_imbalance_and_pretrained_are_advised():
     assert tuned.value("finetune.pretrained") == "vit_small_patch16_224.augreg_in21k"
 
 
+def test_a_wrong_pretrained_source_is_named_and_a_weight_file_asks_for_its_architecture(tmp_path: Path):
+    for source, message in [
+        ("vit_smal_patch16_224", "not a file, a folder or a timm model name"),  # a typo
+        (str(tmp_path / "runs" / "teacher"), "no such file or folder"),
+        (str(tmp_path), "not a vitkit run, a timm model folder or a transformers checkpoint"),
+    ]:
+        with pytest.raises(VitkitError, match=message):
+            advise_for_budget(FASHION_1K, epochs=20, pretrained=source)
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    from_file = advise_for_budget(FASHION_1K, epochs=20, pretrained=str(tmp_path / "weights.safetensors"))
+    assert "model.name" not in [c.field for c in from_file.choices]
+    assert any("set model.name to the architecture" in note for note in from_file.notes)
+
+
 def test_from_scratch_the_advised_vit_is_the_small_data_one():
     """Conv stem, local MLPs, pooled tokens without a class token or position embedding, normalised queries and
     keys, 4 heads of 16."""

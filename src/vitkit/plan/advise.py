@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -295,11 +296,13 @@ def advise_recipe(
     notes = [f"trick strength {level}: {STRENGTH_WHY[level]}"]
     if pretrained:
         img = LARGEST_FROM_SCRATCH
-        choices = [
-            Choice("finetune.pretrained", pretrained, "start from these weights"),
-            Choice("model.name", pretrained.split(".")[0].removeprefix("hf-hub:"), "the pretrained architecture"),
-            Choice("model.img_size", img, "the resolution the weights were trained at"),
-        ]
+        choices = [Choice("finetune.pretrained", pretrained, "start from these weights")]
+        if Path(pretrained).expanduser().is_file():
+            notes.append(f"{pretrained} is a weight file: set model.name to the architecture it was saved from")
+        elif not Path(pretrained).expanduser().is_dir():  # a run or model folder fixes the architecture itself
+            name = pretrained.split(".")[0].removeprefix("hf-hub:")
+            choices.append(Choice("model.name", name, "the pretrained architecture"))
+        choices.append(Choice("model.img_size", img, "the resolution the weights were trained at"))
         base, batch, lr = (
             "finetune-full",
             min(64, batch_size_for(epochs * profile.images, profile.images)),
@@ -433,6 +436,16 @@ def is_advised_recipe(path: Any) -> bool:
         return False
 
 
+def check_pretrained(source: str) -> None:
+    """A wrong --pretrained is named now, not when the advised recipe is trained: an unknown timm name (with the
+    names that come close), a missing path, a folder that holds no weights. Hub weights are not downloaded."""
+    from vitkit.config.schema import ModelConfig
+    from vitkit.models.pretrained import resolve_pretrained
+
+    if not Path(source).expanduser().is_file():  # a weight file is read once model.name says its architecture
+        resolve_pretrained(source, ModelConfig())
+
+
 def advise_for_budget(
     profile: DataProfile,
     epochs: int | None = None,
@@ -448,6 +461,8 @@ def advise_for_budget(
 
     if (epochs is None) == (minutes is None):
         raise VitkitError("give the budget one way: --epochs-budget E (passes over the data) or --minutes M.")
+    if pretrained:
+        check_pretrained(pretrained)
     if epochs is not None:
         if epochs < 1:
             raise VitkitError(f"--epochs-budget {epochs}: give at least 1 epoch.")
