@@ -34,7 +34,7 @@ from vitkit.plan.tune import (
     tune,
     winner_margin,
 )
-from vitkit.train.faults import TrainingDiverged
+from vitkit.train.faults import TrainingDiverged, TrainingPreempted
 from vitkit.train.logging import read_metrics
 
 BASE = ["schedule.epochs=2", "schedule.warmup_epochs=0", "data.synthetic_train_size=120", "data.holdout=0.25"]
@@ -212,6 +212,27 @@ def test_a_study_goes_on_only_around_the_recipe_it_started_from(tmp_path: Path):
         tune(tiny_recipe(*BASE, "optim.lr=0.01", "train.label_smoothing=0.3"), out, trials=1)
     assert (out / "base.yaml").read_text() == first
     check_same_base(out, tiny_recipe(*BASE))  # the same recipe again: the study goes on
+
+
+def test_a_stop_request_ends_the_study_and_queues_the_stopped_trial_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """SIGTERM or Ctrl-C during a trial (train raises TrainingPreempted without the pruner having asked): the study
+    stops with the preempted exit code, and the stopped trial is neither pruned nor lost."""
+    import vitkit.train.loop
+
+    def preempted(*args: object, **kwargs: object) -> None:
+        raise TrainingPreempted("stopped on request")
+
+    monkeypatch.setattr(vitkit.train.loop, "train", preempted)
+    out = tmp_path / "stopped"
+    with pytest.raises(TrainingPreempted, match=r"stopped on request during trial 0\. Continue it with the same"):
+        tune(tiny_recipe(*BASE), out, trials=3, console=Console(quiet=True))
+    study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and optuna.trial.TrialState.PRUNED not in states
+    waiting = [t.system_attrs["fixed_params"] for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert study.trials[0].params in waiting and len(waiting) == 3  # the base recipe again, then lr x2 and x0.5
 
 
 def test_a_wrong_data_path_is_named_before_the_study_folder_is_made(tmp_path: Path):

@@ -61,7 +61,7 @@ def require_optuna() -> Any:
         import optuna
     except ImportError:
         raise VitkitError("vitkit tune needs Optuna: pip install 'vitkit[tune]'.") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # vitkit prints each trial's outcome, failures with why
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, stale trials
     return optuna
 
@@ -160,6 +160,7 @@ class _Objective:
 
     def __init__(self, optuna: Any, base: Recipe, overrides: list[str], out: Path, console: Console) -> None:
         self.optuna, self.base, self.overrides, self.out, self.console = optuna, base, overrides, out, console
+        self.stopped_in: int | None = None  # the trial a SIGTERM or Ctrl-C stopped
 
     def __call__(self, trial: Any) -> float:
         from vitkit.train.faults import TrainingPreempted
@@ -173,7 +174,7 @@ class _Objective:
         trial.set_user_attr("overrides", sets)
         metric = _metric(recipe)
         minimise = metric == "val_loss"
-        reported = [0]
+        reported, pruned = [0], [False]
 
         def should_stop(progress: Any) -> bool:
             new = progress.history[reported[0] :]
@@ -184,11 +185,18 @@ class _Objective:
                     trial.report(min(scores) if minimise else max(scores), record["epoch"])
             if not new or new[-1]["epoch"] >= recipe.schedule.epochs:  # a finished trial counts in full
                 return False
-            return bool(trial.should_prune())
+            pruned[0] = bool(trial.should_prune())
+            return pruned[0]
 
         try:
             result = train(recipe, run_dir, console=Console(quiet=True), should_stop=should_stop, evaluate=False)
         except TrainingPreempted:
+            if not pruned[0]:  # a SIGTERM or Ctrl-C: the study stops, and these values run again when it goes on
+                self.console.print(f"trial {trial.number}: stopped on request", highlight=False)
+                self.stopped_in = trial.number
+                trial.study.enqueue_trial(trial.params)
+                trial.study.stop()
+                return math.nan
             self.console.print(f"trial {trial.number}: pruned after epoch {reported[0]}", highlight=False)
             raise self.optuna.TrialPruned() from None
         except VitkitError as error:  # this trial's values (an lr that diverges): the study goes on without it
@@ -249,7 +257,15 @@ def tune(
         (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     study = _open_study(optuna, out, base, trials, pruner)
     (out / "base.yaml").write_text(recipe_to_yaml(base))
-    study.optimize(_Objective(optuna, base, overrides or [], out, console), n_trials=trials, timeout=budget_seconds)
+    objective = _Objective(optuna, base, overrides or [], out, console)
+    study.optimize(objective, n_trials=trials, timeout=budget_seconds)
+    if objective.stopped_in is not None:
+        from vitkit.train.faults import TrainingPreempted
+
+        raise TrainingPreempted(
+            f"the study in {out} stopped on request during trial {objective.stopped_in}. Continue it with the same "
+            "command: that trial's values are queued to run again."
+        )
     return summarise(optuna, study, base, out)
 
 
