@@ -250,13 +250,11 @@ def tune(
     from vitkit.data.sources import recipe_splits
 
     check_tune_folder(out)
-    check_same_base(out, base)
     recipe_splits(base)  # every trial reads the same data: a wrong --data fails here, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).exists():
         (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     study = _open_study(optuna, out, base, trials, pruner)
-    (out / "base.yaml").write_text(recipe_to_yaml(base))
     objective = _Objective(optuna, base, overrides or [], out, console)
     study.optimize(objective, n_trials=trials, timeout=budget_seconds)
     if objective.stopped_in is not None:
@@ -270,11 +268,14 @@ def tune(
 
 
 def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner: Any) -> Any:
-    """The study in OUT/study.db, with its first points queued once. Creating SQLite's tables and queueing are
-    not atomic, so processes started together (one per GPU) take turns here under a file lock."""
+    """The study in OUT/study.db around `base` (OUT/base.yaml), with its first points queued once. Creating
+    SQLite's tables, queueing and writing the base are not atomic, so processes started together (one per GPU)
+    take turns here under a file lock."""
     from filelock import FileLock
 
     with FileLock(out / ".study.lock"):
+        check_same_base(out, base)
+        (out / "base.yaml").write_text(recipe_to_yaml(base))
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{(out / 'study.db').resolve()}", heartbeat_interval=60, grace_period=180
         )
