@@ -884,7 +884,7 @@ def plan_memory_command(
         device = parse_size(device_memory)
     except ValueError as exc:
         raise VitkitError(f"--device-memory {device_memory}: {exc}.") from None
-    size = batch or cfg.train.batch_size
+    size = cfg.train.batch_size if batch is None else batch
     if size < 1 or num_classes < 1:
         raise VitkitError("--batch and --num-classes need at least 1.")
     with console.status("tracing one forward pass on the meta device"):

@@ -166,6 +166,17 @@ def test_sizes_parse(text: str, expected: int):
     assert parse_size(text) == expected
 
 
+@pytest.mark.parametrize("text", ["lots", "0GB", "-4GB", "24XB"])
+def test_a_size_that_is_not_one_is_refused(text: str):
+    with pytest.raises(ValueError, match="like 24GB or 80GiB"):
+        parse_size(text)
+
+
+def test_cli_refuses_batch_zero_instead_of_using_the_recipes():
+    out = vitkit("plan", "memory", "deit-tiny", "--batch", "0", "--device-memory", "24GB")
+    assert out.returncode == 2 and "--batch and --num-classes need at least 1" in out.stderr
+
+
 def test_cli_says_what_fits_and_which_switches_make_it_fit():
     out = vitkit("plan", "memory", "deit-base", "--batch", "256", "--precision", "fp32", "--device-memory", "24GB")
     assert out.returncode == 0, out.stderr

@@ -328,6 +328,10 @@ def parse_size(text: str) -> int:
     cleaned = text.strip().lower().replace(" ", "")
     number = cleaned.rstrip("kmgtib")
     unit = cleaned[len(number) :] or "gb"
-    if unit not in units:
-        raise ValueError(f"'{text}' is not a memory size like 24GB or 80GiB")
-    return int(float(number) * units[unit])
+    try:
+        size = int(float(number) * units[unit])
+    except (KeyError, ValueError):
+        raise ValueError(f"'{text}' is not a memory size like 24GB or 80GiB") from None
+    if size <= 0:
+        raise ValueError(f"'{text}': give a size above zero, like 24GB or 80GiB")
+    return size
