@@ -60,7 +60,7 @@ def test_sparkline_spans_the_bars():
 
 
 def test_cli_prints_the_schedule_and_draws_only_over_its_own_plot(tmp_path: Path):
-    plot = tmp_path / "lr.png"
+    plot = tmp_path / "plots" / "lr.png"  # a folder that does not exist yet is made
     for _ in range(2):  # a second run replaces the plot it drew
         out = vitkit("schedule", "quickstart", "--plot", str(plot))
         assert out.returncode == 0, out.stderr

@@ -96,6 +96,7 @@ def plot_schedule(schedule: LrSchedule, path: Path) -> Path:
     top.set_xlabel("epoch")
     if len(groups) <= 12:
         ax.legend(fontsize="small", ncols=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata={"Software": SOFTWARE})  # marks the file as ours, so a rerun may replace it
     return path
 
