@@ -152,6 +152,17 @@ def test_a_wrong_pretrained_source_is_named_and_a_weight_file_asks_for_its_archi
     assert any("set model.name to the architecture" in note for note in from_file.notes)
 
 
+def test_weights_of_a_vitkit_run_keep_the_runs_image_size(tmp_path: Path):
+    from tests.conftest import tiny_recipe
+    from vitkit.config.loader import recipe_to_yaml
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text(recipe_to_yaml(tiny_recipe("model.img_size=16")))
+    from_run = advise_recipe(FASHION_1K, 20, pretrained=str(tmp_path / "run"))
+    assert from_run.value("model.img_size") == 16 and "model.name" not in [c.field for c in from_run.choices]
+    assert advise_recipe(FASHION_1K, 20, pretrained="vit_small_patch16_224.augreg_in21k").value("model.img_size") == 224
+
+
 def test_from_scratch_the_advised_vit_is_the_small_data_one():
     """Conv stem, local MLPs, pooled tokens without a class token or position embedding, normalised queries and
     keys, 4 heads of 16."""

@@ -295,7 +295,7 @@ def advise_recipe(
     budget_why = budget_why or f"{epochs} passes over the data"
     notes = [f"trick strength {level}: {STRENGTH_WHY[level]}"]
     if pretrained:
-        img = LARGEST_FROM_SCRATCH
+        img = pretrained_image_size(pretrained)
         choices = [Choice("finetune.pretrained", pretrained, "start from these weights")]
         if Path(pretrained).expanduser().is_file():
             notes.append(f"{pretrained} is a weight file: set model.name to the architecture it was saved from")
@@ -434,6 +434,15 @@ def is_advised_recipe(path: Any) -> bool:
             return fh.readline().startswith(HEADER)
     except (OSError, UnicodeDecodeError):
         return False
+
+
+def pretrained_image_size(source: str) -> int:
+    """The resolution the weights were trained at: a vitkit run's own image size, else 224 (where published ViT
+    weights live; timm resamples the position embedding to another size)."""
+    from vitkit.config.loader import recipe_from_yaml_file
+
+    recipe = Path(source).expanduser() / "recipe.yaml"
+    return recipe_from_yaml_file(recipe).model.img_size if recipe.is_file() else LARGEST_FROM_SCRATCH
 
 
 def check_pretrained(source: str) -> None:
