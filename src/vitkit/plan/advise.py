@@ -297,9 +297,10 @@ def advise_recipe(
     if pretrained:
         img = pretrained_image_size(pretrained)
         choices = [Choice("finetune.pretrained", pretrained, "start from these weights")]
-        if Path(pretrained).expanduser().is_file():
+        local = Path(pretrained).expanduser()
+        if local.is_file():
             notes.append(f"{pretrained} is a weight file: set model.name to the architecture it was saved from")
-        elif not Path(pretrained).expanduser().is_dir():  # a run or model folder fixes the architecture itself
+        elif not local.is_dir():  # a run or model folder fixes the architecture itself
             name = pretrained.split(".")[0].removeprefix("hf-hub:")
             choices.append(Choice("model.name", name, "the pretrained architecture"))
         choices.append(Choice("model.img_size", img, "the resolution the weights were trained at"))

@@ -332,12 +332,12 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
 
 
 def _importances(optuna: Any, study: Any) -> dict[str, float]:
-    """Each setting's share of the importance; empty where too few trials finished to tell them apart (PED-ANOVA
-    then warns and rates every setting the same)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        importances = optuna.importance.get_param_importances(study)
-    return {} if any("importances will be equal" in str(w.message) for w in caught) else dict(importances)
+    """Each setting's share of the importance; empty where the trials cannot tell them apart (too few, or tied:
+    PED-ANOVA then rates every setting the same)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its warning is the equal shares, which are left out here
+        importances = dict(optuna.importance.get_param_importances(study))
+    return importances if len(set(importances.values())) > 1 else {}
 
 
 def _seconds(trial: Any) -> float:
