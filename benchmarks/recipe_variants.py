@@ -80,6 +80,9 @@ VARIANTS = {
     "lr3e-3": ["optim.lr=0.003"],
     # wider tokens in fewer blocks, at about the same compute per image (362k parameters against 340k)
     "wide_shallow": ["model.embed_dim=80", "model.depth=4", "model.num_heads=5"],
+    # Trockman & Kolter 2023's mimetic initialisation of attention, patched in below
+    "mimetic": [],
+    "mimetic_seed1": ["train.seed=1"],
 }
 # the small-data ViT, and the ResNet, at a strength the rule may not pick for the cell (the grid's sweep is of the
 # plain ViT): the recipe as advised with the strength forced
@@ -133,6 +136,42 @@ def use_deep_stem(convs: int = 4) -> None:
     stems.stem_layers = deep
 
 
+def use_mimetic_init(alpha1: float = 0.7, beta1: float = 0.7, alpha2: float = 0.4, beta2: float = 0.4) -> None:
+    """Every model built for training from here on starts its attention as trained ViTs' attention looks: each
+    head's W_q^T W_k near alpha1 Z + beta1 I and W_v^T W_proj^T near alpha2 Z - beta2 I (Z Gaussian of variance
+    1/dim), so a token first attends to tokens like itself (Trockman & Kolter 2023)."""
+    import torch
+    from torch import nn
+
+    from vitkit.train import setup
+
+    def factors(a: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        u, s, vh = torch.linalg.svd(a)  # a ~ left @ right, the best rank-`rank` factors
+        root = s[:rank].sqrt()
+        return u[:, :rank] * root, root[:, None] * vh[:rank]
+
+    def initialise(model: nn.Module) -> nn.Module:
+        for module in model.modules():
+            qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
+            if not (isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear)):
+                continue
+            dim, heads = proj.in_features, int(module.num_heads)
+            head_dim, eye = dim // heads, torch.eye(dim)
+            with torch.no_grad():
+                for h in range(heads):
+                    left, right = factors(alpha1 * torch.randn(dim, dim) / dim**0.5 + beta1 * eye, head_dim)
+                    rows = slice(h * head_dim, (h + 1) * head_dim)
+                    qkv.weight[rows] = left.T  # q = x W_q^T, so W_q^T W_k = left @ right
+                    qkv.weight[dim:][rows] = right
+                left, right = factors(alpha2 * torch.randn(dim, dim) / dim**0.5 - beta2 * eye, dim)
+                qkv.weight[2 * dim :] = left.T
+                proj.weight.copy_(right.T)
+        return model
+
+    build = setup.build_model
+    setup.build_model = lambda *args, **kwargs: initialise(build(*args, **kwargs))
+
+
 def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]:
     import torch
     from rich.console import Console
@@ -146,6 +185,8 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
         use_locality_self_attention()
     if variant == "deep_stem":
         use_deep_stem()
+    if variant.startswith("mimetic"):
+        use_mimetic_init()
     forced = variant.removeprefix("resnet_")
     config = forced.removeprefix("at_") if forced.startswith("at_") else "advisor"
     base, overrides, facts = overrides_for(config, prepare(dataset), budget)

@@ -1074,9 +1074,8 @@ def recipes_show(
     if not resolved:
         if set_:
             raise VitkitError("--set only applies with --resolved (it changes the effective values).")
-        path = shipped_recipes().get(name, Path(name))
-        if not path.exists():
-            load_recipe(name)  # raises the helpful unknown-recipe error
+        load_recipe(name)  # a clear error for what is not a valid recipe, before printing it
+        _, path = load_raw(name)
         sys.stdout.write(path.read_text())
         return
     cfg = load_recipe(name, list(set_ or []))

@@ -132,3 +132,22 @@ def test_the_old_name_max_steps_still_means_max_updates(tmp_path):
     assert load_recipe(str(old)).train.max_updates == 7
     assert load_recipe("quickstart", ["train.max_steps=5"]).train.max_updates == 5
     assert load_recipe("quickstart", ["train.max_updates=3"]).train.max_updates == 3
+
+
+def test_a_run_folder_stands_for_the_recipe_it_was_trained_with(tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").write_text("base: quickstart\noptim:\n  lr: 0.0042\n")
+    assert load_recipe(str(run)).optim.lr == 0.0042
+
+
+def test_what_is_not_a_recipe_file_is_named_with_the_fix(tmp_path: Path):
+    with pytest.raises(RecipeError, match=r"folder with no recipe\.yaml") as err:
+        load_recipe(str(tmp_path))  # a folder: before, a bare IsADirectoryError
+    assert "a run folder written by vitkit train" in str(err.value)
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes([0x80, 0xD0, 0xFF]) * 10)
+    with pytest.raises(RecipeError, match=r"cannot be read as a recipe.*YAML text file"):
+        load_recipe(str(binary))
+    with pytest.raises(RecipeError, match=r"recipe file .*nope does not exist"):
+        load_recipe(str(tmp_path / "nope"))  # a path, not a misspelt name

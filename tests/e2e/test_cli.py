@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY_OVERRIDES
+from vitkit.config import shipped_recipes
 
 
 def vitkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -153,3 +154,13 @@ def test_recipe_reference_in_docs_is_generated_from_the_schema():
 
     committed = (Path(__file__).parents[2] / "docs" / "recipe-reference.md").read_text()
     assert committed == fields_markdown(), "regenerate: vitkit recipes fields --markdown > docs/recipe-reference.md"
+
+
+def test_recipes_show_prints_only_a_valid_recipe(tmp_path: Path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("user: secret\nother: thing\n")  # YAML reads it as a mapping, but no recipe
+    out = vitkit("recipes", "show", str(notes))
+    assert out.returncode == 2 and "secret" not in out.stdout
+    assert "unknown field" in out.stderr and "Valid fields" in out.stderr
+    shown = vitkit("recipes", "show", "quickstart")
+    assert shown.returncode == 0 and shown.stdout == shipped_recipes()["quickstart"].read_text()

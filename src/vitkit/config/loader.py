@@ -39,6 +39,8 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot be read as a recipe ({exc}). Pass a YAML text file.") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({exc}). Fix the syntax at the line shown.") from exc
     if data is None:
@@ -49,8 +51,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _resolve_path(name_or_path: str) -> Path:
+    """The YAML file behind a shipped recipe name, a recipe file or a run folder."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.is_dir():  # a run folder: the recipe it was trained with
+        if not (path / "recipe.yaml").is_file():
+            raise RecipeError(
+                f"{path} is a folder with no recipe.yaml. Pass a recipe .yaml file, a run folder written by "
+                "vitkit train, or a shipped recipe name."
+            )
+        return path / "recipe.yaml"
+    if path.suffix in (".yaml", ".yml") or path.exists() or len(path.parts) > 1:
         if not path.exists():
             raise RecipeError(f"recipe file {path} does not exist. Check the path, or use a shipped recipe name.")
         return path
