@@ -345,7 +345,8 @@ def predict(
     require_some_readable(results)
     t = classifier.temperature
     note = f"temperature {t:.3f}" if t else "no fitted temperature: raw softmax"
-    console.print(f"{len(results)} images with {classifier.source}, {note}", highlight=False)
+    count = f"{len(results)} image{'' if len(results) == 1 else 's'}"
+    console.print(f"{count} with {classifier.source}, {note}", highlight=False)
     if out is not None:
         write_predictions(results, out)
         console.print(f"predictions written to {out}", highlight=False)

@@ -15,7 +15,7 @@ from rich.console import Console
 from tests.conftest import tiny_recipe
 from tests.e2e.test_cli import vitkit
 from vitkit.config.schema import DataConfig
-from vitkit.data.check import check_class_sets, find_bad_images, screen_data
+from vitkit.data.check import BadImage, check_class_sets, find_bad_images, screen_data
 from vitkit.data.sources import DataSplits, ImageSet, load_source, open_image
 from vitkit.errors import DataError
 from vitkit.train.loop import train
@@ -188,6 +188,14 @@ def test_class_problems_are_errors_that_say_which_classes():
         check_class_sets(_splits([0, 1, 0], [0, 0], ["cat", "dog"]))
     with pytest.raises(DataError, match=r"val labels \[2\] are outside the 2 classes"):
         check_class_sets(_splits([0, 1], [0, 1, 2], ["cat", "dog"]))
+
+
+def test_a_class_whose_only_val_image_was_unreadable_names_the_file():
+    """The automatic split held out one 'dog' image and it was the corrupt one: the message says so."""
+    skipped = [BadImage("two/dog/bad.jpg", "val", "not an image", label=1), BadImage("x.png", "train", "empty", 0)]
+    with pytest.raises(DataError, match=r"val has no images of \['dog'\]") as err:
+        check_class_sets(_splits([0, 1, 0], [0, 0], ["cat", "dog"]), skipped)
+    assert "two/dog/bad.jpg: not an image" in str(err.value) and "x.png" not in str(err.value)
 
 
 def test_a_label_outside_data_classes_is_named_with_an_example(tmp_path: Path):

@@ -118,22 +118,27 @@ def check_class_sets(splits: DataSplits, skipped: list[BadImage] | None = None) 
     val_counts = np.bincount(splits.val.labels, minlength=n)
     empty = [c for c, k in zip(splits.classes, train_counts, strict=True) if k == 0]
     if empty:
-        lost = [
-            b for b in skipped or [] if b.split == "train" and 0 <= b.label < n and splits.classes[b.label] in empty
-        ]
-        because = ""
-        if lost:
-            listing = "".join(f"\n  {b.path}: {b.reason}" for b in lost[:10])
-            because = f" Every one of their images was unreadable and skipped:{listing}\n"
+        because = _skipped_because(skipped, "train", empty, splits.classes)
         raise DataError(
             f"classes with no training images: {empty}.{because or ' '}Add images, or remove them from the class list."
         )
     no_val = [c for c, k in zip(splits.classes, val_counts, strict=True) if k == 0]
     if no_val and len(splits.val):
+        because = _skipped_because(skipped, "val", no_val, splits.classes)
         raise DataError(
-            f"train and val have different class sets: val has no images of {no_val}. Add val images of those "
-            "classes (or give each class at least 2 images, so the automatic split holds one out)."
+            f"train and val have different class sets: val has no images of {no_val}.{because or ' '}Add val "
+            "images of those classes (or give each class at least 2 readable images, so the automatic split holds "
+            "one out)."
         )
+
+
+def _skipped_because(skipped: list[BadImage] | None, split: str, empty: list[str], classes: list[str]) -> str:
+    """Where the unreadable files left out of `split` are why its `empty` classes have no images: the listing."""
+    lost = [b for b in skipped or [] if b.split == split and 0 <= b.label < len(classes) and classes[b.label] in empty]
+    if not lost:
+        return ""
+    listing = "".join(f"\n  {b.path}: {b.reason}" for b in lost[:10])
+    return f" Every one of their images was unreadable and skipped:{listing}\n"
 
 
 def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[BadImage]]:
