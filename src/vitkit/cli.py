@@ -88,7 +88,7 @@ SetOption = Annotated[
 @app.command()
 def train(
     recipe: Annotated[
-        str | None, typer.Option(help="Shipped recipe name or path to a YAML file (default quickstart).")
+        str | None, typer.Option(help="Shipped recipe name, recipe YAML file or run folder (default quickstart).")
     ] = None,
     data: Annotated[
         str | None,
@@ -858,7 +858,9 @@ def plan_lora_command(
 
 @plan_app.command("memory")
 def plan_memory_command(
-    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="A shipped recipe name or a recipe YAML file.")],
+    recipe: Annotated[
+        str, typer.Argument(metavar="RECIPE", help="A shipped recipe name, a recipe YAML file or a run folder.")
+    ],
     batch: Annotated[
         int | None, typer.Option(help="Images per process (default: the recipe's train.batch_size).")
     ] = None,
@@ -1002,22 +1004,15 @@ def codegen_command(
 ) -> None:
     """A standalone training script (torch, torchvision, timm only) that reproduces the recipe: vitkit codegen
     RUN > train.py."""
-    from vitkit.config.loader import recipe_from_yaml_file
     from vitkit.plan.codegen import generate
 
-    run_recipe = Path(source) / "recipe.yaml"
-    if run_recipe.is_file():
-        if set_:
-            raise VitkitError("--set changes a recipe: give a recipe name or file, not a run folder, to override it.")
-        cfg = recipe_from_yaml_file(run_recipe)
-    else:
-        cfg = load_recipe(source, set_ or [])
+    cfg = load_recipe(source, set_ or [])  # a run folder stands for the recipe it was trained with
     typer.echo(generate(cfg, data, origin=source), nl=False)
 
 
 @app.command("schedule")
 def schedule_command(
-    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name, recipe YAML file or run folder.")],
     train_size: Annotated[
         int | None, typer.Option(help="Training images (default: the recipe's built-in data size).")
     ] = None,
@@ -1067,7 +1062,7 @@ def recipes_list() -> None:
 
 @recipes_app.command("show")
 def recipes_show(
-    name: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
+    name: Annotated[str, typer.Argument(help="Recipe name, YAML path or run folder.")],
     resolved: Annotated[bool, typer.Option(help="Show every effective value, including the scaled lr.")] = False,
     set_: SetOption = None,
 ) -> None:

@@ -77,3 +77,9 @@ def test_the_script_reproduces_the_first_20_losses(ejected):
 def test_recipes_the_script_cannot_reproduce_are_refused(tmp_path: Path):
     result = vitkit("codegen", "finetune-lora", "--data", str(tmp_path))
     assert result.returncode == 2 and "pretrained weights" in result.stderr
+
+
+def test_a_run_folder_with_set_ejects_the_runs_recipe_changed(ejected):
+    changed = vitkit("codegen", str(ejected["run"]), "--set", "optim.lr=0.0123")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "'lr': 0.0123," in changed.stdout and "'lr': 0.0123," not in ejected["script"].read_text()
