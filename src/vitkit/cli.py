@@ -369,6 +369,8 @@ def data_export(
     Hugging Face dataset that datasets.load_from_disk and --data hf:OUT read."""
     if format_ != "hf":
         raise VitkitError(f"--format {format_}: vitkit data export writes hf (a datasets DatasetDict).")
+    if not 0 < val_fraction < 1:
+        raise VitkitError(f"--val-fraction {val_fraction}: give the share held out, between 0 and 1 (e.g. 0.1).")
     from vitkit.data.hf import export_hf_dataset
     from vitkit.data.sources import load_source
 
@@ -392,7 +394,7 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     name: Annotated[str | None, typer.Option(help="Model name (default: from the folder).")] = None,
     max_batch: Annotated[int, typer.Option(help="Most images per forward pass (1 turns batching off).")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits for others to join its batch.")] = 5.0,
@@ -413,7 +415,7 @@ def serve_command(
 ) -> None:
     """Serve models over HTTP: KServe v2 endpoints (/v2/...), POST /predict for image files or base64 JSON,
     Prometheus /metrics, and the API's own docs at /docs. Needs vitkit[serve]."""
-    from vitkit.serve import require_serve
+    from vitkit.serve import listening_socket, require_serve
 
     require_serve()
     if max_batch < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_images < 1 or max_pixels < 1:
@@ -446,8 +448,10 @@ def serve_command(
     for model, versions in models.items():
         listed = ", ".join(f"{v.version} ({v.classifier.runtime})" for v in versions)
         console.print(f"{model}: {listed}", highlight=False)
+    sock = listening_socket(host, port)
+    port = sock.getsockname()[1]
     console.print(f"serving on http://{host}:{port} (API docs: /docs; Ctrl-C stops)", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 
 
 @app.command("compare")
@@ -782,10 +786,12 @@ def advise_recipe_command(
 def models_command(
     max_params: Annotated[str | None, typer.Option(help="Largest model, e.g. 30M or 300k.")] = None,
     max_latency_ms: Annotated[
-        float | None, typer.Option(help="Slowest batch-1 forward on this machine, in milliseconds.")
+        float | None, typer.Option(min=0.001, help="Slowest batch-1 forward on this machine, in milliseconds.")
     ] = None,
-    img_size: Annotated[int, typer.Option(help="Your image size: FLOPs and latency are counted at it.")] = 224,
-    train_size: Annotated[int | None, typer.Option(help="Your training images: the recommendation follows it.")] = None,
+    img_size: Annotated[int, typer.Option(min=1, help="Your image size: FLOPs and latency are counted at it.")] = 224,
+    train_size: Annotated[
+        int | None, typer.Option(min=1, help="Your training images: the recommendation follows it.")
+    ] = None,
     pretrained_only: Annotated[bool, typer.Option(help="Leave out the from-scratch rows.")] = False,
     top: Annotated[int, typer.Option(min=1, help="Rows to show, best published top-1 first.")] = 10,
     latency: Annotated[bool, typer.Option(help="Measure each shown model's latency here.")] = True,

@@ -164,3 +164,11 @@ def test_recipes_show_prints_only_a_valid_recipe(tmp_path: Path):
     assert "unknown field" in out.stderr and "Valid fields" in out.stderr
     shown = vitkit("recipes", "show", "quickstart")
     assert shown.returncode == 0 and shown.stdout == shipped_recipes()["quickstart"].read_text()
+
+
+def test_impossible_numbers_are_refused_with_the_option_named(tmp_path: Path):
+    sizes = vitkit("models", "--train-size", "-5", "--no-latency")  # before: a recommendation for -5 images
+    assert sizes.returncode == 2 and "--train-size" in sizes.stderr
+    share = vitkit("data", "export", "builtin:shapes", "--out", str(tmp_path / "d"), "--val-fraction", "2")
+    assert share.returncode == 2 and "--val-fraction 2.0: give the share held out, between 0 and 1" in share.stderr
+    assert not (tmp_path / "d").exists()  # before: 2 train and 4 validation images of a 6-image folder

@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,3 +238,18 @@ def test_no_generated_request_gets_a_5xx(strict: Server):
         call()
     assert len(calls) > 5 * len(operations)
     assert strict.get("/v2/health/ready").status == 200
+
+
+def test_a_taken_port_is_named_before_the_server_says_it_serves(server: Server, models: Path):
+    """Before, 'serving on ...' was printed, then uvicorn's own bind error; now the fix is named and nothing runs."""
+    taken = subprocess.run(
+        [sys.executable, "-m", "vitkit", "serve", str(models), "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert taken.returncode == 2 and "serving on" not in taken.stdout
+    assert f"cannot listen on 127.0.0.1:{server.port}" in taken.stderr and "--port 0" in taken.stderr
+    assert "Traceback" not in taken.stderr
+    assert server.get("/v2/health/ready").status == 200  # the running server is untouched

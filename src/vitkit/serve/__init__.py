@@ -3,6 +3,9 @@ micro-batching, Prometheus metrics and input limits. Needs the `serve` extra."""
 
 from __future__ import annotations
 
+import errno
+import socket
+
 from vitkit.errors import VitkitError
 
 SERVE_MODULES = {
@@ -25,3 +28,25 @@ def require_serve() -> None:
         raise VitkitError(
             f"vitkit serve needs {', '.join(missing)}, which vitkit[serve] installs: pip install 'vitkit[serve]'"
         )
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything says it serves: a taken port or an address this machine does not
+    have is named with the fix, and --port 0 learns the port the system chose."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise VitkitError(f"--host {host}: not an address of this machine ({exc}). Use 127.0.0.1 or 0.0.0.0.") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fix = (
+            "Stop what uses the port, choose another --port, or --port 0 for any free one."
+            if exc.errno == errno.EADDRINUSE
+            else "Use an address of this machine for --host (127.0.0.1, or 0.0.0.0 for every one)."
+        )
+        raise VitkitError(f"cannot listen on {host}:{port}: {exc.strerror or exc}. {fix}") from None
+    return sock
