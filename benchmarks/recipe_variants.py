@@ -82,7 +82,6 @@ VARIANTS = {
     "wide_shallow": ["model.embed_dim=80", "model.depth=4", "model.num_heads=5"],
     # Trockman & Kolter 2023's mimetic initialisation of attention, patched in below
     "mimetic": [],
-    "mimetic_seed1": ["train.seed=1"],
 }
 # the small-data ViT, and the ResNet, at a strength the rule may not pick for the cell (the grid's sweep is of the
 # plain ViT): the recipe as advised with the strength forced
