@@ -81,6 +81,24 @@ def test_a_damaged_checkpoint_is_refused_on_load_and_skipped_on_resume(three_epo
     )
 
 
+def test_a_finished_run_with_a_damaged_best_resumes_to_a_best_it_can_evaluate(three_epochs: Path, tmp_path: Path):
+    """No epoch is left to replace the damaged best: before, the resumed run ended on its evaluation's error about
+    the damaged checkpoint; now the final epoch's weights become best, and the run evaluates and exports."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(three_epochs, run)
+    _damage(run / "checkpoints" / "best" / "model.safetensors")
+    result = train(resume_recipe(run), run, resume=True, console=QUIET)
+    best = run / "checkpoints" / "best"
+    assert checkpoint_problem(best) is None and _meta(best)["epoch"] == 3 and "damaged" in _meta(best)["why"]
+    final, resumed = load_run_model(run, "best")[0].state_dict(), load_run_model(run, "last")[0].state_dict()
+    assert all(torch.equal(a, b) for a, b in zip(final.values(), resumed.values(), strict=True))
+    assert result.evaluation is not None and (run / "eval" / "metrics.json").is_file()
+    # the best epoch is recorded for the next resume too: it finds nothing damaged to replace
+    assert json.loads((run / "summary.json").read_text())["best_epoch"] == 3
+
+
 def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(tmp_path: Path, monkeypatch):
     calls = {"n": 0}
     real_save = checkpoint.save_file

@@ -88,11 +88,15 @@ class Checkpointer:
             return meta
         score, meta["best_source"] = best_of(record, self.best_metric)
         if improves(score, record, progress, self.best_metric):
-            progress.best_metric, progress.best_epoch = score, record["epoch"]
-            progress.best_val_loss = record.get("val_loss", math.nan)
             meta["why"] = best_reason([*progress.history, record], record, self.best_metric)
-            self._save("best", progress, meta, keep=1)
+            self.save_best(progress, record, meta)
         return meta
+
+    def save_best(self, progress: Progress, record: dict[str, Any], meta: dict[str, Any]) -> None:
+        """The model as it stands is `best`, scored by the evaluated epoch `record`."""
+        progress.best_metric, progress.best_epoch = best_of(record, self.best_metric)[0], record["epoch"]
+        progress.best_val_loss = record.get("val_loss", math.nan)
+        self._save("best", progress, meta, keep=1)
 
     def _save(self, name: str, progress: Progress, meta: dict[str, Any], keep: int) -> None:
         """Every process calls this; the first writes the checkpoint, with each process's RNG state, and the

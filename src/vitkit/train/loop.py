@@ -28,7 +28,7 @@ from vitkit.errors import VitkitError
 from vitkit.run_folder import claim_run_folder, is_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import Progress, newest_valid_checkpoint, where_in_training
-from vitkit.train.checkpointer import Checkpointer
+from vitkit.train.checkpointer import Checkpointer, best_of
 from vitkit.train.display import TrainDisplay, epoch_line
 from vitkit.train.faults import TrainingDiverged, TrainingPreempted, stop_on_signals
 from vitkit.train.guard import NonFiniteGuard
@@ -177,11 +177,28 @@ def fit(run: Run, console: Console, should_stop: Callable[[Progress], bool] | No
                 loop.end_epoch()
                 if not run_finished(run) and stop_requested():
                     raise _preempted(run)
+            _replace_damaged_best(run, checkpointer, console)
     finally:
         logger.close()
         if tracking:
             run.accelerator.end_training()
     return meter.total_images
+
+
+def _replace_damaged_best(run: Run, checkpointer: Checkpointer, console: Console) -> None:
+    """A run resumed with a damaged `best` and no epoch left to train has no best to evaluate or export: the final
+    epoch's weights (the model as resumed, validated in that epoch's record) become it."""
+    p = run.progress
+    if p.best_epoch >= 0 or not p.history or checkpointer.best_metric not in p.history[-1]:
+        return
+    record = p.history[-1]
+    meta = {
+        "best_source": best_of(record, checkpointer.best_metric)[1],
+        "why": f"the final epoch ({record['epoch']}), in place of a best checkpoint that was damaged",
+    }
+    checkpointer.save_best(p, record, meta)
+    checkpointer.save_last(p, meta)
+    console.print(f"the final epoch ({record['epoch']}) is now the best checkpoint, in place of the damaged one")
 
 
 def run_finished(run: Run) -> bool:
