@@ -215,9 +215,10 @@ def _print_evaluation(doc: dict[str, Any], out: Path) -> None:
                 table.add_row(f"{name} · {label(key)}", format_value(key, value))
             elif key in {"skipped", "gap_skipped", "temperature_skipped"}:
                 table.add_row(f"{name} · {label(key)}", str(value))
-    summary_path = Path(doc["run"]) / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
+    from vitkit.run_folder import read_run_json
+
+    summary = read_run_json(Path(doc["run"]) / "summary.json")
+    if summary is not None:
         if doc.get("task") == "multilabel":
             table.add_row("chance level", "AUROC 0.5 per label")
         else:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vitkit import __version__
 from vitkit.config.schema import Recipe
@@ -65,6 +66,39 @@ def trained_by(run_dir: Path) -> str | None:
         except PermissionError:
             pass  # another user's live process
     return f"pid {pid} on {host}"
+
+
+def read_run_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file a run wrote (summary.json, eval/metrics.json): None when it is not there yet, a clear error when
+    it is damaged (cut short by a full disk, or edited), with how to write it again."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = str(exc)
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"it holds a {type(data).__name__}, not the mapping vitkit wrote"
+    raise VitkitError(
+        f"{path} is damaged ({problem}). vitkit writes it again: `vitkit train --resume RUN` for summary.json (a "
+        "finished run only evaluates again), `vitkit evaluate RUN --out RUN/eval` for eval/metrics.json."
+    )
+
+
+def read_jsonl_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file a run appends to (metrics.jsonl), leaving out a last line that a crash cut
+    short: what was written before it is still the run's history."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def is_run_folder(folder: Path) -> bool:

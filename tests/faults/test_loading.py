@@ -83,6 +83,29 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_without_running_it(one_e
     assert not marker.exists()
 
 
+def test_a_damaged_summary_is_named_with_the_command_that_writes_it_again(one_epoch: Path, tmp_path: Path):
+    """A summary.json cut short (a full disk) used to end vitkit predict and evaluate on a bare JSONDecodeError."""
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    classes = json.loads((run / "summary.json").read_text())["classes"]
+    (run / "summary.json").write_text('{"classes": ["cir')
+    with pytest.raises(VitkitError, match=r"summary\.json is damaged .*vitkit train --resume RUN"):
+        load_run_model(run)
+    train(resume_recipe(run), run, resume=True, console=QUIET)  # the run had finished: it only writes it again
+    assert load_run_model(run)[2]["classes"] == classes
+
+
+def test_a_metrics_line_cut_short_by_a_crash_leaves_the_history_before_it(one_epoch: Path, tmp_path: Path):
+    from vitkit.evaluate.run import training_record
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    whole = training_record(run)
+    with (run / "metrics.jsonl").open("a") as log:
+        log.write('{"kind": "step", "step": 7, "lo')  # SIGKILL in the middle of a write
+    assert training_record(run)["history"] == whole["history"] and len(whole["history"]) == 1
+
+
 def test_an_unwritable_run_folder_is_refused_before_training(tmp_path: Path):
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(VitkitError, match=r"cannot write to the run folder .*a-file/run.*writable --out"):

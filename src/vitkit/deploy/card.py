@@ -6,7 +6,6 @@ recipe and the export's own parity checks. Nothing is typed by hand, so a card c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from vitkit import __version__
+from vitkit.run_folder import read_run_json
 
 # (section, key, model-index type, name) of the metrics.json values the card reports
 CARD_METRICS = (
@@ -87,10 +87,6 @@ class CardFacts:
     checks: list[str] = field(default_factory=list)  # export parity, one line each
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def run_card(recipe: Any, info: dict[str, Any], splits: Any, library: str, snippet: str, checks: list[str]) -> str:
     """The model card of the run that `info` (from load_run_model) comes from, exported for `library`."""
     run_dir = Path(info["checkpoint"]).parent.parent
@@ -104,8 +100,8 @@ def run_card(recipe: Any, info: dict[str, Any], splits: Any, library: str, snipp
             checkpoint=info,
             training_data=splits.description,
             training_images=len(splits.train),
-            summary=_read_json(run_dir / "summary.json") or {},
-            evaluation=_read_json(run_dir / "eval" / "metrics.json"),
+            summary=read_run_json(run_dir / "summary.json") or {},
+            evaluation=read_run_json(run_dir / "eval" / "metrics.json"),
             checks=checks,
         )
     )

@@ -26,7 +26,7 @@ from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
 from vitkit.models.run_model import load_run_or_checkpoint
 from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
-from vitkit.run_folder import check_output_files
+from vitkit.run_folder import check_output_files, read_jsonl_records, read_run_json
 
 TEMPERATURE_FILE = "calibration.json"  # in the run folder: the temperature fitted for one checkpoint
 THRESHOLDS_FILE = "thresholds.json"  # in the run folder: operating thresholds fitted on the run's validation split
@@ -180,16 +180,16 @@ def training_record(run_dir: Path) -> dict[str, Any]:
     record: dict[str, Any] = {}
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = read_jsonl_records(metrics)
         keys = HISTORY_KEYS
         record["history"] = [{k: r[k] for k in keys if k in r} for r in rows if r.get("kind") == "epoch"]
         steps = [(r["step"], r["lr"]) for r in rows if r.get("kind") == "step" and "lr" in r]
         every = max(1, len(steps) // LR_POINTS)
         record["lr"] = [list(point) for point in steps[::every]]
         record["dynamics"] = dynamics_summary([r for r in rows if r.get("kind") == "step"])
-    summary = run_dir / "summary.json"
-    if summary.exists():
-        record["bad_images"] = json.loads(summary.read_text()).get("bad_images", {}).get("skipped", 0)
+    summary = read_run_json(run_dir / "summary.json")
+    if summary is not None:
+        record["bad_images"] = summary.get("bad_images", {}).get("skipped", 0)
     return record
 
 
@@ -235,9 +235,9 @@ def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], da
 def _fitted_for(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
     """A record `vitkit evaluate` fitted for exactly these weights (same checkpoint, file and checksum); one
     fitted for a checkpoint rewritten since, e.g. by resumed training, does not count."""
-    if not path.exists():
+    record = read_run_json(path)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
     fitted_for = (record.get("checkpoint"), record.get("weights"), record.get("sha256"))
     same = fitted_for == (info["checkpoint"], info["weights"], weights_sha256(info))
     return dict(record) if same else None

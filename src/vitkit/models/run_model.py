@@ -18,7 +18,7 @@ from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 from vitkit.models.build import build_model
 from vitkit.models.lora import apply_lora, load_model_state, merge_lora
-from vitkit.run_folder import EXPORT_MARKER, check_export_folder
+from vitkit.run_folder import EXPORT_MARKER, check_export_folder, read_run_json
 
 
 def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recipe, dict[str, Any]]:
@@ -41,8 +41,9 @@ def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recip
     if recipe.finetune.strategy == "lora":
         model = merge_lora(model)
     info = {"checkpoint": str(folder), "weights": weights, **meta}
-    if summary_path.exists():
-        info["classes"] = json.loads(summary_path.read_text()).get("classes")
+    summary = read_run_json(summary_path)
+    if summary is not None:
+        info["classes"] = summary.get("classes")
     return model.eval(), recipe, info
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitkit.run_folder import read_jsonl_records
+
 
 class MetricsLogger:
     """Appends records to `metrics.jsonl` / `timing.jsonl` and mirrors numeric values to TensorBoard.
@@ -99,8 +101,7 @@ def truncate_after(path: Path, step: int) -> None:
 
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl file, optionally only one kind ('step', 'epoch', ...)."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r["kind"] == kind]
+    return [r for r in read_jsonl_records(path) if kind is None or r.get("kind") == kind]
 
 
 class NoLogger(MetricsLogger):
