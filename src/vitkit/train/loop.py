@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
+from vitkit.checkpoint_files import checkpoint_problem
 from vitkit.config.loader import load_recipe, recipe_from_yaml_file
 from vitkit.config.schema import Recipe
 from vitkit.data.sources import same_source
@@ -188,8 +189,10 @@ def fit(run: Run, console: Console, should_stop: Callable[[Progress], bool] | No
 def _replace_damaged_best(run: Run, checkpointer: Checkpointer, console: Console) -> None:
     """A run resumed with a damaged `best` and no epoch left to train has no best to evaluate or export: the final
     epoch's weights (the model as resumed, validated in that epoch's record) become it."""
-    p = run.progress
+    p, best = run.progress, run.run_dir / "checkpoints" / "best"
     if p.best_epoch >= 0 or not p.history or checkpointer.best_metric not in p.history[-1]:
+        return
+    if not best.exists() or checkpoint_problem(best) is None:  # no best yet is no damaged one (e.g. no finite score)
         return
     record = p.history[-1]
     meta = {
