@@ -14,7 +14,7 @@ from vitkit.evaluate.context import EvalContext, EvalSettings, run_evaluator
 from vitkit.evaluate.fairness import FairnessEvaluator
 from vitkit.evaluate.metrics import AccuracyEvaluator
 from vitkit.evaluate.registry import EVALUATORS, select_evaluators
-from vitkit.evaluate.run import relabel, save_temperature, saved_temperature
+from vitkit.evaluate.run import load_shift, relabel, save_temperature, saved_temperature
 
 
 def roc_auc_score(target: torch.Tensor, score: torch.Tensor) -> float:
@@ -173,6 +173,14 @@ def test_evaluation_data_is_relabelled_to_the_models_classes_by_name():
     assert out.labels.tolist() == [1, 0, 1] and out.groups == images.groups
     with pytest.raises(DataError, match=r"--shift-data d has classes the model does not know: \['wolf'\]"):
         relabel(images, ["wolf", "cat"], ["cat", "dog", "fox"], "--shift-data d")
+
+
+def test_a_wrong_shift_data_path_names_that_option(tmp_path):
+    from vitkit.config import load_recipe
+
+    missing = tmp_path / "other_site"
+    with pytest.raises(DataError, match=rf"^--shift-data {missing}: no such file or folder"):
+        load_shift(str(missing), ["cat", "dog"], load_recipe("quickstart"))
 
 
 def test_saved_temperature_belongs_to_the_exact_weights_it_was_fitted_on(tmp_path):

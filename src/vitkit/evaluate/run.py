@@ -98,7 +98,10 @@ def relabel(images: ImageSet, data_classes: list[str], classes: list[str], where
 
 def load_shift(source: str, classes: list[str], recipe: Recipe) -> tuple[str, ImageSet]:
     """A shifted dataset, whole, with its labels mapped onto the run's classes by name."""
-    splits = load_source(source, root=recipe.data.root, val_fraction=0.0, seed=0, img_size=recipe.model.img_size)
+    try:
+        splits = load_source(source, root=recipe.data.root, val_fraction=0.0, seed=0, img_size=recipe.model.img_size)
+    except DataError as exc:  # the data loaders speak of --data, the option users give it to; here it is another
+        raise DataError(str(exc).replace("--data ", "--shift-data ", 1)) from None
     return splits.description, relabel(_all_images(splits), splits.classes, classes, f"--shift-data {source}")
 
 
