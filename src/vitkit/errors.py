@@ -24,3 +24,13 @@ class MissingExtraError(VitkitError):
 
 class RankFailed(VitkitError):
     """Another process of a multi-process run failed; its message is repeated so that every process exits with it."""
+
+
+class OutOfMemory(VitkitError):
+    """The device (or the host) ran out of memory for the model, batch or images: the settings, not the data, must
+    change. Recognised from torch's OutOfMemoryError and the CPU allocator's message."""
+
+    @staticmethod
+    def recognise(exc: BaseException) -> bool:
+        torch_oom = type(exc).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError, without importing torch
+        return torch_oom or isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)

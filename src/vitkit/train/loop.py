@@ -25,7 +25,7 @@ from vitkit.checkpoint_files import checkpoint_problem
 from vitkit.config.loader import load_recipe, recipe_from_yaml_file
 from vitkit.config.schema import Recipe
 from vitkit.data.sources import same_source
-from vitkit.errors import VitkitError
+from vitkit.errors import OutOfMemory, VitkitError
 from vitkit.run_folder import claim_run_folder, is_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import Progress, newest_valid_checkpoint, where_in_training
@@ -95,9 +95,11 @@ def train(
             if claimed is not None:
                 claimed.started()  # every input read and the model built: this run now replaces one it overwrites
             summary = _fit_and_summarise(run, console, should_stop)
-    except BaseException:
+    except BaseException as exc:
         if claimed is not None:
             claimed.abandon()  # when training had not started: the folder (and a replaced run) as they were
+        if OutOfMemory.recognise(exc):
+            raise _out_of_memory(exc, accelerator.device, run_dir) from exc
         raise
     result = RunResult(run_dir, summary)
     if evaluate and ranks.main:  # the evaluation of the finished run is one process's work
@@ -106,6 +108,18 @@ def train(
 
         result.evaluation, result.evaluation_dir = evaluate_run(run_dir, only=training_end(summary.get("task")))
     return result
+
+
+def _out_of_memory(exc: BaseException, device: torch.device, run_dir: Path) -> OutOfMemory:
+    """What to change when the model, batch and images do not fit: the allocator's first line, then the settings
+    that take memory, most effective first."""
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    kept = " The checkpoints already in the run folder are kept." if (run_dir / "checkpoints").is_dir() else ""
+    return OutOfMemory(
+        f"out of {device.type} memory ({reason}). Lower train.batch_size (raise train.accumulation_steps to keep "
+        "the images per update), set model.grad_checkpointing=true, use train.precision=bf16, or a smaller "
+        f"model. `vitkit plan memory RECIPE --batch N --device-memory SIZE` says what fits before training.{kept}"
+    )
 
 
 def _auto_resume(recipe: Recipe, run_dir: Path, overwrite: bool, console: Console) -> tuple[bool, bool]:
