@@ -516,10 +516,13 @@ def push_command(
 ) -> None:
     """Upload an exported model (with its model card) to the Hugging Face Hub. Needs a token (hf auth login or
     HF_TOKEN) and network; HF_ENDPOINT selects another hub."""
-    from vitkit.deploy.push import plan_push, push
+    from vitkit.deploy.push import check_repo_id, hub_token, plan_push, push
 
     if format_ not in ("hf", "timm"):
         raise VitkitError(f"--format {format_}: choose hf or timm.")
+    check_repo_id(repo)
+    if not dry_run:
+        hub_token()  # before a run is exported: without a token the export would be for nothing
     folder = path
     if (path / "recipe.yaml").exists():
         folder = path / f"export-{format_}"

@@ -233,6 +233,12 @@ def check_new_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()
             "or another --out."
         )
     foreign = foreign_entries(out)
+    exports = [name for name in foreign if (out / name / EXPORT_MARKER).is_file()]
+    if exports:  # vitkit wrote them, but they may be deployed or pushed: the old run's models are not thrown away
+        raise VitkitError(
+            f"--out {out} holds exports of the run it would replace ({', '.join(exports[:5])}); --overwrite would "
+            "delete them. Move them out of the folder first, or choose another --out."
+        )
     if foreign:
         raise VitkitError(
             f"--out {out} is a vitkit run but also holds files vitkit did not write ({', '.join(foreign[:5])}); "

@@ -3,7 +3,11 @@ messages for a missing token, an unreachable hub and a wrong repository name."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from vitkit.deploy.card import read_front_matter
 from vitkit.deploy.folders import export_folder
 from vitkit.deploy.push import plan_push, push
 from vitkit.errors import VitkitError
+from vitkit.run_folder import check_new_run_folder
 from vitkit.train.loop import train
 
 
@@ -135,3 +140,27 @@ def test_wrong_repository_names_and_foreign_folders_are_refused(exported: Path, 
         plan_push(exported, "tiny-vit")
     with pytest.raises(VitkitError, match="not a vitkit export"):
         plan_push(tmp_path, "my-lab/tiny-vit")
+
+
+def test_a_run_is_not_exported_for_a_push_without_a_token(exported: Path, tmp_path: Path):
+    """The token is checked first: before, the run was exported into RUN/export-hf, then the push failed."""
+    run = exported.parent / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"} | {"HF_HOME": str(tmp_path), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "vitkit", "push", str(run), "--repo", "my-lab/tiny-vit"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert out.returncode == 2 and "no Hugging Face token" in out.stderr
+    assert not (run / "export-hf").exists()
+
+
+def test_overwrite_names_the_runs_own_exports_it_would_delete(exported: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    shutil.copytree(exported.parent / "run", run)
+    shutil.copytree(exported, run / "export-hf")  # where vitkit export and vitkit push put a run's export
+    with pytest.raises(VitkitError, match=r"holds exports of the run it would replace \(export-hf/\)"):
+        check_new_run_folder(run, overwrite=True)
+    assert (run / "export-hf" / "model.safetensors").is_file()

@@ -36,9 +36,28 @@ def upload_files(folder: Path) -> list[str]:
     )
 
 
-def plan_push(folder: Path, repo: str) -> PushPlan:
+def check_repo_id(repo: str) -> None:
     if not REPO_ID.match(repo):
         raise VitkitError(f"--repo {repo}: a Hub repository is named ORG/NAME (or USER/NAME), e.g. my-lab/vit-xray.")
+
+
+def hub_token(token: str | None = None) -> str:
+    """The token the upload will use (huggingface_hub's: HF_TOKEN or `hf auth login`), or what to do without one."""
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise MissingExtraError("huggingface_hub", "hf", "vitkit push") from exc
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise VitkitError(
+            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN, then push again. Nothing was "
+            "uploaded; `vitkit push ... --dry-run` lists what would be."
+        )
+    return token
+
+
+def plan_push(folder: Path, repo: str) -> PushPlan:
+    check_repo_id(repo)
     if not (folder / EXPORT_MARKER).exists() or not (folder / "README.md").exists():
         raise VitkitError(
             f"{folder} is not a vitkit export with a model card. Push a run folder, or a folder written by "
@@ -50,17 +69,9 @@ def plan_push(folder: Path, repo: str) -> PushPlan:
 def push(plan: PushPlan, *, private: bool = False, token: str | None = None, create_pr: bool = False) -> str:
     """Upload the planned folder; returns the repository URL (or the pull request's). Files in an existing
     repository are replaced only when its model card is one vitkit wrote, or through a pull request."""
-    try:
-        import huggingface_hub
-    except ImportError as exc:
-        raise MissingExtraError("huggingface_hub", "hf", "vitkit push") from exc
-    token = token or huggingface_hub.get_token()
-    if not token:
-        raise VitkitError(
-            "no Hugging Face token: log in with `hf auth login` or set HF_TOKEN, then push again. Nothing was "
-            "uploaded; `vitkit push ... --dry-run` lists what would be."
-        )
-    api = huggingface_hub.HfApi(token=token)
+    import huggingface_hub
+
+    api = huggingface_hub.HfApi(token=hub_token(token))
     try:
         if not create_pr:
             _refuse_replacing_foreign_files(api, plan)
