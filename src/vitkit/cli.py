@@ -970,7 +970,7 @@ def tune_command(
 
     cfg = load_recipe(base, [*(set_ or []), f"data.source={data}", f"data.holdout={holdout}"])
     result = tune(cfg, out, trials=trials, budget_seconds=parse_duration(budget) if budget else None, console=console)
-    table = Table(title=f"{result.trials} trials ({result.pruned} pruned); best {result.best_value:.4f}")
+    table = Table(title=f"{result.counts()}; best {result.best_value:.4f}")
     table.add_column("setting")
     table.add_column("importance")
     for name, share in result.importances.items():

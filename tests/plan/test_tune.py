@@ -235,6 +235,30 @@ def test_a_stop_request_ends_the_study_and_queues_the_stopped_trial_again(
     assert study.trials[0].params in waiting and len(waiting) == 3  # the base recipe again, then lr x2 and x0.5
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
+def test_a_trial_whose_process_was_killed_is_failed_and_queued_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """SIGKILL (or a lost machine) leaves a trial RUNNING with no one to finish it. Once its heartbeat is stale the
+    next process to open the study fails it and queues its values again; before, the base recipe's own trial was
+    lost that way, and the winner could never be weighed against it."""
+    import vitkit.plan.tune as tuning
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tuning, "STALE_AFTER_S", 1)
+    out, base = tmp_path / "killed", tiny_recipe(*BASE)
+    out.mkdir()
+    study = tuning._open_study(optuna, out, base, 3, None)
+    killed = study.ask()  # the base recipe, the study's first point: its process dies during training
+    tuning.suggest(killed)
+    study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(2.5)
+    study = tuning._open_study(optuna, out, base, 3, None)  # the same command, run again
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed.number].state == optuna.trial.TrialState.FAIL
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert [t.state for t in retried] == [optuna.trial.TrialState.WAITING] and retried[0].params == killed.params
+    assert killed.params == base_values(base)
+
+
 def test_a_wrong_data_path_is_named_before_the_study_folder_is_made(tmp_path: Path):
     with pytest.raises(VitkitError, match=f"--data {tmp_path / 'nope'}: no such file or folder"):
         tune(tiny_recipe(*BASE, f"data.source={tmp_path / 'nope'}"), tmp_path / "t", trials=1)
@@ -247,7 +271,7 @@ def test_the_tune_command_prints_the_importances_the_winner_and_retrains_each_wi
     command += [*sets, "--set=schedule.epochs=1", "--set=schedule.warmup_epochs=0"]
     result = vitkit(*command, "--trials", "2")
     assert result.returncode == 0, result.stderr
-    assert "2 trials (0 pruned)" in result.stdout  # the pruner never discards a trial's last epoch
+    assert "2 trials; best" in result.stdout  # none pruned: the pruner never discards a trial's last epoch
     assert "optim.lr" in result.stdout  # the importance table
     winner = result.stdout.split("the winner:")[1]  # the base recipe itself, or a margin over it with its noise
     assert "keep it" in winner or "held-out images" in winner

@@ -30,6 +30,9 @@ from vitkit.run_list import flatten
 
 MARKER = ".vitkit-tune"
 STUDY = "vitkit"
+# a trial's process records a heartbeat this often; one silent for STALE_AFTER_S was killed (SIGKILL, a lost
+# machine): it is failed and its values are queued to run again
+HEARTBEAT_S, STALE_AFTER_S = 60, 180
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,14 @@ class TuneResult:
     base_seconds: float | None = None  # the wall time of the base recipe's own trial, where it finished
     search_seconds: float = 0.0  # all trials' wall time together (pruned ones included)
     best_trial: int = 0  # the winner's trial number
+    failed: int = 0  # trials that raised, or whose process was killed (their values are queued again)
+    running: int = 0  # trials running in another process, or killed less than STALE_AFTER_S ago
+
+    def counts(self) -> str:
+        """`6 trials (2 pruned, 1 failed)`: the trials of the study and how those that did not finish ended."""
+        ended = {"pruned": self.pruned, "failed": self.failed, "still running": self.running}
+        detail = ", ".join(f"{n} {state}" for state, n in ended.items() if n)
+        return f"{self.trials} trials" + (f" ({detail})" if detail else "")
 
 
 def tune(
@@ -277,7 +288,10 @@ def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner
         check_same_base(out, base)
         (out / "base.yaml").write_text(recipe_to_yaml(base))
         storage = optuna.storages.RDBStorage(
-            f"sqlite:///{(out / 'study.db').resolve()}", heartbeat_interval=60, grace_period=180
+            f"sqlite:///{(out / 'study.db').resolve()}",
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=STALE_AFTER_S,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
         )
         study = optuna.create_study(
             study_name=STUDY,
@@ -287,7 +301,7 @@ def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner
             sampler=optuna.samplers.TPESampler(seed=base.train.seed, n_startup_trials=startup_trials(trials)),
             pruner=pruner or optuna.pruners.HyperbandPruner(min_resource=1, max_resource=base.schedule.epochs),
         )
-        optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, so they are not waited on
+        optuna.storages.fail_stale_trials(study)  # trials of a killed process: failed, and queued to run again
         for point in first_points(base):  # once per study, also when resumed or shared
             study.enqueue_trial(point, skip_if_exists=True)
     return study
@@ -328,6 +342,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         base_seconds=_seconds(start) if start else None,
         search_seconds=sum(_seconds(t) for t in ran),
         best_trial=best.number,
+        failed=sum(t.state == optuna.trial.TrialState.FAIL for t in ran),
+        running=sum(t.state == optuna.trial.TrialState.RUNNING for t in ran),
     )
 
 
