@@ -75,6 +75,51 @@ def test_manifest_without_label_column_is_an_error(tmp_path: Path):
         load_source(str(manifest))
 
 
+@pytest.mark.parametrize(
+    ("encoded", "how"),
+    [
+        (b"\xef\xbb\xbfpath,label\r\n", "Excel's CSV UTF-8: a byte-order mark and CRLF line ends"),
+        (b"path;label\n", "Excel where the decimal mark is a comma: ';' between cells"),
+        (b"path\tlabel\n", "tab-separated"),
+        (b"path , label\n", "spaces around the column names"),
+    ],
+)
+def test_a_manifest_saved_by_a_spreadsheet_reads_as_written(tmp_path: Path, encoded: bytes, how: str):
+    write_image_folder(tmp_path / "imgs", per_class=4)
+    separator = ";" if b";" in encoded else "\t" if b"\t" in encoded else ","
+    end = "\r\n" if b"\r\n" in encoded else "\n"
+    lines = [f"imgs/{c}/{j}.png{separator}{c}" for c in ("cat", "dog", "fox") for j in range(4)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(encoded + (end.join(lines) + end + end).encode())  # and a blank line at the end
+    splits = load_source(str(manifest))
+    assert splits.classes == ["cat", "dog", "fox"], how
+    assert len(splits.train) + len(splits.val) == 12
+
+
+def test_manifest_rows_without_a_label_or_path_are_named_by_line(tmp_path: Path):
+    write_image_folder(tmp_path / "imgs", per_class=2)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nimgs/cat/0.png,cat\nimgs/cat/1.png,\nimgs/dog/0.png\nimgs/dog/1.png,dog\n")
+    with pytest.raises(DataError, match=r"m\.csv: lines \[3, 4\] have no 'label'\. Give each row a label"):
+        load_source(str(manifest))  # before: a class named '' (and a TypeError for the short row)
+    manifest.write_text("path,label\nimgs/cat/0.png,cat\n,dog\n")
+    with pytest.raises(DataError, match=r"lines \[3\] have no 'path'"):
+        load_source(str(manifest))
+    manifest.write_bytes(b"path,label\nimgs/caf\xe9/0.png,cat\n")  # Latin-1, not UTF-8
+    with pytest.raises(DataError, match=r"not UTF-8 text .*Save it as CSV UTF-8"):
+        load_source(str(manifest))
+
+
+def test_a_class_of_one_image_leaves_no_validation_images_and_says_so(tmp_path: Path):
+    """Before, training started and crashed in its first validation on an empty list of batches."""
+    from vitkit.config.schema import DataConfig
+    from vitkit.data.check import screen_data
+
+    write_image_folder(tmp_path / "imgs", per_class=1)
+    with pytest.raises(DataError, match=r"has no validation images .*at least 2 readable images"):
+        screen_data(load_source(str(tmp_path / "imgs")), DataConfig())
+
+
 def test_hf_dataset_saved_to_disk(tmp_path: Path):
     import datasets
 

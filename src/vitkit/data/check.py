@@ -122,8 +122,15 @@ def check_class_sets(splits: DataSplits, skipped: list[BadImage] | None = None) 
         raise DataError(
             f"classes with no training images: {empty}.{because or ' '}Add images, or remove them from the class list."
         )
+    if not len(splits.val):
+        because = _skipped_because(skipped, "val", list(splits.classes), splits.classes)
+        raise DataError(
+            f"{splits.description} has no validation images (the automatic split holds out data.val_fraction of "
+            f"each class that has 2 images or more).{because or ' '}Give each class at least 2 readable images, or "
+            "a validation split of your own (DIR/val/<class>/*, or a manifest's 'split' column)."
+        )
     no_val = [c for c, k in zip(splits.classes, val_counts, strict=True) if k == 0]
-    if no_val and len(splits.val):
+    if no_val:
         because = _skipped_because(skipped, "val", no_val, splits.classes)
         raise DataError(
             f"train and val have different class sets: val has no images of {no_val}.{because or ' '}Add val "

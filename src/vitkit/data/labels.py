@@ -137,10 +137,12 @@ def read_table(csv_path: Path, rows: list[dict[str, str]], columns: list[str], s
             f"{csv_path}: a manifest needs a 'path' column and labels: 'label' (one class), 'labels' (findings "
             f"separated by |) or one 0/1 column per finding (found columns: {sorted(columns)})."
         )
+    _refuse_empty(csv_path, rows, "path", "a path")
     paths = [_resolve(csv_path, r["path"]) for r in rows]
     patient = patient_column(columns, spec)
     patients = [r[patient] for r in rows] if patient else None
     if "label" in columns and "labels" not in columns and not spec.columns:
+        _refuse_empty(csv_path, rows, "label", "a label")
         classes = sorted({r["label"] for r in rows})
         index = {c: i for i, c in enumerate(classes)}
         labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
@@ -155,6 +157,16 @@ def read_table(csv_path: Path, rows: list[dict[str, str]], columns: list[str], s
             "or one 0/1 column per finding (data.label_columns names them)."
         )
     return ManifestTable(paths, _flag_matrix(csv_path, rows, names, spec), names, patients, "0/1 finding columns")
+
+
+def _refuse_empty(csv_path: Path, rows: list[dict[str, str]], column: str, what: str) -> None:
+    """Rows without `what` are named by their line in the file (the header is line 1), not guessed at."""
+    empty = [i + 2 for i, r in enumerate(rows) if not (r.get(column) or "").strip()]
+    if empty:
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        raise DataError(
+            f"{csv_path}: lines {empty[:10]}{more} have no {column!r}. Give each row {what}, or remove those rows."
+        )
 
 
 def _flag_matrix(csv_path: Path, rows: list[dict[str, str]], names: list[str], spec: LabelSpec) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -313,15 +314,28 @@ def numeric_bands(values: list[str], width: int = AGE_BAND) -> list[str]:
     return [band(x) for x in numbers]
 
 
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of a CSV as spreadsheets save it: a UTF-8 byte-order mark (Excel's "CSV UTF-8"), a
+    ';' or tab separator (Excel in locales with a decimal comma), spaces around the column names; short rows read
+    as empty cells."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as CSV UTF-8.") from None
+    header = text.split("\n", 1)[0]
+    separator = next((s for s in (",", ";", "\t") if s in header), ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    names = [name.strip() for name in next(reader, [])]
+    rows = [dict(zip(names, [c.strip() for c in row] + [""] * (len(names) - len(row)), strict=False)) for row in reader]
+    return names, [r for r in rows if any(r.values())]  # blank lines are no rows
+
+
 def load_manifest(
     path: Path, val_fraction: float, seed: int, group_column: str | None = None, spec: LabelSpec | None = None
 ) -> DataSplits:
     """A CSV manifest (see data/labels.py for the label layouts) with an optional split column (train/val), group
     column (`group` unless named) and patient column; paths are relative to the CSV."""
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    columns, rows = read_csv(path)
     if not rows:
         raise DataError(f"{path}: the manifest has no rows.")
     table = read_table(path, rows, columns, spec or LabelSpec())
