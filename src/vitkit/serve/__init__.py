@@ -33,11 +33,8 @@ def require_serve() -> None:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound before anything says it serves: a taken port or an address this machine does not
     have is named with the fix, and --port 0 learns the port the system chose."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise VitkitError(f"--host {host}: not an address of this machine ({exc}). Use 127.0.0.1 or 0.0.0.0.") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses: localhost is 127.0.0.1
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
     try:
         sock.bind((host, port))
