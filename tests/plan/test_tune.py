@@ -254,7 +254,8 @@ def test_a_trial_whose_process_was_killed_is_failed_and_queued_again(tmp_path: P
     study = tuning._open_study(optuna, out, base, 3, None)  # the same command, run again
     by_number = {t.number: t for t in study.trials}
     assert by_number[killed.number].state == optuna.trial.TrialState.FAIL
-    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+    retried = [t for t in study.trials if t.number != killed.number and retry.retried_trial_number(t) == killed.number]
     assert [t.state for t in retried] == [optuna.trial.TrialState.WAITING] and retried[0].params == killed.params
     assert killed.params == base_values(base)
 

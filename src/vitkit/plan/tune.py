@@ -291,7 +291,7 @@ def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner
             f"sqlite:///{(out / 'study.db').resolve()}",
             heartbeat_interval=HEARTBEAT_S,
             grace_period=STALE_AFTER_S,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
         )
         study = optuna.create_study(
             study_name=STUDY,
