@@ -324,10 +324,10 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}). Save it as CSV UTF-8.") from None
     header = text.split("\n", 1)[0]
     separator = next((s for s in (",", ";", "\t") if s in header), ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
-    names = [name.strip() for name in next(reader, [])]
-    rows = [dict(zip(names, [c.strip() for c in row] + [""] * (len(names) - len(row)), strict=False)) for row in reader]
-    return names, [r for r in rows if any(r.values())]  # blank lines are no rows
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, restval="")  # skips blank lines
+    reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+    rows = [{k: v.strip() for k, v in row.items() if k is not None} for row in reader]  # None: cells past the header
+    return list(reader.fieldnames), rows
 
 
 def load_manifest(
