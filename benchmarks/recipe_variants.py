@@ -74,6 +74,8 @@ VARIANTS = {
     "resnet_seed1": [*RESNET, "train.seed=1"],
     "seed2": ["train.seed=2"],
     "resnet_seed2": [*RESNET, "train.seed=2"],
+    "seed3": ["train.seed=3"],
+    "resnet_seed3": [*RESNET, "train.seed=3"],
     # the advised ViT fits its training images less than the ResNet does (train top-1 91.6% against 93.8% on 5k
     # images at 10x, 90.2% against 93.0% on 1k): less stochastic depth, or a higher lr
     "no_drop_path": ["model.drop_path_rate=0.0"],

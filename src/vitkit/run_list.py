@@ -98,7 +98,8 @@ def run_info(run_dir: Path) -> RunInfo:
 def find_runs(root: Path, depth: int = 3) -> list[Path]:
     """Run folders at or under `root`, up to `depth` levels down, newest first; hidden folders are skipped."""
     if not root.is_dir():
-        raise VitkitError(f"{root}: no such folder. Pass the folder that holds your runs (default runs/).")
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise VitkitError(f"{root}: {what}. Pass the folder that holds your runs (default runs/).")
     found, frontier = [], [root]
     for _ in range(depth + 1):
         deeper = []

@@ -51,6 +51,14 @@ def test_a_dataset_in_the_local_cache_loads_by_name_without_network(monkeypatch,
         load_source("hf:my-lab/not-downloaded")
 
 
+def test_a_folder_with_neither_a_saved_dataset_nor_images_is_named(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    for given in ("empty", "notes.txt"):
+        with pytest.raises(DataError, match=f"hf:{tmp_path / given} holds neither a dataset written by save_to_disk"):
+            load_source(f"hf:{tmp_path / given}")
+
+
 def test_splits_and_columns_are_mapped_and_a_missing_column_names_the_setting(tmp_path: Path):
     odd = datasets.DatasetDict({"trn": small_dataset("picture", "cls"), "dev": small_dataset("picture", "cls", 3)})
     odd.save_to_disk(str(tmp_path / "odd"))

@@ -9,6 +9,7 @@ from PIL import Image
 from tests.conftest import write_image_folder
 from vitkit.data.sources import load_source, stratified_split
 from vitkit.errors import DataError
+from vitkit.run_folder import MARKER
 
 
 def test_stratified_split_is_seeded_and_keeps_class_shares():
@@ -48,6 +49,15 @@ def test_empty_class_folder_is_an_error(tmp_path: Path):
     (tmp_path / "d" / "empty").mkdir()
     with pytest.raises(DataError, match="no images"):
         load_source(str(tmp_path / "d"))
+
+
+def test_a_run_folder_given_as_data_is_named_as_one(tmp_path: Path):
+    run = tmp_path / "runs" / "A"
+    for folder in ("checkpoints", "eval", "tensorboard"):
+        (run / folder).mkdir(parents=True)
+    (run / MARKER).write_text("")
+    with pytest.raises(DataError, match=r"is a vitkit run folder, not a dataset\..*pass the run folder as --recipe"):
+        load_source(str(run))
 
 
 def test_manifest_with_groups_and_split(tmp_path: Path):

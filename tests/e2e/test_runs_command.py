@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from tests.e2e.test_cli import installed
+from vitkit.errors import VitkitError
 from vitkit.run_folder import MARKER
-from vitkit.run_list import RUNNING, compare_runs, run_status
+from vitkit.run_list import RUNNING, compare_runs, find_runs, run_status
 
 
 def make_run(folder: Path, lr: float, *, summary: bool = True, pid: int | None = None) -> Path:
@@ -60,6 +61,8 @@ def test_runs_lists_runs_with_status_and_skips_other_folders(tmp_path: Path):
     assert "running" in rows["runs/group/b"]
     missing = installed("runs", "nowhere", cwd=tmp_path)
     assert missing.returncode == 2 and "no such folder" in missing.stderr
+    with pytest.raises(VitkitError, match=r"notes/recipe\.yaml: a file, not a folder\. Pass the folder that holds"):
+        find_runs(tmp_path / "runs" / "notes" / "recipe.yaml")
 
 
 def test_compare_shows_the_fields_that_differ_and_the_metrics(tmp_path: Path):
@@ -74,7 +77,6 @@ def test_compare_shows_the_fields_that_differ_and_the_metrics(tmp_path: Path):
 
 
 def test_a_run_in_progress_is_neither_replaced_nor_joined(tmp_path: Path):
-    from vitkit.errors import VitkitError
     from vitkit.run_folder import claim_run_folder
     from vitkit.run_list import running_marker
 

@@ -340,8 +340,9 @@ class Recipe(Section):
             )
         if self.schedule.warmup_epochs >= self.schedule.epochs:
             raise ValueError(
-                f"schedule.warmup_epochs={self.schedule.warmup_epochs} must be below schedule.epochs="
-                f"{self.schedule.epochs}"
+                f"schedule.warmup_epochs={self.schedule.warmup_epochs:g} must be below schedule.epochs="
+                f"{self.schedule.epochs} (the warmup would take the whole run); lower it, e.g. "
+                f"schedule.warmup_epochs={0.1 * self.schedule.epochs:g}"
             )
         if self.train.imbalance == "sampler" and a.repeated_aug > 1:
             raise ValueError(

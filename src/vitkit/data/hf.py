@@ -81,7 +81,14 @@ def _load(path: str, datasets: Any) -> Any:
         try:
             return datasets.load_from_disk(str(root))
         except FileNotFoundError:
+            pass  # not a save_to_disk folder: an image folder, read by the datasets library's imagefolder builder
+        try:
             return datasets.load_dataset("imagefolder", data_dir=str(root))
+        except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+            raise DataError(
+                f"hf:{path} holds neither a dataset written by save_to_disk nor image files in class folders "
+                f"({type(exc).__name__}: {exc}). Pass the folder that save_to_disk wrote, or an image folder."
+            ) from None
     if path.count("/") > 1 or path.startswith((".", "/", "~")):
         raise DataError(f"hf:{path}: the folder does not exist. Give a folder written by save_to_disk, or ORG/NAME.")
     try:

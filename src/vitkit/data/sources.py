@@ -24,6 +24,7 @@ from vitkit.data.labels import LabelSpec, read_table
 from vitkit.data.patients import check_disjoint, patient_split, random_split
 from vitkit.data.synthetic import SHAPE_CLASSES, make_shapes
 from vitkit.errors import DataError
+from vitkit.run_folder import is_run_folder
 
 if TYPE_CHECKING:
     from vitkit.config.schema import Recipe
@@ -262,6 +263,11 @@ def _empty_classes(root: Path, classes: list[str], images: ImageSet) -> list[str
 
 def load_folder(root: Path, val_fraction: float, seed: int) -> DataSplits:
     """`root/train/<class>/*` and `root/val/<class>/*`, or `root/<class>/*` split by `stratified_split`."""
+    if is_run_folder(root):  # its checkpoints/ and eval/ would be read as empty class folders
+        raise DataError(
+            f"{root} is a vitkit run folder, not a dataset. Pass the images to train on (the run's recipe.yaml "
+            "names its data under data.source); to rerun its recipe, pass the run folder as --recipe."
+        )
     train_dir = root / "train"
     val_dir = next((root / n for n in VAL_FOLDER_NAMES if (root / n).is_dir()), None)
     if train_dir.is_dir() and val_dir is not None:
