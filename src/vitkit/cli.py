@@ -420,7 +420,10 @@ def serve_command(
 
     require_serve()
     if max_batch < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_images < 1 or max_pixels < 1:
-        raise VitkitError("--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0.")
+        raise VitkitError(
+            "--max-batch, --max-images and --max-pixels need at least 1, --max-body-mb more than 0 and --max-wait-ms "
+            "at least 0."
+        )
     if monitor_window < 20 or not 0 <= monitor_sample <= 1:
         raise VitkitError("--monitor-window needs at least 20 images, --monitor-sample a share from 0 to 1.")
     import uvicorn

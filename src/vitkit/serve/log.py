@@ -17,11 +17,18 @@ class PredictionLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        if path.is_dir():
+            raise VitkitError(f"--log {path} is a folder; name a file in it, e.g. --log {path / 'predictions.jsonl'}.")
         if path.exists() and path.stat().st_size and not _is_prediction_log(path):
             raise VitkitError(f"--log {path} is a file vitkit did not write; it is left alone. Name a new file.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
+        except OSError as exc:  # a parent that is a file, no permission, a read-only disk
+            raise VitkitError(
+                f"--log {path}: cannot write it ({exc.strerror or exc}). Name a file you can write."
+            ) from None
         self._lock = threading.Lock()
-        self._file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps({"time": round(time.time(), 3), **record}) + "\n"
