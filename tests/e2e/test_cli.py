@@ -87,6 +87,15 @@ def test_usage_errors_print_the_short_usage_and_exit_2(args, says):
     assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) < 10
 
 
+def test_serve_names_the_option_it_refuses_before_it_loads_a_model(tmp_path: Path):
+    for args, says in (
+        (["--max-wait-ms", "-1"], "--max-wait-ms at least 0"),
+        (["--monitor-sample", "2"], "--monitor-sample a share from 0 to 1"),
+    ):
+        out = installed("serve", str(tmp_path / "no-model-here"), "--port", "0", *args)
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, args
+
+
 def test_version_and_short_help():
     from vitkit import __version__
 
