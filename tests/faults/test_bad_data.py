@@ -198,6 +198,28 @@ def test_a_class_whose_only_val_image_was_unreadable_names_the_file():
     assert "two/dog/bad.jpg: not an image" in str(err.value) and "x.png" not in str(err.value)
 
 
+def test_a_training_split_with_no_readable_file_says_where_the_images_were_looked_for(tmp_path: Path):
+    """An NIH manifest whose images lie in img/ instead of images/: every path is missing, so the message is about
+    where the images are, not about labels without positives."""
+    rows = ["Image Index,Finding Labels,Patient ID"]
+    (tmp_path / "img").mkdir()
+    for i in range(12):
+        Image.new("L", (8, 8), i * 20).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"{i}.png,{['Effusion', 'No Finding', 'Mass'][i % 3]},{i}")
+    (tmp_path / "Data_Entry_2017.csv").write_text("\n".join(rows) + "\n")
+    splits = load_source(str(tmp_path / "Data_Entry_2017.csv"))
+    with pytest.raises(DataError, match=r"none of the \d+ training images .* can be read") as err:
+        screen_data(splits, DataConfig())
+    assert f"{tmp_path / 'images' / '0.png'}: missing" in str(err.value) and "images/ next to the CSV" in str(err.value)
+    # a folder of files that are all damaged gets the other fix
+    for i in range(4):
+        for label in ("a", "b"):
+            (tmp_path / "bad" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "bad" / label / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"(?s)can be read:.*not an image.*open in an image viewer"):
+        screen_data(load_source(str(tmp_path / "bad")), DataConfig())
+
+
 def test_a_label_outside_data_classes_is_named_with_an_example(tmp_path: Path):
     manifest = _manifest_dataset(tmp_path)
     splits = load_source(str(manifest))

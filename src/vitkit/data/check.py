@@ -16,7 +16,7 @@ import numpy as np
 
 from vitkit.config.schema import DataConfig
 from vitkit.data.labels import keep_labels
-from vitkit.data.sources import DataSplits, ImageSet, image_problem
+from vitkit.data.sources import MISSING, DataSplits, ImageSet, image_problem
 from vitkit.errors import DataError
 
 
@@ -148,6 +148,20 @@ def _skipped_because(skipped: list[BadImage] | None, split: str, empty: list[str
     return f" Every one of their images was unreadable and skipped:{listing}\n"
 
 
+def _none_readable(bad: list[BadImage], description: str) -> str:
+    """The message for a training split of which no file could be read: most often paths that point elsewhere."""
+    listing = "".join(f"\n  {b.path}: {b.reason}" for b in bad[:5])
+    more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if all(b.reason == MISSING for b in bad):
+        fix = (
+            "Check where the images are: a manifest's paths are read relative to the manifest's folder (NIH's Image "
+            "Index from images/ next to the CSV)."
+        )
+    else:
+        fix = "Check that the files are images (PNG, JPEG, ...) that open in an image viewer."
+    return f"none of the {len(bad)} training images of {description} can be read:{listing}{more}\n{fix}"
+
+
 def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[BadImage]]:
     """The checks before training: class list, unreadable files (skipped or fatal per data.bad_images), classes."""
     if cfg.classes:
@@ -163,6 +177,8 @@ def screen_data(splits: DataSplits, cfg: DataConfig) -> tuple[DataSplits, list[B
         )
     if bad:
         train_bad = [b for b in bad if b.split == "train"]
+        if len(train_bad) == len(splits.train):
+            raise DataError(_none_readable(train_bad, splits.description))
         splits = DataSplits(
             _without(splits.train, train_bad),
             _without(splits.val, [b for b in bad if b.split == "val"]),

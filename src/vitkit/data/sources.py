@@ -34,13 +34,14 @@ VAL_FOLDER_NAMES = ("val", "validation", "valid", "test")
 
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold
+MISSING = "missing"  # image_problem's answer for a path with no file
 
 
 def image_problem(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why the file at `path` cannot be used as an image (missing, empty, not an image, damaged, too large)."""
     path = Path(path)
     if not path.is_file():
-        return "missing"
+        return MISSING
     if path.stat().st_size == 0:
         return "empty file (0 bytes)"
     try:
