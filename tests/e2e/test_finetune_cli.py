@@ -9,7 +9,9 @@ from rich.console import Console
 
 from tests.conftest import TINY_OVERRIDES, save_tiny_pretrained, tiny_recipe, write_image_folder
 from tests.e2e.test_cli import vitkit
+from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_model
+from vitkit.plan.freeze import advise_freeze
 from vitkit.train.loop import train
 
 # 6 updates of 4 images: a head on features that already separate the classes gets further than a model from scratch
@@ -83,6 +85,8 @@ def test_advise_freeze_follows_the_decision_table(size: str, similarity: str, st
 def test_advise_freeze_rejects_unknown_similarity():
     out = vitkit("advise", "freeze", "--train-size", "100", "--similarity", "close")
     assert out.returncode == 2 and "use high, medium or low" in out.stderr
+    with pytest.raises(VitkitError, match="--num-classes 1: a classifier has at least 2 classes"):
+        advise_freeze(100, "high", num_classes=1)
 
 
 def test_plan_lora_prints_the_count_and_a_rank_sweep():

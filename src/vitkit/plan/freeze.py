@@ -106,6 +106,8 @@ def advise_freeze(train_size: int, similarity: str, model: str | None = None, nu
         raise VitkitError(f"--train-size {train_size}: give the number of labelled training images (at least 1).")
     if similarity not in ("high", "medium", "low"):
         raise VitkitError(f"--similarity {similarity}: use high, medium or low.")
+    if num_classes < 2:
+        raise VitkitError(f"--num-classes {num_classes}: a classifier has at least 2 classes.")
     size = size_class(train_size)
     strategy, settings, reason = DECISION_TABLE[(size, similarity)]
     reasons = [
