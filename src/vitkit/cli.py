@@ -860,6 +860,12 @@ def plan_lora_command(
         f"({plan.full_state_bytes / 2**30:.2f} GiB); activations are not included",
     )
     console.print(table)
+    if plan.adapter >= plan.adapted:
+        console.print(
+            f"[yellow]at rank {rank} the adapters ({plan.adapter:,}) hold as many parameters as the weights they "
+            f"adapt ({plan.adapted:,}) or more: LoRA is no longer a low-rank update. It pays at ranks well below "
+            "the layers' width (the sweep below); for more capacity, add targets or fine-tune fully.[/yellow]"
+        )
     rows = Table("rank", "alpha", "trainable", "share", "file MiB", "saved GiB", title="rank sweep (alpha / r fixed)")
     for p in rank_sweep(model, ranks, alpha / rank, chosen, num_classes):
         saved = f"{p.saved_bytes / 2**30:.2f}"

@@ -97,5 +97,12 @@ def test_plan_lora_prints_the_count_and_a_rank_sweep():
     assert out.returncode == 0, out.stderr
     assert "667,493 of 86,543,818 parameters (0.77%)" in out.stdout and "589,824 / 77,669" in out.stdout
     assert "rank sweep" in out.stdout and "372,581" in out.stdout  # r=8: 12 x 2 x 8 x 1536 + 77,669
+    assert "LoRA is no longer a low-rank update" not in out.stdout
+    # ViT-Ti is 192 wide: at rank 96 each q or v adapter holds 96 x (192 + 192) = 192 x 192 weights, as many as
+    # the matrix it adapts (12 blocks x 2 x 36,864 = 884,736 in all)
+    for rank, warned in (("95", False), ("96", True)):
+        plan = vitkit("plan", "lora", "--model", "vit_tiny_patch16_224", "--rank", rank, "--sweep", "8")
+        assert plan.returncode == 0 and ("LoRA is no longer a low-rank update" in plan.stdout) == warned, rank
+    assert "the adapters (884,736) hold as many parameters as the weights they adapt (884,736)" in plan.stdout
     bad = vitkit("plan", "lora", "--model", "vit_base_patch16_224", "--sweep", "8,x")
     assert bad.returncode == 2 and "--sweep 8,x: give ranks as comma-separated integers" in bad.stderr

@@ -32,6 +32,7 @@ class LoraPlan:
     adapter: int  # LoRA A and B matrices alone
     file_bytes: int  # the checkpoint's model.safetensors: adapters + head in fp32, header included
     base: int  # the model without LoRA; full fine-tuning trains all of it
+    adapted: int  # the weight matrices the adapters sit on (LoRA pays while `adapter` is well below this)
 
     @property
     def share(self) -> float:
@@ -81,6 +82,7 @@ def plan_lora(name: str, rank: int, alpha: int, targets: list[LoraTarget], num_c
     adapted = apply_lora(net, cfg)
     trainable, total = count_parameters(adapted)
     adapter = sum(p.numel() for n, p in adapted.named_parameters() if "lora_" in n)
+    beneath = sum(p.numel() for n, p in adapted.named_parameters() if n.endswith("base_layer.weight"))
     stored = {k: torch.zeros(v.shape, dtype=torch.float32) for k, v in model_state_dict(adapted).items()}
     return LoraPlan(
         model=name,
@@ -92,6 +94,7 @@ def plan_lora(name: str, rank: int, alpha: int, targets: list[LoraTarget], num_c
         adapter=adapter,
         file_bytes=len(save(stored)),
         base=base,
+        adapted=beneath,
     )
 
 
