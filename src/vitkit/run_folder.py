@@ -68,9 +68,16 @@ def trained_by(run_dir: Path) -> str | None:
     return f"pid {pid} on {host}"
 
 
-def read_run_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file a run wrote (summary.json, eval/metrics.json): None when it is not there yet, a clear error when
-    it is damaged (cut short by a full disk, or edited), with how to write it again."""
+RUN_JSON_REWRITE = (
+    "vitkit writes it again: `vitkit train --resume RUN` for summary.json (a finished run only evaluates again), "
+    "`vitkit evaluate RUN --out RUN/eval` for eval/metrics.json."
+)
+
+
+def read_run_json(path: Path, rewrite: str = RUN_JSON_REWRITE) -> dict[str, Any] | None:
+    """A JSON file vitkit wrote (summary.json, eval/metrics.json, an export's model.json): None when it is not there
+    yet, a clear error when it is damaged (cut short by a full disk, or edited), with `rewrite`: how to write it
+    again."""
     if not path.is_file():
         return None
     try:
@@ -81,10 +88,7 @@ def read_run_json(path: Path) -> dict[str, Any] | None:
         if isinstance(data, dict):
             return data
         problem = f"it holds a {type(data).__name__}, not the mapping vitkit wrote"
-    raise VitkitError(
-        f"{path} is damaged ({problem}). vitkit writes it again: `vitkit train --resume RUN` for summary.json (a "
-        "finished run only evaluates again), `vitkit evaluate RUN --out RUN/eval` for eval/metrics.json."
-    )
+    raise VitkitError(f"{path} is damaged ({problem}). {rewrite}")
 
 
 def read_jsonl_records(path: Path) -> list[dict[str, Any]]:

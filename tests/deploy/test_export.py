@@ -19,6 +19,7 @@ from vitkit.deploy.export import ExportOptions, export_run
 from vitkit.deploy.formats import OrtModel, Pt2Model
 from vitkit.deploy.parity import ParityError, compare, require_parity
 from vitkit.deploy.pixels import eager_logits
+from vitkit.deploy.predict import load_classifier
 from vitkit.errors import VitkitError
 from vitkit.models.run_model import load_run_model
 from vitkit.train.loop import train
@@ -70,6 +71,29 @@ def test_model_json_holds_what_a_server_needs(vit_run: Path, tmp_path: Path):
     assert doc["file_sha256"] == sha256(tmp_path / "export" / "model.onnx")
     assert doc["weights"]["sha256"] == sha256(Path(doc["weights"]["checkpoint"]) / doc["weights"]["file"])
     assert doc["recipe"]["model"]["name"] == recipe.model.name
+
+
+def test_a_damaged_export_is_named_with_the_fix_and_a_sound_one_loads(vit_run: Path, tmp_path: Path):
+    export_run(vit_run, tmp_path / "export")
+    export, again = tmp_path / "export", "Export the run again into a new folder"
+    assert load_classifier(export).classes == json.loads((vit_run / "summary.json").read_text())["classes"]
+    model_json = (export / "model.json").read_text()
+    for written, says in (
+        (model_json[: len(model_json) // 2], r"model\.json is damaged \((Unterminated string|Expecting)"),
+        (json.dumps({"file": "model.onnx"}), r"model\.json is damaged \(no format, classes, recipe\)"),
+    ):
+        (export / "model.json").write_text(written)
+        with pytest.raises(VitkitError, match=says) as err:
+            load_classifier(export)
+        assert again in str(err.value)
+    (export / "model.json").write_text(model_json)
+    onnx_bytes = (export / "model.onnx").read_bytes()
+    (export / "model.onnx").write_bytes(onnx_bytes[:1000])  # cut short: ONNX Runtime cannot parse it
+    with pytest.raises(VitkitError, match=r"model\.onnx is not the file this export wrote \(its SHA-256 differs"):
+        load_classifier(export)
+    (export / "model.onnx").unlink()
+    with pytest.raises(VitkitError, match=r"model\.onnx is missing: model\.json names it"):
+        load_classifier(export)
 
 
 def test_pt2_export_loads_with_torch_export(vit_run: Path, tmp_path: Path):

@@ -29,7 +29,7 @@ from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, stac
 from vitkit.errors import VitkitError
 from vitkit.evaluate.run import saved_temperature, weights_sha256
 from vitkit.models.run_model import load_run_or_checkpoint
-from vitkit.run_folder import EXPORT_MARKER, check_export_folder
+from vitkit.run_folder import EXPORT_MARKER, check_export_folder, read_run_json
 
 MODEL_JSON = "model.json"
 MONITOR_REFERENCE_IMAGES = 512  # validation images whose statistics a server compares its traffic with
@@ -191,9 +191,29 @@ def export_thresholds(run_dir: Path, info: dict[str, Any], recipe: Any) -> dict[
     return {"specificity": float(DECISION_SPECIFICITY), "values": values} if values else None
 
 
+EXPORT_AGAIN = "Export the run again into a new folder: vitkit export RUN --out NEW_FOLDER."
+MODEL_JSON_KEYS = ("file", "format", "classes", "recipe")  # what loading an export reads; the rest is optional
+
+
 def read_model_json(folder: Path) -> dict[str, Any]:
     path = folder / MODEL_JSON
     if not path.exists():
         raise VitkitError(f"{folder} has no {MODEL_JSON}: it is not a vitkit export. Export a run with vitkit export.")
-    doc: dict[str, Any] = json.loads(path.read_text())
+    doc = read_run_json(path, EXPORT_AGAIN) or {}
+    missing = [key for key in MODEL_JSON_KEYS if key not in doc]
+    if missing:
+        raise VitkitError(f"{path} is damaged (no {', '.join(missing)}). {EXPORT_AGAIN}")
     return doc
+
+
+def check_exported_file(folder: Path, doc: dict[str, Any]) -> None:
+    """Raise when the model file is not the one the export wrote (its SHA-256 differs from model.json's): asked
+    where a runtime cannot load it, to tell a damaged or replaced file from an unsupported one."""
+    file = folder / doc["file"]
+    if not file.is_file():
+        raise VitkitError(f"{file} is missing: {MODEL_JSON} names it. {EXPORT_AGAIN}")
+    if doc.get("file_sha256") and sha256(file) != doc["file_sha256"]:
+        raise VitkitError(
+            f"{file} is not the file this export wrote (its SHA-256 differs from {MODEL_JSON}'s): it was damaged or "
+            f"replaced. {EXPORT_AGAIN}"
+        )

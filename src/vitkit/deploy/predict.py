@@ -71,13 +71,17 @@ class Prediction:
 
 def load_classifier(target: Path) -> Classifier:
     """A run folder (its best checkpoint, eager PyTorch) or a folder written by `vitkit export` (ONNX or .pt2)."""
-    from vitkit.deploy.export import MODEL_JSON, read_model_json
+    from vitkit.deploy.export import MODEL_JSON, check_exported_file, read_model_json
 
     if (target / MODEL_JSON).exists():
         from vitkit.deploy.formats import load_runtime
 
         doc = read_model_json(target)
-        runtime = load_runtime(target / doc["file"])
+        try:
+            runtime = load_runtime(target / doc["file"])
+        except VitkitError:
+            check_exported_file(target, doc)  # a damaged or replaced file is named as such
+            raise
         recipe = Recipe.model_validate(doc["recipe"])
         kind = "onnxruntime" if doc["format"] == "onnx" else "torch.export"
         return Classifier(

@@ -94,11 +94,11 @@ def served_model(folder: Path, name: str, version: str | None = None) -> ServedM
 def _monitoring(folder: Path) -> tuple[Callable[[np.ndarray], list[np.ndarray]] | None, dict[str, np.ndarray] | None]:
     """The export's monitor model and reference statistics, where it has them (exports from vitkit 0.x before
     monitoring, and run folders, have none: they are served without drift tests)."""
-    import json
+    from vitkit.deploy.export import read_model_json
 
     if not (folder / MODEL_JSON).exists():
         return None, None
-    record = json.loads((folder / MODEL_JSON).read_text()).get("monitor") or {}
+    record = read_model_json(folder).get("monitor") or {}
     if not record.get("reference") or not (folder / record["reference"]).exists():
         return None, None
     from safetensors.numpy import load_file
