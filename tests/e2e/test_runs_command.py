@@ -15,7 +15,7 @@ import yaml
 from tests.e2e.test_cli import installed
 from vitkit.errors import VitkitError
 from vitkit.run_folder import MARKER
-from vitkit.run_list import RUNNING, compare_runs, find_runs, run_status
+from vitkit.run_list import RUNNING, compare_runs, find_runs, run_info, run_status
 
 
 def make_run(folder: Path, lr: float, *, summary: bool = True, pid: int | None = None) -> Path:
@@ -63,6 +63,16 @@ def test_runs_lists_runs_with_status_and_skips_other_folders(tmp_path: Path):
     assert missing.returncode == 2 and "no such folder" in missing.stderr
     with pytest.raises(VitkitError, match=r"notes/recipe\.yaml: a file, not a folder\. Pass the folder that holds"):
         find_runs(tmp_path / "runs" / "notes" / "recipe.yaml")
+
+
+def test_a_run_with_damaged_files_is_still_listed(tmp_path: Path):
+    """One run's damaged summary or recipe (bytes that are not UTF-8, a list) must not take the listing down."""
+    for name, summary, recipe in (("binary", b"\xff\xfe\x00", b"\x89PNG"), ("list", b"[1, 2]", b"- a\n- b\n")):
+        run = make_run(tmp_path / name, 0.001)
+        (run / "summary.json").write_bytes(summary)
+        (run / "recipe.yaml").write_bytes(recipe)
+        info = run_info(run)
+        assert (info.recipe, info.best, info.status) == ("?", "-", "finished"), name
 
 
 def test_compare_shows_the_fields_that_differ_and_the_metrics(tmp_path: Path):
