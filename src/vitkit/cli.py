@@ -20,7 +20,7 @@ from rich.table import Table
 
 from vitkit.config.loader import load_raw, load_recipe, recipe_to_yaml, shipped_recipes
 from vitkit.config.schema import Recipe
-from vitkit.errors import RankFailed, VitkitError
+from vitkit.errors import OutOfMemory, RankFailed, VitkitError
 
 
 def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any]]:
@@ -1180,3 +1180,13 @@ def main() -> None:
     except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None
+    except Exception as exc:  # training names its own settings (train/loop.py); any other command, this
+        if not OutOfMemory.recognise(exc):
+            raise
+        _leave_process_group()
+        Console(stderr=True).print(
+            f"[bold red]error:[/bold red] out of memory ({OutOfMemory.reason(exc)}). Give fewer images at once (--batch, "
+            "--max-batch) or a smaller model, or run where there is more memory.",
+            highlight=False,
+        )
+        raise SystemExit(2) from None

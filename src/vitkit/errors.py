@@ -34,3 +34,9 @@ class OutOfMemory(VitkitError):
     def recognise(exc: BaseException) -> bool:
         torch_oom = type(exc).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError, without importing torch
         return torch_oom or isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)
+
+    @staticmethod
+    def reason(exc: BaseException) -> str:
+        """The allocator's first line ("CUDA out of memory. Tried to allocate 2.00 GiB"), without its advice."""
+        text = str(exc).strip()
+        return text.splitlines()[0][:300] if text else type(exc).__name__

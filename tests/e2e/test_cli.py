@@ -96,6 +96,29 @@ def test_serve_names_the_option_it_refuses_before_it_loads_a_model(tmp_path: Pat
         assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, args
 
 
+def test_out_of_memory_in_any_command_is_a_message_and_other_errors_stay_tracebacks(monkeypatch, capsys):
+    import torch
+
+    from vitkit import cli
+
+    def out_of_memory(standalone_mode: bool) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore allocator detail")
+
+    monkeypatch.setattr(cli, "app", out_of_memory)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    said = " ".join(capsys.readouterr().err.split())  # as wrapped to the terminal
+    assert stopped.value.code == 2 and "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in said
+    assert "Give fewer images at once (--batch" in said and "allocator detail" not in said
+
+    def a_bug(standalone_mode: bool) -> None:
+        raise ValueError("a bug is reported as one")
+
+    monkeypatch.setattr(cli, "app", a_bug)
+    with pytest.raises(ValueError, match="a bug is reported as one"):
+        cli.main()
+
+
 def test_version_and_short_help():
     from vitkit import __version__
 

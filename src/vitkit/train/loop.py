@@ -113,7 +113,7 @@ def train(
 def _out_of_memory(exc: BaseException, device: torch.device, run_dir: Path) -> OutOfMemory:
     """What to change when the model, batch and images do not fit: the allocator's first line, then the settings
     that take memory, most effective first."""
-    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    reason = OutOfMemory.reason(exc)
     kept = " The checkpoints already in the run folder are kept." if (run_dir / "checkpoints").is_dir() else ""
     return OutOfMemory(
         f"out of {device.type} memory ({reason}). Lower train.batch_size (raise train.accumulation_steps to keep "
