@@ -1185,8 +1185,8 @@ def main() -> None:
             raise
         _leave_process_group()
         Console(stderr=True).print(
-            f"[bold red]error:[/bold red] out of memory ({OutOfMemory.reason(exc)}). Give fewer images at once (--batch, "
-            "--max-batch) or a smaller model, or run where there is more memory.",
+            f"[bold red]error:[/bold red] out of memory ({OutOfMemory.reason(exc)}). Give fewer images at once "
+            "(--batch, --max-batch) or a smaller model, or run where there is more memory.",
             highlight=False,
         )
         raise SystemExit(2) from None
