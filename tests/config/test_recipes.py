@@ -83,6 +83,13 @@ def test_override_typo_names_field_and_suggests():
         load_recipe("deit-tiny", ["optim.lrr=1e-3"])
     with pytest.raises(RecipeError, match=r"section\.field=value"):
         apply_overrides({}, ["optim.lr"])
+    with pytest.raises(RecipeError, match=r"the recipe has no section 'optm'\. Did you mean 'optim'\?"):
+        load_recipe("deit-tiny", ["optm.lr=1e-3"])
+    with pytest.raises(RecipeError, match=r"optim\.lr holds a value, not fields: 'optim\.lr=VALUE'"):
+        load_recipe("deit-tiny", ["optim.lr.peak=1e-3"])
+    with pytest.raises(RecipeError, match=r"e\.g\. 'model\.kwargs=\{qk_norm: true\}' \(this replaces"):
+        load_recipe("deit-tiny", ["model.kwargs.qk_norm=true"])
+    assert load_recipe("deit-tiny", ["model.kwargs={qk_norm: true}"]).model.kwargs == {"qk_norm": True}
 
 
 def test_wrong_type_names_field_value_and_origin():

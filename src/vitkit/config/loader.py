@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,37 @@ def _known_fields(model: type[BaseModel], dotted: list[str]) -> list[str]:
     return list(current.model_fields)
 
 
+def _is_mapping(dotted: list[str]) -> bool:
+    """Whether the recipe field at `dotted` (model.kwargs) holds a mapping."""
+    current: Any = Recipe
+    for key in dotted:
+        field = current.model_fields.get(key) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            return False
+        current = field.annotation
+    return typing.get_origin(current) is dict
+
+
+def _check_keys(item: str, keys: list[str]) -> None:
+    """Name the first key of `section.field` that the recipe does not have (a misspelt section included), with
+    the nearest valid name."""
+    for depth, key in enumerate(keys):
+        valid = _known_fields(Recipe, keys[: depth + 1])
+        if depth and not valid:  # below a field that holds a value or a mapping (model.kwargs), not a section
+            parent, value = ".".join(keys[:depth]), item.split("=", 1)[1]
+            if not _is_mapping(keys[:depth]):
+                raise RecipeError(f"override '{item}': {parent} holds a value, not fields: '{parent}=VALUE'.")
+            raise RecipeError(
+                f"override '{item}': {parent} is set as a whole, e.g. '{parent}={{{key}: {value}}}' (this replaces "
+                f"the recipe's {parent}: repeat the keys it should keep)."
+            )
+        if key not in valid:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            suggestion = f" Did you mean '{'.'.join([*keys[:depth], hint[0]])}'?" if hint else ""
+            where = f"{'.'.join(keys[:depth])} has no field" if depth else "the recipe has no section"
+            raise RecipeError(f"override '{item}': {where} '{key}'.{suggestion}")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.field=value` overrides; values are parsed as YAML (so 1e-3, true, null, [1, 2] work)."""
     out = deep_merge({}, data)
@@ -120,12 +152,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         keys = key.strip().split(".")
         if len(keys) == 2 and (keys[0], keys[1]) in RENAMED:
             keys[1] = RENAMED[keys[0], keys[1]]
-        valid = _known_fields(Recipe, keys)
-        if keys[-1] not in valid:
-            hint = difflib.get_close_matches(keys[-1], valid, n=1)
-            where = ".".join(keys[:-1]) or "the recipe"
-            suggestion = f" Did you mean '{'.'.join([*keys[:-1], hint[0]])}'?" if hint else ""
-            raise RecipeError(f"override '{item}': {where} has no field '{keys[-1]}'.{suggestion}")
+        _check_keys(item, keys)
         try:
             value = yaml.safe_load(raw_value) if raw_value.strip() else None
         except yaml.YAMLError:
