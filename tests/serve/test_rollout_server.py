@@ -121,6 +121,13 @@ def test_compare_judges_the_candidate_from_the_log_and_feedback(server: Server, 
         reply = ask(server, (name, data))
         label = {"0": "red", "1": "green", "2": "blue"}.get(name[0], "red")  # any fixed labelling will do
         assert server.post_json("/feedback", {"id": reply["predictions"][0]["id"], "label": label}).status == 200
+    # a label that is no class would count as a wrong answer of both versions: refused, and not logged
+    lines = (folder / "predictions.jsonl").read_text().count("\n")
+    typo = server.post_json("/feedback", {"id": reply["predictions"][0]["id"], "label": "gren"})
+    said = "label 'gren' is not a class of the served models (blue, green, red)."
+    assert typo.status == 422 and typo.json()["error"] == said
+    assert server.post_json("/feedback", {"id": "x" * 100_000, "label": "red"}).status == 422
+    assert (folder / "predictions.jsonl").read_text().count("\n") == lines
     admin(server, "PUT", "/admin/models/shapes/rollout", {"candidate": None, "shadow": False})
     out = vitkit("compare", str(folder / "predictions.jsonl"), "--a", "1.0.0", "--b", "1.1.0")
     assert out.returncode == 0, out.stderr

@@ -66,8 +66,8 @@ class PredictResponse(BaseModel):
 
 
 class Feedback(BaseModel):
-    id: str = Field(description="A prediction's id.")
-    label: str = Field(description="The true class.")
+    id: str = Field(description="A prediction's id.", min_length=1, max_length=128)
+    label: str = Field(description="The true class, one of the model's class names.", max_length=1000)
 
 
 PREDICT_BODY = {
