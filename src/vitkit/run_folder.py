@@ -314,7 +314,8 @@ def written_by_vitkit(path: Path) -> bool:
 
 
 def check_output_files(*paths: Path) -> None:
-    """Refuse to write over a file vitkit did not write; checked before any work, so nothing is lost or wasted."""
+    """Refuse to write over a file vitkit did not write, and make the folders the files go in (or say why they
+    cannot be): checked before any work, so nothing is lost or wasted."""
     for path in paths:
         if path.is_dir():
             raise VitkitError(f"{path} is a folder; vitkit would write a file there. Choose another --out.")
@@ -323,6 +324,17 @@ def check_output_files(*paths: Path) -> None:
                 f"{path} exists and was not written by vitkit, so it is left alone. Choose another --out (or move the "
                 "file away)."
             )
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise VitkitError(f"{path}: {blocker} is a file, not a folder. Choose another --out.")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only disk, no permission
+            raise VitkitError(
+                f"{path}: its folder {path.parent} cannot be made ({exc.strerror or exc}). Choose another --out."
+            ) from None
+        if not os.access(path.parent, os.W_OK):
+            raise VitkitError(f"{path}: its folder {path.parent} is not writable. Choose another --out.")
 
 
 def check_export_folder(out: Path) -> None:

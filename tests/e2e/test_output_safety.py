@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe, write_image_folder
 from vitkit.errors import VitkitError
-from vitkit.run_folder import MARKER, claim_run_folder, is_run_folder
+from vitkit.run_folder import MARKER, check_output_files, claim_run_folder, is_run_folder
 from vitkit.train.loop import train
 
 VITKIT = str(Path(sys.executable).parent / "vitkit")
@@ -156,3 +156,14 @@ def test_an_old_run_without_a_marker_is_still_recognised(tmp_path: Path):
     (run / "checkpoints").rmdir()
     (run / "metrics.jsonl").unlink()
     assert not is_run_folder(run)  # a recipe.yaml alone may be the user's own
+
+
+def test_an_output_file_gets_its_folders_before_the_work_or_a_message_naming_what_is_in_the_way(tmp_path: Path):
+    """`predict --out` and `evaluate --out` check where they write before they compute: the predictions of a long
+    job are not lost to a folder that does not exist or a file that stands where a folder should."""
+    check_output_files(tmp_path / "new" / "deeper" / "predictions.csv")
+    assert (tmp_path / "new" / "deeper").is_dir() and not (tmp_path / "new" / "deeper" / "predictions.csv").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(VitkitError, match=r"notes\.txt is a file, not a folder\. Choose another --out"):
+        check_output_files(tmp_path / "notes.txt" / "sub" / "predictions.csv")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
