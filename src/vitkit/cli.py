@@ -1049,8 +1049,14 @@ def schedule_command(
         train_size = cfg.data.synthetic_train_size
     if processes < 1:
         raise VitkitError("--processes needs at least 1.")
-    if plot is not None and plot.exists() and not is_our_plot(plot):
-        raise VitkitError(f"--plot {plot}: the file exists and is not a vitkit schedule plot. Choose another path.")
+    if plot is not None:
+        from vitkit.run_folder import make_parent_folder
+
+        if plot.suffix.lower() != ".png":
+            raise VitkitError(f"--plot {plot}: name a .png file.")
+        if plot.exists() and not is_our_plot(plot):
+            raise VitkitError(f"--plot {plot}: the file exists and is not a vitkit schedule plot. Choose another path.")
+        make_parent_folder(plot, "--plot")
     schedule = lr_schedule(cfg, train_size, processes)
     head, total = schedule.head, len(schedule.lrs)
     console.print(

@@ -324,17 +324,23 @@ def check_output_files(*paths: Path) -> None:
                 f"{path} exists and was not written by vitkit, so it is left alone. Choose another --out (or move the "
                 "file away)."
             )
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            raise VitkitError(f"{path}: {blocker} is a file, not a folder. Choose another --out.")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a read-only disk, no permission
-            raise VitkitError(
-                f"{path}: its folder {path.parent} cannot be made ({exc.strerror or exc}). Choose another --out."
-            ) from None
-        if not os.access(path.parent, os.W_OK):
-            raise VitkitError(f"{path}: its folder {path.parent} is not writable. Choose another --out.")
+        make_parent_folder(path)
+
+
+def make_parent_folder(path: Path, option: str = "--out") -> None:
+    """Make the folders an output file goes in, or say what stands in the way (a file where a folder should be, a
+    folder that cannot be written), before the work that produces the file."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise VitkitError(f"{path}: {blocker} is a file, not a folder. Choose another {option}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only disk, no permission
+        raise VitkitError(
+            f"{path}: its folder {path.parent} cannot be made ({exc.strerror or exc}). Choose another {option}."
+        ) from None
+    if not os.access(path.parent, os.W_OK):
+        raise VitkitError(f"{path}: its folder {path.parent} is not writable. Choose another {option}.")
 
 
 def check_export_folder(out: Path) -> None:

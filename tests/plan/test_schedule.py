@@ -70,5 +70,9 @@ def test_cli_prints_the_schedule_and_draws_only_over_its_own_plot(tmp_path: Path
     out = vitkit("schedule", "quickstart", "--plot", str(foreign))
     assert out.returncode == 2 and "is not a vitkit schedule plot" in out.stderr
     assert foreign.read_bytes() == b"not vitkit's"
+    refused = ((foreign / "lr.png", "photo.png is a file, not a folder"), (plot.with_suffix(".txt"), "a .png"))
+    for where, says in refused:
+        out = vitkit("schedule", "quickstart", "--plot", str(where))
+        assert out.returncode == 2 and says in " ".join(out.stderr.split()), where
     out = vitkit("schedule", "deit-tiny")
     assert out.returncode == 2 and "--train-size N" in out.stderr
