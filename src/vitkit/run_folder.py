@@ -347,6 +347,7 @@ def check_export_folder(out: Path) -> None:
     """An export goes into a new or empty folder, or over an earlier export of vitkit's (its marker file)."""
     if out.exists() and not out.is_dir():
         raise VitkitError(f"--out {out} is a file, not a folder. Name a folder for the exported model.")
+    make_parent_folder(out)
     if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).exists():
         raise VitkitError(
             f"--out {out} already holds files vitkit did not write ({', '.join(foreign_entries(out)[:5])}); they are "

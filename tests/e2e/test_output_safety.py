@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe, write_image_folder
 from vitkit.errors import VitkitError
-from vitkit.run_folder import MARKER, check_output_files, claim_run_folder, is_run_folder
+from vitkit.run_folder import MARKER, check_export_folder, check_output_files, claim_run_folder, is_run_folder
 from vitkit.train.loop import train
 
 VITKIT = str(Path(sys.executable).parent / "vitkit")
@@ -166,4 +166,6 @@ def test_an_output_file_gets_its_folders_before_the_work_or_a_message_naming_wha
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(VitkitError, match=r"notes\.txt is a file, not a folder\. Choose another --out"):
         check_output_files(tmp_path / "notes.txt" / "sub" / "predictions.csv")
+    with pytest.raises(VitkitError, match=r"notes\.txt is a file, not a folder\. Choose another --out"):
+        check_export_folder(tmp_path / "notes.txt" / "export")  # `vitkit export`; `data export` makes the same check
     assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -30,6 +30,7 @@ from vitkit.data.sources import (
     image_problem,
 )
 from vitkit.errors import DataError, MissingExtraError, VitkitError
+from vitkit.run_folder import make_parent_folder
 
 
 class _HFColumn(Sequence[Any]):
@@ -173,6 +174,7 @@ def export_hf_dataset(splits: DataSplits, out: Path) -> dict[str, Any]:
     datasets = _require_datasets("vitkit data export --format hf")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VitkitError(f"--out {out} exists and is not an empty folder; name a new folder for the dataset.")
+    make_parent_folder(out)
     datasets.utils.logging.disable_progress_bar()
     train, skipped_train = _dataset(splits.train, splits.classes, datasets)
     val, skipped_val = _dataset(splits.val, splits.classes, datasets)
