@@ -9,6 +9,7 @@ one-node Ray on this machine. Needs vitkit[ray].
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ import numpy as np
 from vitkit.errors import MissingExtraError, VitkitError
 from vitkit.serve.batching import BatchRecord, Forward
 from vitkit.serve.registry import ServeSettings
+
+PROXY_START_S = 60  # how long Ray Serve's HTTP proxy may take to start (Ray's own default: 5 s)
 
 
 class RayBatcher:
@@ -94,6 +97,9 @@ def run_ray(
         options["autoscaling_config"] = {"min_replicas": replicas, "max_replicas": max_replicas}
     else:
         options["num_replicas"] = replicas
+    # Ray Serve gives its HTTP proxy 5 s to start and kills it after that; a busy machine (a few cores, a model
+    # loading) can take longer. The processes of a local Ray instance inherit this environment.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_START_S))
     ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     signal.signal(signal.SIGTERM, _interrupt)  # a plain SIGTERM would skip the shutdown below
     try:
