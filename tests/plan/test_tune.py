@@ -161,16 +161,20 @@ def test_importances_rank_the_setting_that_decides_and_stay_empty_when_the_trial
     assert _importances(optuna, study_of(lambda lr, wd: 0.5)) == {}  # every trial scored the same
 
 
-def test_the_pruner_stops_a_trial_after_its_first_epoch(tmp_path: Path):
+def test_the_pruner_stops_a_trial_after_its_first_epoch_but_never_the_base_recipes(tmp_path: Path):
+    """The base recipe's own trial is what every winner is weighed against: a pruner that stops every trial stops
+    the second (twice the lr) after its first epoch, and lets the base's run to its end, also when it runs again
+    after a killed process (Hyperband would otherwise judge it against the trials finished meanwhile)."""
     out = tmp_path / "pruned"
-    with pytest.raises(VitkitError, match="no trial of the study"):
-        tune(tiny_recipe(*BASE), out, trials=1, console=Console(quiet=True), pruner=PruneAll())
-    epochs = read_metrics(out / "trial-0000" / "metrics.jsonl", "epoch")
-    assert [r["epoch"] for r in epochs] == [1]
+    result = tune(tiny_recipe(*BASE), out, trials=2, console=Console(quiet=True), pruner=PruneAll())
+    epochs = {n: [r["epoch"] for r in read_metrics(out / f"trial-000{n}" / "metrics.jsonl", "epoch")] for n in (0, 1)}
+    assert epochs == {0: [1, 2], 1: [1]}
     study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.state for t in study.trials if t.state != optuna.trial.TrialState.WAITING] == [
-        optuna.trial.TrialState.PRUNED
-    ]  # the other first points stay queued for the next run
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+    ]  # the third first point (half the lr) stays queued for the next run
+    assert result.best_is_base and result.base_value is not None and result.pruned == 1
 
 
 def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path):

@@ -178,6 +178,7 @@ class _Objective:
         metric = _metric(recipe)
         minimise = metric == "val_loss"
         reported, pruned = [0], [False]
+        is_base = values == base_values(self.base)  # never pruned: every winner is weighed against its score
 
         def should_stop(progress: Any) -> bool:
             new = progress.history[reported[0] :]
@@ -186,7 +187,7 @@ class _Objective:
                 scores = [record[k] for k in (metric, f"ema_{metric}") if k in record]
                 if scores:
                     trial.report(min(scores) if minimise else max(scores), record["epoch"])
-            if not new or new[-1]["epoch"] >= recipe.schedule.epochs:  # a finished trial counts in full
+            if is_base or not new or new[-1]["epoch"] >= recipe.schedule.epochs:  # a finished trial counts in full
                 return False
             pruned[0] = bool(trial.should_prune())
             return pruned[0]
