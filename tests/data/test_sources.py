@@ -115,6 +115,10 @@ def test_manifest_rows_without_a_label_or_path_are_named_by_line(tmp_path: Path)
     manifest.write_text("path,label\nimgs/cat/0.png,cat\n,dog\n")
     with pytest.raises(DataError, match=r"lines \[3\] have no 'path'"):
         load_source(str(manifest))
+    # blank lines are skipped and still counted, and a quoted cell's line break moves the next row down by one
+    manifest.write_text('path,label\n\nimgs/cat/0.png,"cat"\n\nimgs/dog/0.png,"do\ng"\nimgs/dog/1.png,\n')
+    with pytest.raises(DataError, match=r"lines \[7\] have no 'label'"):
+        load_source(str(manifest))
     manifest.write_bytes(b"path,label\nimgs/caf\xe9/0.png,cat\n")  # Latin-1, not UTF-8
     with pytest.raises(DataError, match=r"not UTF-8 text .*Save it as CSV UTF-8"):
         load_source(str(manifest))

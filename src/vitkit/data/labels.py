@@ -124,8 +124,11 @@ def _resolve(csv_path: Path, name: str, folders: tuple[str, ...] = ("",)) -> Pat
     return next((c for c in candidates if c.exists()), candidates[0])
 
 
-def read_table(csv_path: Path, rows: list[dict[str, str]], columns: list[str], spec: LabelSpec) -> ManifestTable:
-    """Paths, labels, classes and patients of a manifest in any of the layouts above."""
+def read_table(
+    csv_path: Path, rows: list[dict[str, str]], columns: list[str], spec: LabelSpec, lines: list[int] | None = None
+) -> ManifestTable:
+    """Paths, labels, classes and patients of a manifest in any of the layouts above; `lines` (each row's line in
+    the file) names the rows a message is about."""
     if "Image Index" in columns and "Finding Labels" in columns:  # NIH ChestX-ray14
         paths = [_resolve(csv_path, r["Image Index"], ("images", "")) for r in rows]
         labels, classes = findings_matrix([split_findings(r["Finding Labels"]) for r in rows])
@@ -137,12 +140,12 @@ def read_table(csv_path: Path, rows: list[dict[str, str]], columns: list[str], s
             f"{csv_path}: a manifest needs a 'path' column and labels: 'label' (one class), 'labels' (findings "
             f"separated by |) or one 0/1 column per finding (found columns: {sorted(columns)})."
         )
-    _refuse_empty(csv_path, rows, "path", "a path")
+    _refuse_empty(csv_path, rows, "path", "a path", lines)
     paths = [_resolve(csv_path, r["path"]) for r in rows]
     patient = patient_column(columns, spec)
     patients = [r[patient] for r in rows] if patient else None
     if "label" in columns and "labels" not in columns and not spec.columns:
-        _refuse_empty(csv_path, rows, "label", "a label")
+        _refuse_empty(csv_path, rows, "label", "a label", lines)
         classes = sorted({r["label"] for r in rows})
         index = {c: i for i, c in enumerate(classes)}
         labels = np.asarray([index[r["label"]] for r in rows], dtype=np.int64)
@@ -159,9 +162,12 @@ def read_table(csv_path: Path, rows: list[dict[str, str]], columns: list[str], s
     return ManifestTable(paths, _flag_matrix(csv_path, rows, names, spec), names, patients, "0/1 finding columns")
 
 
-def _refuse_empty(csv_path: Path, rows: list[dict[str, str]], column: str, what: str) -> None:
+def _refuse_empty(
+    csv_path: Path, rows: list[dict[str, str]], column: str, what: str, lines: list[int] | None = None
+) -> None:
     """Rows without `what` are named by their line in the file (the header is line 1), not guessed at."""
-    empty = [i + 2 for i, r in enumerate(rows) if not (r.get(column) or "").strip()]
+    numbers = lines or [i + 2 for i in range(len(rows))]
+    empty = [n for n, r in zip(numbers, rows, strict=True) if not (r.get(column) or "").strip()]
     if empty:
         more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
         raise DataError(

@@ -321,10 +321,10 @@ def numeric_bands(values: list[str], width: int = AGE_BAND) -> list[str]:
     return [band(x) for x in numbers]
 
 
-def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """The columns and rows of a CSV as spreadsheets save it: a UTF-8 byte-order mark (Excel's "CSV UTF-8"), a
-    ';' or tab separator (Excel in locales with a decimal comma), spaces around the column names; short rows read
-    as empty cells."""
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """The columns, rows and each row's line in the file of a CSV as spreadsheets save it: a UTF-8 byte-order mark
+    (Excel's "CSV UTF-8"), a ';' or tab separator (Excel in locales with a decimal comma), spaces around the column
+    names; short rows read as empty cells, blank lines are skipped (and still counted in the line numbers)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -333,8 +333,11 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     separator = next((s for s in (",", ";", "\t") if s in header), ",")
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=separator, restval="")  # skips blank lines
     reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-    rows = [{k: v.strip() for k, v in row.items() if k is not None} for row in reader]  # None: cells past the header
-    return list(reader.fieldnames), rows
+    rows, lines = [], []
+    for row in reader:
+        rows.append({k: v.strip() for k, v in row.items() if k is not None})  # None: cells past the header
+        lines.append(reader.line_num)  # the row's last line: a quoted cell may hold line breaks
+    return list(reader.fieldnames), rows, lines
 
 
 def load_manifest(
@@ -342,10 +345,10 @@ def load_manifest(
 ) -> DataSplits:
     """A CSV manifest (see data/labels.py for the label layouts) with an optional split column (train/val), group
     column (`group` unless named) and patient column; paths are relative to the CSV."""
-    columns, rows = read_csv(path)
+    columns, rows, lines = read_csv(path)
     if not rows:
         raise DataError(f"{path}: the manifest has no rows.")
-    table = read_table(path, rows, columns, spec or LabelSpec())
+    table = read_table(path, rows, columns, spec or LabelSpec(), lines)
     if group_column is not None and group_column not in columns:
         raise DataError(f"{path}: no column '{group_column}' for the groups (columns: {sorted(columns)}).")
     group_column = group_column or "group"
