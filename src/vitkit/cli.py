@@ -468,12 +468,11 @@ def compare_command(
     """Say whether version B is better than A from a serving log: accuracy with a significance test where true
     labels were sent to /feedback, agreement and confidence otherwise."""
     from vitkit.serve.compare import compare
-    from vitkit.serve.log import read_log
+    from vitkit.serve.log import load_log
 
-    if not log.is_file():
-        raise VitkitError(f"{log}: no such file. Give the file passed to vitkit serve --log.")
+    records = load_log(log)
     try:
-        result = compare(read_log(log), a, b, model)
+        result = compare(records, a, b, model)
     except ValueError as exc:
         raise VitkitError(f"{log}: {exc}") from None
     measure = "accuracy" if result.labelled else "mean confidence"
@@ -492,14 +491,13 @@ def monitor_command(
     """Render the drift reports of a serving log (p-values, attention-entropy shift, latency p99, memory) as one
     self-contained HTML page."""
     from vitkit.run_folder import check_output_files
-    from vitkit.serve.log import read_log
+    from vitkit.serve.log import load_log
     from vitkit.serve.monitor_page import monitor_page
 
-    if not log.is_file():
-        raise VitkitError(f"{log}: no such file. Give the file passed to vitkit serve --log.")
+    records = load_log(log)
     check_output_files(out)
     try:
-        page = monitor_page(read_log(log))
+        page = monitor_page(records)
     except ValueError as exc:
         raise VitkitError(f"{log}: {exc}.") from None
     out.write_text(page)

@@ -82,5 +82,5 @@ def test_compare_without_labels_reports_agreement_and_says_accuracy_is_unknown()
     result = compare(log(pairs, {}), "A", "B")
     assert not result.labelled and result.agreement == 30 / 40
     assert result.verdict.startswith("no labels") and "POST /feedback" in result.verdict
-    with pytest.raises(ValueError, match="no prediction of version C"):
+    with pytest.raises(ValueError, match=r"no prediction of version C \(its versions: A, B\)"):
         compare(log(pairs, {}), "A", "C")

@@ -80,7 +80,9 @@ def compare(records: list[dict[str, Any]], a: str, b: str, model: str | None = N
     answers_a, answers_b = _answers(records, model, a), _answers(records, model, b)
     if not answers_a or not answers_b:
         missing = a if not answers_a else b
-        raise ValueError(f"the log holds no prediction of version {missing}.")
+        held = sorted({str(r.get("version")) for r in records if r.get("kind") == "prediction"})
+        versions = ", ".join(held) or "none"
+        raise ValueError(f"the log holds no prediction of version {missing} (its versions: {versions}).")
     labels = {r["request_id"]: r["label"] for r in records if r.get("kind") == "feedback"}
     shared = sorted(set(answers_a) & set(answers_b))
     agreement = sum(answers_a[i][0] == answers_b[i][0] for i in shared) / len(shared) if shared else None

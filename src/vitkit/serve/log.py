@@ -55,8 +55,26 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
-                # a line cut off by a crash mid-write is the only damage an append-only log can take
-                records.append({"kind": "damaged", "line": number})
+                record = None
+            # a line cut off by a crash mid-write is the only damage an append-only log can take
+            records.append(record if isinstance(record, dict) else {"kind": "damaged", "line": number})
+    return records
+
+
+def load_log(path: Path) -> list[dict[str, Any]]:
+    """The records of the prediction log `vitkit compare` and `vitkit monitor` are given, or a message saying why
+    the file is not one."""
+    if not path.is_file():
+        raise VitkitError(f"{path}: no such file. Give the file passed to vitkit serve --log.")
+    try:
+        records = read_log(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.reason if isinstance(exc, UnicodeDecodeError) else exc.strerror or str(exc)
+        raise VitkitError(f"{path}: not a prediction log ({why}). Give the file passed to serve --log.") from None
+    if not any(r.get("kind") not in (None, "damaged") for r in records):
+        raise VitkitError(
+            f"{path} is not a prediction log written by vitkit serve --log (no line of it is a record vitkit writes)."
+        )
     return records
