@@ -100,36 +100,32 @@ def load_raw(name_or_path: str, _seen: tuple[Path, ...] = ()) -> tuple[dict[str,
     return data, path
 
 
-def _known_fields(model: type[BaseModel], dotted: list[str]) -> list[str]:
-    """Field names valid at the position of the last key in `dotted`, for suggestions."""
-    current: type[BaseModel] = model
-    for key in dotted[:-1]:
-        field = current.model_fields.get(key)
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        current = field.annotation
-    return list(current.model_fields)
-
-
-def _is_mapping(dotted: list[str]) -> bool:
-    """Whether the recipe field at `dotted` (model.kwargs) holds a mapping."""
+def _annotation_at(dotted: list[str]) -> Any:
+    """The type of the recipe field at `dotted` (a section's model, or a value's type); None past a field that is
+    not a section, or at a name the recipe does not have."""
     current: Any = Recipe
     for key in dotted:
         field = current.model_fields.get(key) if isinstance(current, type) and issubclass(current, BaseModel) else None
         if field is None:
-            return False
+            return None
         current = field.annotation
-    return typing.get_origin(current) is dict
+    return current
+
+
+def _known_fields(dotted: list[str]) -> list[str]:
+    """Field names valid at the position of the last key in `dotted`, for suggestions."""
+    section = _annotation_at(dotted[:-1])
+    return list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
 
 
 def _check_keys(item: str, keys: list[str]) -> None:
     """Name the first key of `section.field` that the recipe does not have (a misspelt section included), with
     the nearest valid name."""
     for depth, key in enumerate(keys):
-        valid = _known_fields(Recipe, keys[: depth + 1])
+        valid = _known_fields(keys[: depth + 1])
         if depth and not valid:  # below a field that holds a value or a mapping (model.kwargs), not a section
             parent, value = ".".join(keys[:depth]), item.split("=", 1)[1]
-            if not _is_mapping(keys[:depth]):
+            if typing.get_origin(_annotation_at(keys[:depth])) is not dict:
                 raise RecipeError(f"override '{item}': {parent} holds a value, not fields: '{parent}=VALUE'.")
             raise RecipeError(
                 f"override '{item}': {parent} is set as a whole, e.g. '{parent}={{{key}: {value}}}' (this replaces "
@@ -170,7 +166,7 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
-            valid = _known_fields(Recipe, [*(str(p) for p in err["loc"])])
+            valid = _known_fields([str(p) for p in err["loc"]])
             hint = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
             suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid fields: {', '.join(valid)}."
             lines.append(f"  - {loc}: unknown field in section '{section or 'recipe'}'.{suggestion}")

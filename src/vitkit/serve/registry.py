@@ -246,8 +246,9 @@ class Registry:
     def feedback(self, request_id: str, label: str) -> dict[str, Any]:
         if self.log is None:
             raise InputError(409, "this server keeps no prediction log: start it with --log FILE to take feedback.")
-        classes = sorted({c for versions in self.models.values() for served in versions for c in served.classes})
-        if label not in classes:  # a misspelt label would count as a wrong answer of every version
+        served_models = [served for versions in self.models.values() for served in versions]
+        if not any(label in served.classes for served in served_models):  # a misspelt label would count as wrong
+            classes = sorted({c for served in served_models for c in served.classes})
             shown = ", ".join(classes[:20]) + (f" ... ({len(classes)} in all)" if len(classes) > 20 else "")
             raise InputError(422, f"label '{label[:100]}' is not a class of the served models ({shown}).")
         record = {"kind": "feedback", "request_id": request_id, "label": label}
