@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe
@@ -77,7 +78,7 @@ def test_the_base_recipe_in_the_search_space():
     assert base_values(base) == {
         "optim.lr": 1.0, "optim.weight_decay": 0.05, "model.drop_path_rate": 0.1, "train.label_smoothing": 0.1,
         "augment.rrc_scale": 0.35, "augment.randaugment": 7.0, "augment.random_erasing": 0.25, "augment.mixup": 0.8,
-        "augment.cutmix": 1.0,
+        "augment.cutmix": 1.0, "augment.hflip": 0.5,
     }  # fmt: skip
     # no weight decay and no RandAugment: the lowest weight decay searched, RandAugment off
     plain = base_values(tiny_recipe("optim.weight_decay=0", "augment.randaugment=null"))
@@ -106,13 +107,39 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     elapsed = time.monotonic() - started
     assert 0 < again.base_seconds < again.search_seconds < elapsed  # four trials' time, the base's the first
     third = recipe_from_yaml_file(out / "trial-0002" / "recipe.yaml")
-    assert third.optim.lr == pytest.approx(base.optim.lr / 2)  # twice and half the base's lr, then the sampler's
-    assert recipe_from_yaml_file(out / "trial-0003" / "recipe.yaml").optim.lr / base.optim.lr not in (1, 2, 0.5)
+    assert third.optim.lr == pytest.approx(base.optim.lr / 2)  # twice and half the base's lr, then without flips
+    fourth = recipe_from_yaml_file(out / "trial-0003" / "recipe.yaml")
+    assert base.augment.hflip == 0.5 and fourth.augment.hflip == 0 and fourth.optim.lr == base.optim.lr
     assert again.trials == 4 and (out / "trial-0003").exists()  # continued, not started over
     study = optuna.load_study(study_name="vitkit", storage=f"sqlite:///{out / 'study.db'}")
     assert [t.params == base_values(base) for t in study.trials] == [True, False, False, False]  # queued once
     assert again.base_value == study.trials[0].value and again.best_is_base == (study.best_trial.number == 0)
     assert again.held_out == len(recipe_splits(tiny_recipe(*BASE)).val)  # the images each trial validated on
+
+
+def write_mirrored_classes(root: Path, per_class: int) -> Path:
+    """Two classes that are each other's mirror image (the bright half on the left or on the right): a flip turns
+    an image into the other class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 16)):
+        for name, half in (("left", slice(0, 8)), ("right", slice(8, 16))):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, size=(16, 16, 3), dtype=np.uint8)
+                pixels[:, half] += 120
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_the_search_turns_off_flips_where_a_flip_changes_the_class(tmp_path: Path):
+    data = write_mirrored_classes(tmp_path / "mirrored", per_class=80)
+    base = tiny_recipe(f"data.source={data}", "schedule.epochs=6", "schedule.warmup_epochs=0", "augment.hflip=0.5")
+    result = tune(base, tmp_path / "study", trials=4, console=Console(quiet=True), pruner=optuna.pruners.NopPruner())
+    # with flips, half the training images carry the other class's label: the held-out images stay at chance
+    assert result.base_value is not None and result.base_value <= 0.6
+    assert result.best_trial == 3 and result.best_value >= result.base_value + 0.2  # the fourth: flips off
+    assert "augment.hflip=0" in result.best_overrides
+    assert recipe_from_yaml_file(result.best_recipe).augment.hflip == 0
 
 
 def _result(best: float, base: float | None, held_out: int | None, metric: str = "val_top1") -> TuneResult:
@@ -236,7 +263,7 @@ def test_a_stop_request_ends_the_study_and_queues_the_stopped_trial_again(
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and optuna.trial.TrialState.PRUNED not in states
     waiting = [t.system_attrs["fixed_params"] for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
-    assert study.trials[0].params in waiting and len(waiting) == 3  # the base recipe again, then lr x2 and x0.5
+    assert study.trials[0].params in waiting and len(waiting) == 4  # the base again, lr x2, x0.5, no flips
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
