@@ -81,6 +81,20 @@ def tiny_vit(num_classes: int = 10, seed: int = 0, name: str = "vit_tiny_patch16
     return timm.create_model(name, num_classes=num_classes, **{**TINY_VIT, **kwargs}).eval()
 
 
+def write_mirrored_classes(root: Path, per_class: int) -> Path:
+    """Two classes that are each other's mirror image (the bright half on the left or on the right): a flip turns
+    an image into the other class."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("val", 16)):
+        for name, half in (("left", slice(0, 8)), ("right", slice(8, 16))):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, size=(16, 16, 3), dtype=np.uint8)
+                pixels[:, half] += 120
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
 def save_tiny_pretrained(path: Path, num_classes: int = 10, seed: int = 0) -> tuple[Path, nn.Module]:
     """A tiny ViT saved as a .safetensors file, standing in for downloaded pretrained weights."""
     model = tiny_vit(num_classes, seed)

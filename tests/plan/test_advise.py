@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import write_image_folder
+from tests.conftest import write_image_folder, write_mirrored_classes
 from tests.e2e.test_cli import vitkit
 from vitkit.config import load_recipe
 from vitkit.data.sources import load_source
@@ -22,6 +22,7 @@ from vitkit.plan.advise import (
     batch_size_for,
     ema_decay_for,
     epochs_for_minutes,
+    mirror_accuracy,
     patch_size_for,
     profile_data,
     render_yaml,
@@ -242,3 +243,41 @@ def test_cli_minutes_measure_this_machine_and_fit_the_epochs():
     speed = float(line.split(" at ")[1].split(" training images/s")[0].replace(",", ""))
     assert speed > 0
     assert abs(epochs - epochs_for_minutes(3, 6000, speed)) <= 1  # the printed speed is rounded
+
+
+def test_mirror_accuracy_by_hand():
+    # class 0 bright on the left, class 1 on the right: each mirror image is the other class's mean exactly
+    left = np.array([[1.0, 0.0], [1.0, 0.0]])
+    thumbs, labels = np.stack([left, left, left[:, ::-1]]), np.array([0, 0, 1])
+    assert mirror_accuracy(thumbs, labels) == (1.0, 0.0)
+    # a symmetric class stays itself mirrored; the asymmetric one, mirrored, is nearer the symmetric class's mean
+    level, corner = np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[0.0, 0.0], [0.0, 1.0]])
+    assert mirror_accuracy(np.stack([level, corner]), np.array([0, 1])) == (1.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("accuracy", "classes", "flips_change"),
+    [
+        ((0.91, 0.30), 10, True),  # 8-px digits: mirrored, the class means lose most of their skill
+        ((0.66, 0.56), 10, False),  # Fashion-MNIST: its shoes point left, yet most of the skill stays
+        ((1.0, 0.0), 2, True),
+        ((0.15, 0.0), 10, False),  # class means barely above chance (photographs): no verdict, flips stay
+        (None, 5, False),  # multi-label data, or too few sampled images per class
+    ],
+)
+def test_flips_change_class_when_mirroring_takes_the_class_means_towards_chance(
+    accuracy: tuple[float, float] | None, classes: int, flips_change: bool
+):
+    profile = DataProfile(1000, [100] * classes, 28, True, (0.5,) * 3, (0.25,) * 3, mirror_accuracy=accuracy)  # type: ignore[arg-type]
+    assert profile.flips_change_class is flips_change
+
+
+def test_mirrored_classes_get_no_flips_and_symmetric_ones_keep_them(tmp_path: Path):
+    mirrored = profile_data(load_source(str(write_mirrored_classes(tmp_path / "m", 20) / "train"), val_fraction=0.2))
+    assert mirrored.mirror_accuracy == (1.0, 0.0) and mirrored.flips_change_class
+    advice = advise_recipe(mirrored, 60)
+    assert advice.strength == "moderate" and advice.value("augment.mixup") == 0.2  # the rest of the strength stays
+    flips = next(c for c in advice.choices if c.field == "augment.hflip")
+    assert flips.value == 0 and "100% of the sampled images apart and 0% of their mirror images" in flips.why
+    coloured = profile_data(load_source(str(write_image_folder(tmp_path / "c", per_class=8)), val_fraction=0.25))
+    assert coloured.mirror_accuracy == (1.0, 1.0) and advise_recipe(coloured, 60).value("augment.hflip") == 0.5

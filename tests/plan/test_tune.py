@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from PIL import Image
 from rich.console import Console
 
-from tests.conftest import TINY_OVERRIDES, tiny_recipe
+from tests.conftest import TINY_OVERRIDES, tiny_recipe, write_mirrored_classes
 from tests.e2e.test_cli import vitkit
 from vitkit.config.loader import recipe_from_yaml_file, recipe_to_yaml
 from vitkit.data.sources import recipe_splits
@@ -115,20 +114,6 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
     assert [t.params == base_values(base) for t in study.trials] == [True, False, False, False]  # queued once
     assert again.base_value == study.trials[0].value and again.best_is_base == (study.best_trial.number == 0)
     assert again.held_out == len(recipe_splits(tiny_recipe(*BASE)).val)  # the images each trial validated on
-
-
-def write_mirrored_classes(root: Path, per_class: int) -> Path:
-    """Two classes that are each other's mirror image (the bright half on the left or on the right): a flip turns
-    an image into the other class."""
-    rng = np.random.default_rng(0)
-    for split, count in (("train", per_class), ("val", 16)):
-        for name, half in (("left", slice(0, 8)), ("right", slice(8, 16))):
-            (root / split / name).mkdir(parents=True)
-            for i in range(count):
-                pixels = rng.integers(0, 60, size=(16, 16, 3), dtype=np.uint8)
-                pixels[:, half] += 120
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
 
 
 def test_the_search_turns_off_flips_where_a_flip_changes_the_class(tmp_path: Path):

@@ -48,6 +48,10 @@ SMALL_VIT_WHY = (
     "the mean of the patch tokens instead of a class token, normalised queries and keys, and no position "
     "embedding (the convolutions' padding places the tokens)"
 )
+MIRROR_MIN_SKILL = 0.1  # class means this little better than chance (photographs of things) tell nothing
+MIRROR_KEPT = 0.5
+MIRROR_PER_CLASS = 5  # sampled images per class on average: with fewer a class mean is a few images, not a class
+MIRROR_SIDE = 16  # the mirror check compares 16x16 grayscale thumbnails
 MIN_GRID = 7  # patches per side: fewer than 7x7 tokens leave attention little to relate
 MIN_PATCH = 2
 LARGEST_FROM_SCRATCH = 224
@@ -136,6 +140,20 @@ class DataProfile:
     std: tuple[float, float, float]
     multilabel: bool = False
     description: str = ""
+    # a nearest-class-mean classifier's accuracy on the sampled images and on their mirror images (single-label
+    # data only): where mirroring takes it down towards chance, a flip turns an image into another class
+    mirror_accuracy: tuple[float, float] | None = None
+
+    @property
+    def flips_change_class(self) -> bool:
+        """Whether a horizontal flip changes what an image shows: the class means tell the sample's images apart
+        better than chance, and mirrored, less than half as well (8-px digits: 91% and 30%, chance 10%;
+        Fashion-MNIST, whose shoes all point left: 66% and 56%)."""
+        if self.mirror_accuracy is None:
+            return False
+        chance = 1 / self.classes
+        images, mirrored = self.mirror_accuracy
+        return images - chance >= MIRROR_MIN_SKILL and mirrored - chance < MIRROR_KEPT * (images - chance)
 
     @property
     def classes(self) -> int:
@@ -241,13 +259,20 @@ STRENGTH_WHY = {
 }
 
 
-def _trick_choices(strength: str) -> list[Choice]:
+def _trick_choices(strength: str, profile: DataProfile) -> list[Choice]:
     chosen = STRENGTHS[strength]
     out = []
     for name, off in TRICKS_OFF.items():
         value = chosen.get(name, off)
         state = "off" if value == off else "on"
         out.append(Choice(name, value, f"{TRICK_WHY[name]}: {state} (strength {strength})"))
+    if profile.flips_change_class and profile.mirror_accuracy:
+        images, mirrored = profile.mirror_accuracy
+        why = (
+            f"horizontal flips off: the class means tell {images:.0%} of the sampled images apart and {mirrored:.0%} "
+            f"of their mirror images (chance {1 / profile.classes:.0%}): a flip turns an image into another class"
+        )
+        out = [Choice(c.field, 0.0, why) if c.field == "augment.hflip" else c for c in out]
     out += [
         Choice("augment.color_jitter", 0.0, "colour jitter off (RandAugment covers colour where it is on)"),
         Choice("augment.crop_pct", 1.0, "evaluate on the whole image (no centre crop): small objects fill it"),
@@ -316,7 +341,9 @@ def advise_recipe(
         lr = width_for(profile.images).lr
         if profile.images < 10_000:
             notes.append("under 10k images, pretrained weights (--pretrained) usually beat any from-scratch recipe")
-    choices += _data_choices(profile) + _trick_choices(level) + _optim_choices(profile, epochs, batch, lr, budget_why)
+    choices += (
+        _data_choices(profile) + _trick_choices(level, profile) + _optim_choices(profile, epochs, batch, lr, budget_why)
+    )
     return RecipeAdvice(base, choices + _imbalance_choices(profile), epochs, level, notes)
 
 
@@ -331,12 +358,16 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
     train = splits.train
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(train), size=min(sample, len(train)), replace=False)
-    pixels, sides, grey = [], [], True
+    pixels, sides, grey, thumbs, labels = [], [], True, [], []
     for i in picked:
         try:
-            image = np.asarray(to_pil(train.items[int(i)]), dtype=np.float32) / 255.0
+            pil = to_pil(train.items[int(i)])
+            image = np.asarray(pil, dtype=np.float32) / 255.0
         except (OSError, ValueError, DataError):  # an unreadable file: training skips it too (data.bad_images)
             continue
+        if not train.multilabel:
+            thumbs.append(np.asarray(pil.convert("L").resize((MIRROR_SIDE, MIRROR_SIDE)), dtype=np.float32))
+            labels.append(int(train.labels[int(i)]))
         sides.append(min(image.shape[:2]))
         grey = grey and bool(np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 1], image[..., 2]))
         pixels.append(image.reshape(-1, 3)[:: max(1, image.shape[0] * image.shape[1] // 4096)])
@@ -356,7 +387,28 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
         std=tuple(round(float(s), 3) for s in flat.std(axis=0)),  # type: ignore[arg-type]
         multilabel=train.multilabel,
         description=splits.description,
+        mirror_accuracy=(
+            mirror_accuracy(np.stack(thumbs), np.array(labels))
+            if len(thumbs) >= MIRROR_PER_CLASS * len(splits.classes)
+            else None
+        ),
     )
+
+
+def mirror_accuracy(thumbs: Any, labels: Any) -> tuple[float, float]:
+    """How often the nearest class mean names an image's class, for the images (N x H x W) and for their mirror
+    images. The means are of the same images: a check of what a flip does, not a classifier."""
+    import numpy as np
+
+    flat = thumbs.reshape(len(thumbs), -1)
+    present = np.unique(labels)
+    means = np.stack([flat[labels == c].mean(axis=0) for c in present])
+
+    def accuracy(images: Any) -> float:
+        distances = ((images[:, None, :] - means[None]) ** 2).sum(axis=-1)
+        return float((present[distances.argmin(axis=1)] == labels).mean())
+
+    return accuracy(flat), accuracy(thumbs[:, :, ::-1].reshape(len(thumbs), -1))
 
 
 def epochs_for_minutes(minutes: float, images: int, images_per_second: float) -> int:
