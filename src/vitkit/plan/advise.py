@@ -266,19 +266,22 @@ def _trick_choices(strength: str, profile: DataProfile) -> list[Choice]:
         value = chosen.get(name, off)
         state = "off" if value == off else "on"
         out.append(Choice(name, value, f"{TRICK_WHY[name]}: {state} (strength {strength})"))
-    if profile.flips_change_class and profile.mirror_accuracy:
-        images, mirrored = profile.mirror_accuracy
-        why = (
-            f"horizontal flips off: the class means tell {images:.0%} of the sampled images apart and {mirrored:.0%} "
-            f"of their mirror images (chance {1 / profile.classes:.0%}): a flip turns an image into another class"
-        )
-        out = [Choice(c.field, 0.0, why) if c.field == "augment.hflip" else c for c in out]
+        if name == "augment.hflip" and profile.flips_change_class:
+            out[-1] = Choice(name, 0.0, _flips_off_why(profile))
     out += [
         Choice("augment.color_jitter", 0.0, "colour jitter off (RandAugment covers colour where it is on)"),
         Choice("augment.crop_pct", 1.0, "evaluate on the whole image (no centre crop): small objects fill it"),
         Choice("augment.repeated_aug", 1, "no repeated augmentation: DeiT's 3x is for very large batches"),
     ]
     return out
+
+
+def _flips_off_why(profile: DataProfile) -> str:
+    images, mirrored = profile.mirror_accuracy or (0.0, 0.0)
+    return (
+        f"horizontal flips off: the class means tell {images:.0%} of the sampled images apart and {mirrored:.0%} of "
+        f"their mirror images (chance {1 / profile.classes:.0%}): a flip turns an image into another class"
+    )
 
 
 def _optim_choices(profile: DataProfile, epochs: int, batch: int, lr: float, budget_why: str) -> list[Choice]:
