@@ -475,8 +475,8 @@ def compare_command(
         result = compare(records, a, b, model)
     except ValueError as exc:
         raise VitkitError(f"{log}: {exc}") from None
-    measure = "accuracy" if result.labelled else "mean confidence"
-    console.print(f"{measure}: {a} {result.a_value:.4f} (n={result.n_a})  {b} {result.b_value:.4f} (n={result.n_b})")
+    values = f"{a} {result.a_value:.4f} (n={result.n_a})  {b} {result.b_value:.4f} (n={result.n_b})"
+    console.print(f"{result.measure}: {values}")
     if result.agreement is not None:
         console.print(f"agreement on shared images: {result.agreement:.2%}")
     console.print(f"{result.test}: p = {result.p_value:.4g}", highlight=False)

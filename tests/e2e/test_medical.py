@@ -134,6 +134,8 @@ def test_the_report_renders_in_headless_chromium(walkthrough):
 
 
 def test_an_export_serves_findings_at_the_saved_thresholds(walkthrough, tmp_path: Path):
+    """The served findings, their log line, true findings sent back to /feedback, and `vitkit compare` judging
+    exact-match accuracy from them."""
     from tests.serve.client import Server
 
     run = walkthrough["run"]
@@ -143,15 +145,34 @@ def test_an_export_serves_findings_at_the_saved_thresholds(walkthrough, tmp_path
     saved = json.loads((run / "thresholds.json").read_text())
     assert model["task"] == "multilabel" and model["output"]["activation"].startswith("sigmoid")
     assert model["thresholds"] == {"specificity": 0.9, "values": saved["thresholds"]["0.9"]}
-    server = Server(str(tmp_path / "export"))
+    log = tmp_path / "predictions.jsonl"
+    server = Server(str(tmp_path / "export"), "--log", str(log))
     try:
         image = (walkthrough["test_dir"] / "0.png").read_bytes()
         reply = server.post_files("/predict?top_k=5", [("files", image)])
         assert reply.status == 200, reply.body
         (prediction,) = reply.json()["predictions"]
+        refusals = [
+            server.post_json("/feedback", {"id": prediction["id"], "label": XRAY_FINDINGS[0]}),  # one class: no
+            server.post_json("/feedback", {"id": prediction["id"], "labels": ["Cardiomegaly", "Nodule!"]}),
+        ]
+        truth = sorted(set(XRAY_FINDINGS) - set(prediction["findings"]))[:1]  # a finding the model did not name
+        taken = server.post_json("/feedback", {"id": prediction["id"], "labels": truth})
     finally:
         server.close()
     cuts = dict(zip(saved["labels"], saved["thresholds"]["0.9"], strict=True))
     expected = {t["label"] for t in prediction["top"] if t["probability"] >= (cuts[t["label"]] or 0.5)}
     assert set(prediction["findings"]) == expected and prediction["low_confidence"] is None
     assert len(prediction["top"]) == 5 and all(0 <= t["probability"] <= 1 for t in prediction["top"])
+    assert [r.status for r in refusals] == [422, 422]
+    assert '"labels"' in refusals[0].json()["error"] and "[] when there is none" in refusals[0].json()["error"]
+    assert refusals[1].json()["error"].startswith("label 'Nodule!' is not a class of the served models")
+    assert taken.status == 200 and taken.json()["labels"] == truth
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    (logged,) = [r for r in records if r["kind"] == "prediction"]
+    assert logged["findings"] == prediction["findings"]
+    assert [r | {"time": 0} for r in records if r["kind"] == "feedback"] == [taken.json() | {"time": 0}]
+    version = logged["version"]  # a version against itself: the measure and the counts, not a verdict
+    compared = vitkit("compare", str(log), "--a", version, "--b", version)
+    assert compared.returncode == 0, compared.stderr
+    assert f"exact-match accuracy: {version} 0.0000 (n=1)" in compared.stdout

@@ -84,3 +84,24 @@ def test_compare_without_labels_reports_agreement_and_says_accuracy_is_unknown()
     assert result.verdict.startswith("no labels") and "POST /feedback" in result.verdict
     with pytest.raises(ValueError, match=r"no prediction of version C \(its versions: A, B\)"):
         compare(log(pairs, {}), "A", "C")
+
+
+def test_a_multi_label_answer_is_right_only_when_all_its_findings_are():
+    # 4 images; truth per image, and the findings of A and B (A names one finding too many on image 1)
+    truth = [["Effusion"], ["Mass"], [], ["Effusion", "Nodule"]]
+    a = [["Effusion"], ["Mass", "Nodule"], [], ["Nodule", "Effusion"]]
+    b = [["Effusion"], ["Mass"], ["Mass"], ["Effusion"]]
+    records = []
+    for i in range(4):
+        for version, found in (("A", a[i]), ("B", b[i])):
+            top = [["Effusion", 0.7]]
+            records.append(
+                {"kind": "prediction", "request_id": f"r{i}", "version": version, "top": top, "findings": found}
+            )
+        records.append({"kind": "feedback", "request_id": f"r{i}", "labels": truth[i]})
+    result = compare(records, "A", "B")
+    # A right on images 0, 2, 3 (order of findings does not matter); B right on 0, 1
+    assert (result.a_value, result.b_value) == (3 / 4, 2 / 4)
+    assert result.measure == "exact-match accuracy" and "exact-match accuracy 50.00% against 75.00%" in result.verdict
+    assert result.p_value == pytest.approx(stats.binomtest(1, 3, 0.5).pvalue)  # A-only right 2, B-only right 1
+    assert result.agreement == 1 / 4  # the same findings only on image 0

@@ -127,6 +127,8 @@ def test_compare_judges_the_candidate_from_the_log_and_feedback(server: Server, 
     said = "label 'gren' is not a class of the served models (blue, green, red)."
     assert typo.status == 422 and typo.json()["error"] == said
     assert server.post_json("/feedback", {"id": "x" * 100_000, "label": "red"}).status == 422
+    findings = server.post_json("/feedback", {"id": reply["predictions"][0]["id"], "labels": ["red"]})
+    assert findings.status == 422 and findings.json()["error"] == 'send the prediction\'s "label": the true class.'
     assert (folder / "predictions.jsonl").read_text().count("\n") == lines
     admin(server, "PUT", "/admin/models/shapes/rollout", {"candidate": None, "shadow": False})
     out = vitkit("compare", str(folder / "predictions.jsonl"), "--a", "1.0.0", "--b", "1.1.0")

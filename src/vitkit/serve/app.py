@@ -67,7 +67,10 @@ class PredictResponse(BaseModel):
 
 class Feedback(BaseModel):
     id: str = Field(description="A prediction's id.", min_length=1, max_length=128)
-    label: str = Field(description="The true class, one of the model's class names.", max_length=1000)
+    label: str | None = Field(None, description="Single-label models: the true class.", max_length=1000)
+    labels: list[str] | None = Field(
+        None, description="Multi-label models: every true finding; [] when there is none.", max_length=1000
+    )
 
 
 PREDICT_BODY = {
@@ -267,8 +270,8 @@ def _predict_route(app: FastAPI, registry: Registry) -> None:
 
     @app.post("/feedback")
     def feedback(body: Feedback) -> dict[str, Any]:
-        """The true label of an earlier prediction, for `vitkit compare`."""
-        return registry.feedback(body.id, body.label)
+        """The true label (or a multi-label model's true findings) of an earlier prediction, for `vitkit compare`."""
+        return registry.feedback(body.id, body.label, body.labels)
 
 
 def _predictions(answer: Answer, top_k: int, key: str | None, registry: Registry) -> dict[str, Any]:

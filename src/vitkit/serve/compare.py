@@ -4,6 +4,9 @@ With true labels (POST /feedback) the question is accuracy. When both versions a
 mode) the test is McNemar's exact test on the images only one of them got right; when they answered different
 requests (A/B) it is a two-proportion z-test. Without labels only agreement and confidence can be compared: a sign
 test on paired confidences, or a z-test on the mean confidences of unpaired answers.
+
+A multi-label model's answer is the set of findings at its thresholds, and it is right on an image when that set is
+exactly the true one (POST /feedback with "labels"): exact-match accuracy, which the same tests compare.
 """
 
 from __future__ import annotations
@@ -27,8 +30,15 @@ class Comparison:
     b_value: float
     p_value: float
     test: str
-    agreement: float | None  # share of paired images with the same top class
+    agreement: float | None  # share of paired images with the same top class (multi-label: the same findings)
     verdict: str
+    multilabel: bool = False  # accuracy is then exact-match accuracy: all of an image's findings right
+
+    @property
+    def measure(self) -> str:
+        if not self.labelled:
+            return "mean confidence"
+        return "exact-match accuracy" if self.multilabel else "accuracy"
 
 
 def normal_two_sided(z: float) -> float:
@@ -67,13 +77,24 @@ def mean_difference(xs: list[float], ys: list[float]) -> float:
     return 1.0 if se == 0 else normal_two_sided((my - mx) / se)
 
 
-def _answers(records: list[dict[str, Any]], model: str | None, version: str) -> dict[str, tuple[str, float]]:
-    """request id -> (top class, its probability) for one version's answers and shadow predictions."""
+Label = str | tuple[str, ...]  # a class, or a multi-label model's findings (sorted)
+
+
+def _answers(records: list[dict[str, Any]], model: str | None, version: str) -> dict[str, tuple[Label, float]]:
+    """request id -> (top class or findings, top probability) for one version's answers and shadow predictions."""
     return {
-        r["request_id"]: (r["top"][0][0], float(r["top"][0][1]))
+        r["request_id"]: (_answer(r), float(r["top"][0][1]))
         for r in records
         if r.get("kind") == "prediction" and r.get("version") == version and model in (None, r.get("model"))
     }
+
+
+def _answer(prediction: dict[str, Any]) -> Label:
+    return tuple(sorted(prediction["findings"])) if "findings" in prediction else prediction["top"][0][0]
+
+
+def _truth(feedback: dict[str, Any]) -> Label:
+    return tuple(sorted(feedback["labels"])) if "labels" in feedback else feedback["label"]
 
 
 def compare(records: list[dict[str, Any]], a: str, b: str, model: str | None = None) -> Comparison:
@@ -83,7 +104,8 @@ def compare(records: list[dict[str, Any]], a: str, b: str, model: str | None = N
         held = sorted({str(r.get("version")) for r in records if r.get("kind") == "prediction"})
         versions = ", ".join(held) or "none"
         raise ValueError(f"the log holds no prediction of version {missing} (its versions: {versions}).")
-    labels = {r["request_id"]: r["label"] for r in records if r.get("kind") == "feedback"}
+    labels = {r["request_id"]: _truth(r) for r in records if r.get("kind") == "feedback"}
+    multilabel = any(isinstance(answer, tuple) for answer, _ in [*answers_a.values(), *answers_b.values()])
     shared = sorted(set(answers_a) & set(answers_b))
     agreement = sum(answers_a[i][0] == answers_b[i][0] for i in shared) / len(shared) if shared else None
     labelled_a = [i for i in answers_a if i in labels]
@@ -101,9 +123,8 @@ def compare(records: list[dict[str, Any]], a: str, b: str, model: str | None = N
             n_a, n_b = len(labelled_a), len(labelled_b)
             p, test = two_proportions(hits_a, n_a, hits_b, n_b), "two-proportion z-test"
             value_a, value_b = hits_a / n_a, hits_b / n_b
-        return Comparison(
-            a, b, True, bool(paired), n_a, n_b, value_a, value_b, p, test, agreement, _verdict(value_a, value_b, p)
-        )
+        verdict = _verdict(value_a, value_b, p, "exact-match accuracy" if multilabel else "accuracy")
+        return Comparison(a, b, True, bool(paired), n_a, n_b, value_a, value_b, p, test, agreement, verdict, multilabel)
     if shared:
         conf_a, conf_b = [answers_a[i][1] for i in shared], [answers_b[i][1] for i in shared]
         higher = sum(y > x for x, y in zip(conf_a, conf_b, strict=True))
@@ -119,10 +140,10 @@ def compare(records: list[dict[str, Any]], a: str, b: str, model: str | None = N
         + (f"{b} agrees with {a} on {agreement:.1%} of shared images; " if agreement is not None else "")
         + f"its mean confidence is {value_b:.3f} against {value_a:.3f} (p = {p:.3g})."
     )
-    return Comparison(a, b, False, bool(shared), n_a, n_b, value_a, value_b, p, test, agreement, verdict)
+    return Comparison(a, b, False, bool(shared), n_a, n_b, value_a, value_b, p, test, agreement, verdict, multilabel)
 
 
-def _verdict(a: float, b: float, p: float) -> str:
+def _verdict(a: float, b: float, p: float, measure: str) -> str:
     if p < ALPHA:
-        return f"{'better' if b > a else 'worse'}: accuracy {b:.2%} against {a:.2%} (p = {p:.3g} < {ALPHA})."
-    return f"no significant difference: accuracy {b:.2%} against {a:.2%} (p = {p:.3g}); collect more labels."
+        return f"{'better' if b > a else 'worse'}: {measure} {b:.2%} against {a:.2%} (p = {p:.3g} < {ALPHA})."
+    return f"no significant difference: {measure} {b:.2%} against {a:.2%} (p = {p:.3g}); collect more labels."

@@ -240,17 +240,36 @@ class Registry:
                     "version": served.version,
                     "role": role,
                     "top": top,
+                    **self._findings(served, probabilities),
                 }
             )
 
-    def feedback(self, request_id: str, label: str) -> dict[str, Any]:
+    @staticmethod
+    def _findings(served: ServedModel, probabilities: np.ndarray) -> dict[str, list[str]]:
+        """A multi-label model's findings at its thresholds: what `vitkit compare` judges against true labels."""
+        if not served.classifier.multilabel:
+            return {}
+        return {"findings": served.classifier.findings(probabilities[None])[0]}
+
+    def feedback(self, request_id: str, label: str | None, labels: list[str] | None) -> dict[str, Any]:
         if self.log is None:
             raise InputError(409, "this server keeps no prediction log: start it with --log FILE to take feedback.")
         served_models = [served for versions in self.models.values() for served in versions]
-        if not any(label in served.classes for served in served_models):  # a misspelt label would count as wrong
-            classes = sorted({c for served in served_models for c in served.classes})
-            shown = ", ".join(classes[:20]) + (f" ... ({len(classes)} in all)" if len(classes) > 20 else "")
-            raise InputError(422, f"label '{label[:100]}' is not a class of the served models ({shown}).")
-        record = {"kind": "feedback", "request_id": request_id, "label": label}
+        multilabel = any(served.classifier.multilabel for served in served_models)
+        if (labels if multilabel else label) is None or (label if multilabel else labels) is not None:
+            wanted = (
+                '"labels": the true findings, [] when there is none (a multi-label model)'
+                if multilabel
+                else '"label": the true class'
+            )
+            raise InputError(422, f"send the prediction's {wanted}.")
+        given = [label] if label is not None else labels or []
+        for name in given:  # a misspelt label would count as wrong
+            if not any(name in served.classes for served in served_models):
+                classes = sorted({c for served in served_models for c in served.classes})
+                shown = ", ".join(classes[:20]) + (f" ... ({len(classes)} in all)" if len(classes) > 20 else "")
+                raise InputError(422, f"label '{name[:100]}' is not a class of the served models ({shown}).")
+        truth: dict[str, Any] = {"label": label} if label is not None else {"labels": sorted(set(given))}
+        record = {"kind": "feedback", "request_id": request_id, **truth}
         self.log.write(record)
         return record
