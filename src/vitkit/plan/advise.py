@@ -246,8 +246,8 @@ TRICK_WHY = {
     "augment.mix_prob": "share of batches mixed",
 }
 STRENGTH_WHY = {
-    "none": "under 20 passes over the data the model is still under-fitting: no trick helped there (light lost "
-    "0.5-2.0 points to none on all 7 such cells of the grid)",
+    "none": "under 20 passes over the data the model is still under-fitting: tricks slow it down (light lost "
+    "0.5-2.0 points to none on 6 of the 7 such cells of the grid)",
     "light": "from 20 passes, regularisation of the weights and the targets pays, and flips (+1.0 and +0.7 points "
     "on 5k and 10k images), while crops and Mixup do not yet (moderate: -2.9 and +0.1 points at 20 passes)",
     "moderate": "from 40 passes the images must change under the model: crops from 70% of the area and Mixup 0.2 "
