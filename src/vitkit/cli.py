@@ -348,13 +348,19 @@ def predict(
     note = f"temperature {t:.3f}" if t else "no fitted temperature: raw softmax"
     count = f"{len(results)} image{'' if len(results) == 1 else 's'}"
     console.print(f"{count} with {classifier.source}, {note}", highlight=False)
+    unwritten = None
     if out is not None:
-        write_predictions(results, out)
-        console.print(f"predictions written to {out}", highlight=False)
-    for r in results if out is None else [r for r in results if r.error]:
+        try:
+            write_predictions(results, out)
+            console.print(f"predictions written to {out}", highlight=False)
+        except OSError as exc:  # a full disk, a file system that refuses it: the predictions are shown instead
+            unwritten = f"--out {out} could not be written ({exc.strerror or exc}); the predictions are printed above."
+    for r in results if out is None or unwritten else [r for r in results if r.error]:
         shown = r.error and f"[red]cannot read[/red]: {escape(r.error)}"
         shown = shown or escape(", ".join(f"{name} {p:.1%}" for name, p in r.top))
         console.print(f"{escape(r.path)}: {shown}" + (" (low confidence)" if r.low_confidence else ""), highlight=False)
+    if unwritten:
+        raise VitkitError(f"{unwritten} Free some space or choose another --out.")
 
 
 @data_app.command("export")
@@ -1181,6 +1187,16 @@ def main() -> None:
     except SystemExit:
         _leave_process_group()
         raise
+    except OSError as exc:  # a file the command needs that the system refuses: name it, without a traceback
+        if exc.filename is None:
+            raise
+        _leave_process_group()
+        Console(stderr=True).print(
+            f"[bold red]error:[/bold red] {exc.filename}: {exc.strerror or exc}. Check the path, its permissions and "
+            "the free space.",
+            highlight=False,
+        )
+        raise SystemExit(2) from None
     except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None

@@ -115,3 +115,51 @@ def test_predict_writes_again_over_its_own_file_and_never_over_a_users(exported,
     refused = vitkit("predict", str(export), str(images / "red"), "--out", str(mine))
     assert refused.returncode == 2 and "was not written by vitkit" in refused.stderr
     assert mine.read_text() == "path,label\nphoto.jpg,cat\n"
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`vitkit ARGS` in this process, so a test can make the system refuse a file: (exit status, stdout, stderr)."""
+    from vitkit.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["vitkit", *args])
+    monkeypatch.setenv("COLUMNS", "300")  # one line per message
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    out, err = capsys.readouterr()
+    return int(stopped.value.code or 0), out, err
+
+
+def test_predictions_that_cannot_be_written_are_printed_instead(exported, tmp_path: Path, monkeypatch, capsys):
+    import errno
+
+    import vitkit.deploy.predict
+
+    _, export, images = exported
+    out = tmp_path / "predictions.csv"
+
+    def disk_full(predictions, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(vitkit.deploy.predict, "write_predictions", disk_full)
+    status, shown, err = run_cli(monkeypatch, capsys, "predict", str(export), str(images / "red"), "--out", str(out))
+    assert status == 2 and "Traceback" not in err
+    assert f"--out {out} could not be written (No space left on device)" in " ".join(err.split())
+    for image in sorted((images / "red").glob("*.png")):  # every prediction is still on the screen
+        assert str(image) in shown
+    assert shown.count("red ") >= 3  # the three readable red images, each with its classes
+
+
+def test_a_file_the_system_refuses_is_named_without_a_traceback(tmp_path: Path, monkeypatch, capsys):
+    import vitkit.serve.log
+
+    log = tmp_path / "predictions.jsonl"
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(vitkit.serve.log, "load_log", refused)
+    status, _, err = run_cli(monkeypatch, capsys, "compare", str(log), "--a", "1", "--b", "2")
+    assert status == 2 and "Traceback" not in err
+    assert f"error: {log}: Permission denied. Check the path, its permissions and the free space." in " ".join(
+        err.split()
+    )
