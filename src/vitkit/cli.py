@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import yaml
@@ -1190,23 +1190,21 @@ def main() -> None:
     except OSError as exc:  # a file the command needs that the system refuses: name it, without a traceback
         if exc.filename is None:
             raise
-        _leave_process_group()
-        Console(stderr=True).print(
-            f"[bold red]error:[/bold red] {exc.filename}: {exc.strerror or exc}. Check the path, its permissions and "
-            "the free space.",
-            highlight=False,
-        )
-        raise SystemExit(2) from None
+        _exit_with_error(f"{exc.filename}: {exc.strerror or exc}. Check the path, its permissions and the free space.")
     except KeyboardInterrupt:  # outside a command (typer turns one inside a command into status 130 itself)
         Console(stderr=True).print("interrupted", highlight=False)
         raise SystemExit(130) from None
     except Exception as exc:  # training names its own settings (train/loop.py); any other command, this
         if not OutOfMemory.recognise(exc):
             raise
-        _leave_process_group()
-        Console(stderr=True).print(
-            f"[bold red]error:[/bold red] out of memory ({OutOfMemory.reason(exc)}). Give fewer images at once "
-            "(--batch, --max-batch) or a smaller model, or run where there is more memory.",
-            highlight=False,
+        _exit_with_error(
+            f"out of memory ({OutOfMemory.reason(exc)}). Give fewer images at once (--batch, --max-batch) or a "
+            "smaller model, or run where there is more memory."
         )
-        raise SystemExit(2) from None
+
+
+def _exit_with_error(message: str) -> NoReturn:
+    """A user's problem, said in one message without a traceback: exit status 2."""
+    _leave_process_group()
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise SystemExit(2) from None
