@@ -89,6 +89,8 @@ VARIANTS = {
 # the small-data ViT, and the ResNet, at a strength the rule may not pick for the cell (the grid's sweep is of the
 # plain ViT): the recipe as advised with the strength forced
 VARIANTS |= {f"at_{s}": [] for s in STRENGTHS} | {f"resnet_at_{s}": [*RESNET] for s in STRENGTHS}
+# ... and with other seeds, where one seed leaves two strengths within its noise
+VARIANTS |= {f"at_{s}_seed{n}": [f"train.seed={n}"] for s in STRENGTHS for n in (1, 2, 3, 4)}
 
 
 def use_locality_self_attention() -> None:
@@ -190,7 +192,7 @@ def run(dataset: str, budget: str, variant: str, threads: int) -> dict[str, Any]
     if variant.startswith("mimetic"):
         use_mimetic_init()
     forced = variant.removeprefix("resnet_")
-    config = forced.removeprefix("at_") if forced.startswith("at_") else "advisor"
+    config = forced.removeprefix("at_").split("_seed")[0] if forced.startswith("at_") else "advisor"
     base, overrides, facts = overrides_for(config, prepare(dataset), budget)
     overrides = [o for o in overrides if o not in PLAIN_VIT]  # the advised architecture at any strength
     recipe = load_recipe(base, [*overrides, *VARIANTS[variant]])
@@ -221,7 +223,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     grid = [{**r, "advisor": advised_architecture(r["overrides"])} for r in read_rows(GRID) if r["config"] == "advisor"]
     advised = grid + [r for r in rows if r["variant"] == "baseline"]
     baselines = {(r["dataset"], r["budget"], r["machine"], r["advisor"]): r["score"] for r in advised}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if any(r["variant"] == v for r in rows)]:  # those that ran
         shown = []
         for d, b in cells:
             row = by.get((d, b, variant))
@@ -241,7 +243,7 @@ def sweep(rows: list[dict[str, Any]]) -> str:
 
     vit = [r for r in read_rows(GRID) if r["config"] == "advisor" and "strength" in r]
     vit = [r for r in vit if advised_architecture(r["overrides"]) == "no position embedding"]
-    vit += [r for r in rows if r["variant"].startswith("at_")]
+    vit += [r for r in rows if r["variant"].startswith("at_") and "_seed" not in r["variant"]]  # the first seed
     scores = {(r["dataset"], r["budget"], r["strength"]): r["score"] for r in vit}
     passes = {(r["dataset"], r["budget"]): r["epochs"] for r in vit}
     lines = ["| data | budget | passes | " + " | ".join(STRENGTHS) + " |", "|---|---|---|" + "---|" * len(STRENGTHS)]
