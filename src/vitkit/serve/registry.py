@@ -256,7 +256,8 @@ class Registry:
             raise InputError(409, "this server keeps no prediction log: start it with --log FILE to take feedback.")
         served_models = [served for versions in self.models.values() for served in versions]
         multilabel = any(served.classifier.multilabel for served in served_models)
-        if (labels if multilabel else label) is None or (label if multilabel else labels) is not None:
+        wanted, other = (labels, label) if multilabel else (label, labels)
+        if wanted is None or other is not None:  # the field this server's models need, and only that one
             wanted = (
                 '"labels": the true findings, [] when there is none (a multi-label model)'
                 if multilabel
