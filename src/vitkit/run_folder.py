@@ -274,7 +274,8 @@ def claim_run_folder(out: Path, overwrite: bool, inputs: Iterable[Path] = ()) ->
 EXPORT_MARKER = ".vitkit-export"  # in a folder written by vitkit merge-lora: it may be written again
 
 
-PREDICTION_COLUMNS = ("path", "top", "low_confidence", "error")  # a vitkit predict JSONL row
+# the column between a vitkit predict row's classes and its error: a multi-label model's rows name its findings
+FLAGS = ("low_confidence", "findings")
 
 
 def _is_prediction_file(path: Path) -> bool:
@@ -285,12 +286,12 @@ def _is_prediction_file(path: Path) -> bool:
     except OSError:
         return False
     if path.suffix == ".csv":
-        return first.startswith("path,label_1,prob_1") and first.endswith(",low_confidence,error")
+        return first.startswith("path,label_1,prob_1") and any(first.endswith(f",{flag},error") for flag in FLAGS)
     try:
         row = json.loads(first)
     except json.JSONDecodeError:
         return False
-    return isinstance(row, dict) and tuple(row) == PREDICTION_COLUMNS
+    return isinstance(row, dict) and tuple(row) in {("path", "top", flag, "error") for flag in FLAGS}
 
 
 def written_by_vitkit(path: Path) -> bool:

@@ -108,6 +108,12 @@ def test_predict_names_the_findings_at_the_saved_thresholds(walkthrough):
         for label, p in probs.items():
             cut = thresholds[XRAY_FINDINGS.index(label)]
             assert (label in named) == (p >= (0.5 if cut is None else cut))
+    for suffix in (".csv", ".jsonl"):  # vitkit's own findings file, written again (CSV or JSONL)
+        again = out.with_suffix(suffix)
+        for image in ("0.png", "1.png"):
+            written = vitkit("predict", str(run), str(test_dir / image), "--out", str(again))
+            assert written.returncode == 0, written.stderr[-2000:]
+        assert str(test_dir / "1.png") in again.read_text() and str(test_dir / "0.png") not in again.read_text()
 
 
 def test_the_report_shows_the_findings_sections(walkthrough):
