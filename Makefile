@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# test processes: the test files are spread over them, one file's tests stay in one process
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint typecheck unit clean
 
@@ -25,7 +27,7 @@ typecheck: install
 	$(BIN)/mypy
 
 unit: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 

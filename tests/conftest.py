@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,16 @@ PLAIN = [
 ]
 
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and every vitkit process a test starts,
+# computes on one thread: more threads than cores make small kernels wait on each other.
+THREADS = 1 if "PYTEST_XDIST_WORKER" in os.environ else 2
+if THREADS == 1:
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 def tiny_recipe(*extra: str, base: str = "quickstart") -> Recipe:
