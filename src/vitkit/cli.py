@@ -21,6 +21,7 @@ from rich.table import Table
 from vitkit.config.loader import load_raw, load_recipe, recipe_to_yaml, shipped_recipes
 from vitkit.config.schema import Recipe
 from vitkit.errors import OutOfMemory, RankFailed, VitkitError
+from vitkit.files import write_atomically
 
 
 def recipe_fields(model: type[BaseModel] = Recipe, prefix: str = "") -> list[tuple[str, str, Any]]:
@@ -506,7 +507,7 @@ def monitor_command(
         page = monitor_page(records)
     except ValueError as exc:
         raise VitkitError(f"{log}: {exc}.") from None
-    out.write_text(page)
+    write_atomically(out, page)
     console.print(f"wrote {out}", highlight=False)
 
 
@@ -663,7 +664,7 @@ def bench(
     if out is not None:
         from vitkit import __version__
 
-        out.write_text(json.dumps({"vitkit": __version__, **table}, indent=1))
+        write_atomically(out, json.dumps({"vitkit": __version__, **table}, indent=1))
 
 
 def _print_bench(table: dict[str, Any], batches: list[int]) -> None:
@@ -787,7 +788,7 @@ def advise_recipe_command(
         console.print(text, highlight=False, markup=False, soft_wrap=True, end="")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_atomically(out, text)
     console.print(
         f"wrote {out}. Train with: vitkit train --recipe {out} --data {data} --out runs/NAME", highlight=False
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import PLAIN, tiny_recipe, write_image_folder
+from tests.faults.test_writes import file_size_limit
 from vitkit.deploy.bench import benchmark
 from vitkit.deploy.export import export_run
 from vitkit.deploy.predict import expand_inputs, load_classifier, predict
@@ -147,6 +149,26 @@ def test_predictions_that_cannot_be_written_are_printed_instead(exported, tmp_pa
     for image in sorted((images / "red").glob("*.png")):  # every prediction is still on the screen
         assert str(image) in shown
     assert shown.count("red ") >= 3  # the three readable red images, each with its classes
+
+
+def test_predictions_cut_short_by_a_full_disk_keep_the_earlier_file_whole(exported, tmp_path: Path):
+    _, export, images = exported
+    out = tmp_path / "predictions.csv"
+    assert vitkit("predict", str(export), str(images / "red"), "--out", str(out)).returncode == 0
+    earlier = out.read_bytes()
+    again = subprocess.run(  # all the images this time: a longer file, which the "disk" cuts short
+        [sys.executable, "-m", "vitkit", "predict", str(export), str(images), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=file_size_limit(len(earlier) + 10),
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"--out {out} could not be written (File too large)" in again.stderr
+    assert all(str(image) in again.stdout for image in images.rglob("*.png"))  # the new predictions are shown
+    assert out.read_bytes() == earlier  # and the earlier file is whole
+    assert os.listdir(tmp_path) == ["predictions.csv"]
 
 
 def test_a_file_the_system_refuses_is_named_without_a_traceback(tmp_path: Path, monkeypatch, capsys):

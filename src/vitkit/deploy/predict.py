@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vitkit.data.check import find_bad_images
 from vitkit.data.sources import ImageSet
 from vitkit.deploy.pixels import pixel_batches
 from vitkit.errors import DataError, VitkitError
+from vitkit.files import write_atomically
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -182,20 +184,21 @@ def write_predictions(predictions: list[Prediction], out: Path) -> None:
             | {"error": p.error}
             for p in predictions
         ]
-        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_atomically(out, "".join(json.dumps(r) + "\n" for r in rows))
         return
     if out.suffix != ".csv":
         raise VitkitError(f"--out {out}: write predictions to a .csv or a .jsonl file.")
     k = max((len(p.top) for p in predictions), default=0)
-    with out.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        ranks = [column for i in range(1, k + 1) for column in (f"label_{i}", f"prob_{i}")]
-        writer.writerow(["path", *ranks, "findings" if multilabel else "low_confidence", "error"])
-        for p in predictions:
-            cells: list[Any] = [x for label, prob in p.top for x in (label, f"{prob:.6f}")]
-            cells += [""] * (2 * k - len(cells))
-            flag = "|".join(p.findings or []) if multilabel else p.low_confidence
-            writer.writerow([p.path, *cells, flag if p.error is None else "", p.error or ""])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    ranks = [column for i in range(1, k + 1) for column in (f"label_{i}", f"prob_{i}")]
+    writer.writerow(["path", *ranks, "findings" if multilabel else "low_confidence", "error"])
+    for p in predictions:
+        cells: list[Any] = [x for label, prob in p.top for x in (label, f"{prob:.6f}")]
+        cells += [""] * (2 * k - len(cells))
+        flag = "|".join(p.findings or []) if multilabel else p.low_confidence
+        writer.writerow([p.path, *cells, flag if p.error is None else "", p.error or ""])
+    write_atomically(out, text.getvalue(), newline="")  # the csv module ends its rows itself
 
 
 def require_some_readable(predictions: list[Prediction]) -> None:

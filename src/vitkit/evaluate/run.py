@@ -24,6 +24,7 @@ from vitkit.evaluate.context import EvalContext, EvalSettings, Evaluator, ModelR
 from vitkit.evaluate.findings import findings
 from vitkit.evaluate.predict import predict_outputs
 from vitkit.evaluate.registry import select_evaluators
+from vitkit.files import write_atomically
 from vitkit.models.run_model import load_run_or_checkpoint
 from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
 from vitkit.run_folder import check_output_files, read_jsonl_records, read_run_json
@@ -171,7 +172,7 @@ def evaluate_run(
         document["thresholds_saved"] = str(run_dir / THRESHOLDS_FILE)
     document["seconds_total"] = round(time.perf_counter() - start, 3)  # loading and prediction included
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(document, indent=1))
+    write_atomically(out / "metrics.json", json.dumps(document, indent=1))
     write_report(document, out / "report.html")
 
     return document, out
@@ -232,7 +233,7 @@ def save_temperature(run_dir: Path, temperature: float, info: dict[str, Any], da
         "sha256": weights_sha256(info),
         "data": data,
     }
-    (run_dir / TEMPERATURE_FILE).write_text(json.dumps(record, indent=2))
+    write_atomically(run_dir / TEMPERATURE_FILE, json.dumps(record, indent=2))
 
 
 def _fitted_for(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -260,7 +261,7 @@ def save_thresholds(run_dir: Path, fitted: dict[str, Any], info: dict[str, Any],
         "weights": info["weights"],
         "sha256": weights_sha256(info),
     }
-    (run_dir / THRESHOLDS_FILE).write_text(json.dumps(record, indent=2))
+    write_atomically(run_dir / THRESHOLDS_FILE, json.dumps(record, indent=2))
 
 
 def saved_thresholds(run_dir: Path, info: dict[str, Any]) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from rich.console import Console
 from vitkit.config.loader import override_recipe, recipe_to_yaml
 from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
+from vitkit.files import write_atomically
 from vitkit.run_list import flatten
 
 MARKER = ".vitkit-tune"
@@ -292,7 +293,7 @@ def _open_study(optuna: Any, out: Path, base: Recipe, trials: int | None, pruner
 
     with FileLock(out / ".study.lock"):
         check_same_base(out, base)
-        (out / "base.yaml").write_text(recipe_to_yaml(base))
+        write_atomically(out / "base.yaml", recipe_to_yaml(base))
         storage = optuna.storages.RDBStorage(
             f"sqlite:///{(out / 'study.db').resolve()}",
             heartbeat_interval=HEARTBEAT_S,
@@ -327,7 +328,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
     best_recipe = override_recipe(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
     path = out / "best.yaml"
-    path.write_text(recipe_to_yaml(best_recipe))
+    write_atomically(path, recipe_to_yaml(best_recipe))
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in ran)
     values = {k: float(v) for k, v in best.params.items()}
     overrides = best.user_attrs["overrides"]

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vitkit.files import write_atomically
 from vitkit.run_folder import read_jsonl_records
 
 
@@ -96,7 +97,7 @@ def truncate_after(path: Path, step: int) -> None:
             continue
         if record.get("step", 0) <= step:
             kept.append(line + "\n")
-    path.write_text("".join(kept))
+    write_atomically(path, "".join(kept))  # a failed rewrite keeps the whole history
 
 
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from vitkit.config.loader import load_recipe, recipe_from_yaml_file
 from vitkit.config.schema import Recipe
 from vitkit.data.sources import same_source
 from vitkit.errors import OutOfMemory, VitkitError
+from vitkit.files import write_atomically
 from vitkit.run_folder import claim_run_folder, is_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import Progress, newest_valid_checkpoint, where_in_training
@@ -142,7 +143,7 @@ def _fit_and_summarise(run: Run, console: Console, should_stop: Callable[[Progre
     images = fit(run, console, should_stop)
     summary = run_summary(run, time.perf_counter() - start, images)
     if run.ranks.main:
-        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomically(run.run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

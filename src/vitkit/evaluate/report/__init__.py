@@ -19,6 +19,7 @@ from markupsafe import Markup
 from vitkit.errors import VitkitError
 from vitkit.evaluate.findings import findings
 from vitkit.evaluate.report import plots
+from vitkit.files import write_atomically
 from vitkit.run_folder import check_output_files
 
 TITLES = {
@@ -407,7 +408,7 @@ def render_report(doc: dict[str, Any]) -> str:
 
 
 def write_report(doc: dict[str, Any], path: Path) -> Path:
-    path.write_text(render_report(doc), encoding="utf-8")
+    write_atomically(path, render_report(doc))
     return path
 
 
