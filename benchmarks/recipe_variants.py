@@ -72,7 +72,7 @@ VARIANTS = {
     # other seeds of the advised ViT and of the ResNet: how far one seed's gap between them moves
     **{
         f"{model}seed{n}": [*extra, f"train.seed={n}"]
-        for n in (1, 2, 3, 4)
+        for n in (1, 2, 3, 4, 5)
         for model, extra in (("", []), ("resnet_", RESNET))
     },
     "resnet_batch32": [*RESNET, "train.batch_size=32"],  # does the ViT gain from more updates more than the ResNet?

@@ -8,6 +8,7 @@ disk, a killed process) would leave half a file where a whole one was; written h
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 
@@ -16,7 +17,8 @@ def write_atomically(path: Path, text: str, *, newline: str | None = None) -> No
     old file or the new one, and a failed write keeps the old one and leaves nothing else behind. A symbolic link
     is written through, as `open` would, not replaced."""
     target = Path(os.path.realpath(path))
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    # one name per process, also across machines sharing the folder (tune's processes write best.yaml)
+    partial = target.with_name(f".{target.name}.{socket.gethostname()}-{os.getpid()}.partial")
     try:
         with partial.open("w", encoding="utf-8", newline=newline) as fh:
             fh.write(text)
