@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from vitkit.plan.tune import (
     TuneResult,
     _importances,
     base_values,
+    budget_note,
     check_same_base,
     difference_noise,
     overrides_for,
@@ -155,6 +157,26 @@ def test_the_search_cost_is_counted_in_runs_of_the_base_recipe():
     long = dataclasses.replace(result, base_seconds=None, search_seconds=3725.0)
     assert search_cost(long) == "the search took 1 h 02 min."  # the base recipe's trial never finished
     assert search_cost(dataclasses.replace(long, search_seconds=7.4)) == "the search took 7 s."
+
+
+def test_a_budget_of_fewer_than_six_base_trials_is_named_with_the_budget_to_give():
+    assert budget_note(3600.0, 600.0) is None  # six trials of 10 min fit in an hour
+    assert budget_note(3000.0, 600.0) == (
+        "note: the base recipe's trial took 10 min 00 s, so the --budget fits about 5.0 such trials, fewer than "
+        "the 6 a search needs to improve on it. Give it at least 1 h 00 min, or train the base recipe for longer "
+        "instead."
+    )
+
+
+def test_the_note_comes_when_the_base_recipes_trial_ends(tmp_path: Path):
+    def run(budget: float, out: str) -> str:
+        console = Console(file=io.StringIO(), width=400)
+        tune(tiny_recipe(*BASE), tmp_path / out, trials=1, budget_seconds=budget, console=console)
+        return console.file.getvalue()  # type: ignore[attr-defined]
+
+    short = run(0.01, "short").splitlines()  # any trial takes longer than that
+    assert short[0].startswith("trial 0: val_top1") and short[1].startswith("note: the base recipe's trial took")
+    assert "note:" not in run(3600.0, "long")
 
 
 class PruneAll(optuna.pruners.BasePruner):

@@ -130,6 +130,24 @@ def startup_trials(trials: int | None) -> int:
     return 10 if trials is None else min(10, max(2, trials // 3))
 
 
+# Trials a study needs before it can improve on its base recipe: the four first points, then two of TPE's
+SEARCH_TRIALS = 6
+
+
+def budget_note(budget_seconds: float, base_seconds: float) -> str | None:
+    """What to do when the --budget fits fewer than SEARCH_TRIALS runs of the base recipe (measured by its own
+    trial): at about one run's compute, a search only spends epochs, and the base recipe trained for the whole
+    budget scored higher than the search on 4 of the recipe grid's 5 cells (docs/advise.md)."""
+    fits = budget_seconds / base_seconds
+    if fits >= SEARCH_TRIALS:
+        return None
+    return (
+        f"note: the base recipe's trial took {_duration(base_seconds)}, so the --budget fits about {fits:.1f} "
+        f"such trials, fewer than the {SEARCH_TRIALS} a search needs to improve on it. Give it at least "
+        f"{_duration(SEARCH_TRIALS * base_seconds)}, or train the base recipe for longer instead."
+    )
+
+
 def suggest(trial: Any) -> dict[str, float]:
     return {k.field: trial.suggest_float(k.field, k.low, k.high, log=k.log) for k in SPACE}
 
@@ -167,8 +185,11 @@ def check_same_base(out: Path, base: Recipe) -> None:
 class _Objective:
     """One trial: train a run folder with the trial's values; report each epoch's validation score to the pruner."""
 
-    def __init__(self, optuna: Any, base: Recipe, overrides: list[str], out: Path, console: Console) -> None:
+    def __init__(
+        self, optuna: Any, base: Recipe, overrides: list[str], out: Path, console: Console, budget: float | None
+    ) -> None:
         self.optuna, self.base, self.overrides, self.out, self.console = optuna, base, overrides, out, console
+        self.budget = budget  # the --budget in seconds, to say early when it fits too few trials
         self.stopped_in: int | None = None  # the trial a SIGTERM or Ctrl-C stopped
 
     def __call__(self, trial: Any) -> float:
@@ -198,6 +219,7 @@ class _Objective:
             pruned[0] = bool(trial.should_prune())
             return pruned[0]
 
+        started = time.perf_counter()
         try:
             result = train(recipe, run_dir, console=Console(quiet=True), should_stop=should_stop, evaluate=False)
         except TrainingPreempted:
@@ -217,6 +239,10 @@ class _Objective:
         split = json.loads((run_dir / "data_split.json").read_text())
         trial.set_user_attr("val_images", split["val_images"])  # how far its score can be trusted
         self.console.print(f"trial {trial.number}: {metric} {best:.4f}  ({run_dir.name})", highlight=False)
+        if is_base and self.budget is not None:
+            note = budget_note(self.budget, time.perf_counter() - started)
+            if note:
+                self.console.print(note, highlight=False)
         return best
 
 
@@ -273,7 +299,7 @@ def tune(
     if not (out / MARKER).exists():
         (out / MARKER).write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     study = _open_study(optuna, out, base, trials, pruner)
-    objective = _Objective(optuna, base, overrides or [], out, console)
+    objective = _Objective(optuna, base, overrides or [], out, console, budget_seconds)
     study.optimize(objective, n_trials=trials, timeout=budget_seconds)
     if objective.stopped_in is not None:
         from vitkit.train.faults import TrainingPreempted
