@@ -311,7 +311,8 @@ def test_the_tune_command_prints_the_importances_the_winner_and_retrains_each_wi
     result = vitkit(*command, "--trials", "2")
     assert result.returncode == 0, result.stderr
     assert "2 trials; best" in result.stdout  # none pruned: the pruner never discards a trial's last epoch
-    assert "optim.lr" in result.stdout  # the importance table
+    assert "optim.lr" in result.stdout  # the importance table, ranked from two trials
+    assert "from 2 finished trials: a first ranking, firmer after a few dozen" in " ".join(result.stdout.split())
     winner = result.stdout.split("the winner:")[1]  # the base recipe itself, or a margin over it with its noise
     assert "keep it" in winner or "held-out images" in winner
     assert "times the base recipe's own trial" in winner  # what the search cost
