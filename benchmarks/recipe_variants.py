@@ -84,6 +84,8 @@ VARIANTS = {
     "wide_shallow": ["model.embed_dim=80", "model.depth=4", "model.num_heads=5"],
     # Trockman & Kolter 2023's mimetic initialisation of attention, patched in below
     "mimetic": [],
+    # the crops and flips of `moderate` without its Mixup: does the ViT, which fits less, gain more than the ResNet?
+    **{f"{model}no_mixup": [*extra, "augment.mixup=0.0"] for model, extra in (("", []), ("resnet_", RESNET))},
 }
 # the small-data ViT, and the ResNet, at a strength the rule may not pick for the cell (the grid's sweep is of the
 # plain ViT): the recipe as advised with the strength forced
