@@ -994,6 +994,8 @@ def tune_command(
         table.add_row(name, f"{share:.2f}")
     if result.importances:
         console.print(table)
+        if result.unvaried:
+            console.print(f"not varied yet, so not ranked: {', '.join(result.unvaried)}", highlight=False)
     else:
         console.print(
             f"{table.title}; the finished trials cannot rank the settings yet (too few, or equal scores).",

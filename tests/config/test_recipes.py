@@ -92,6 +92,23 @@ def test_override_typo_names_field_and_suggests():
     assert load_recipe("deit-tiny", ["model.kwargs={qk_norm: true}"]).model.kwargs == {"qk_norm": True}
 
 
+def test_a_field_put_in_the_wrong_section_is_pointed_to_its_own(tmp_path: Path):
+    """The epochs are a schedule's, not train's: no name in train is near 'epochs', so the hint looks across the
+    sections, for overrides and for recipe files alike."""
+    with pytest.raises(RecipeError, match=r"train has no field 'epochs'\. Did you mean 'schedule\.epochs'\?"):
+        load_recipe("deit-tiny", ["train.epochs=3"])
+    with pytest.raises(RecipeError, match=r"model has no field 'warmup_epoch'\. Did you mean 'schedule\.warmup_"):
+        load_recipe("deit-tiny", ["model.warmup_epoch=1"])
+    with pytest.raises(RecipeError, match=r"model has no field 'zzzqq'\.$"):  # nothing near it anywhere
+        load_recipe("deit-tiny", ["model.zzzqq=1"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: deit-tiny\ntrain:\n  epochs: 3\noptim:\n  lrr: 1.0e-3\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(recipe))
+    assert "train.epochs: unknown field in section 'train'. Did you mean 'schedule.epochs'?" in str(err.value)
+    assert "optim.lrr: unknown field in section 'optim'. Did you mean 'lr'?" in str(err.value)
+
+
 def test_wrong_type_names_field_value_and_origin():
     with pytest.raises(RecipeError) as err:
         load_recipe("deit-tiny", ["optim.lr=fast"])

@@ -34,6 +34,7 @@ from vitkit.plan.tune import (
     search_cost,
     startup_trials,
     tune,
+    varied_settings,
     winner_margin,
 )
 from vitkit.train.faults import TrainingDiverged, TrainingPreempted
@@ -195,6 +196,20 @@ def test_importances_rank_the_setting_that_decides_and_stay_empty_when_the_trial
     assert _importances(optuna, study_of(lambda lr, wd: 0.5)) == {}  # every trial scored the same
 
 
+def test_a_setting_no_finished_trial_varied_gets_no_share_of_the_importance():
+    """The first points move only the lr (and the flips): the weight decay, left at the base's value in every
+    trial, is not ranked at all, rather than given the evaluator's floor share."""
+    study = optuna.create_study(direction="maximize")
+    for lr in (1.0, 2.0, 0.5, 1.5):
+        study.enqueue_trial({"lr": lr, "wd": 0.05})
+    study.optimize(lambda t: t.suggest_float("lr", 0.3, 3.0) - t.suggest_float("wd", 0.0, 1.0), n_trials=4)
+    assert varied_settings(optuna, study) == ["lr"]
+    assert _importances(optuna, study) == {"lr": 1.0}  # the one setting that moved, and all of the score's change
+    study.enqueue_trial({"lr": 1.0, "wd": 0.5})
+    study.optimize(lambda t: t.suggest_float("lr", 0.3, 3.0) - t.suggest_float("wd", 0.0, 1.0), n_trials=1)
+    assert varied_settings(optuna, study) == ["lr", "wd"] and set(_importances(optuna, study)) == {"lr", "wd"}
+
+
 def test_the_pruner_stops_a_trial_after_its_first_epoch_but_never_the_base_recipes(tmp_path: Path):
     """The base recipe's own trial is what every winner is weighed against: a pruner that stops every trial stops
     the second (twice the lr) after its first epoch, and lets the base's run to its end, also when it runs again
@@ -313,6 +328,8 @@ def test_the_tune_command_prints_the_importances_the_winner_and_retrains_each_wi
     assert "2 trials; best" in result.stdout  # none pruned: the pruner never discards a trial's last epoch
     assert "optim.lr" in result.stdout  # the importance table, ranked from two trials
     assert "from 2 finished trials: a first ranking, firmer after a few dozen" in " ".join(result.stdout.split())
+    unranked = " ".join(result.stdout.split()).split("not varied yet, so not ranked: ")[1]
+    assert unranked.startswith("optim.weight_decay, model.drop_path_rate")  # the two trials moved only the lr
     winner = result.stdout.split("the winner:")[1]  # the base recipe itself, or a margin over it with its noise
     assert "keep it" in winner or "held-out images" in winner
     assert "times the base recipe's own trial" in winner  # what the search cost

@@ -112,10 +112,30 @@ def _annotation_at(dotted: list[str]) -> Any:
     return current
 
 
+def _section_fields(section_path: list[str]) -> list[str]:
+    """Field names of the section at `section_path` (the recipe's sections for []); none below a value."""
+    section = _annotation_at(section_path)
+    return list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+
+
 def _known_fields(dotted: list[str]) -> list[str]:
     """Field names valid at the position of the last key in `dotted`, for suggestions."""
-    section = _annotation_at(dotted[:-1])
-    return list(section.model_fields) if isinstance(section, type) and issubclass(section, BaseModel) else []
+    return _section_fields(dotted[:-1])
+
+
+def _nearest_field(dotted: list[str]) -> str | None:
+    """The valid `section.field` nearest to the misspelt last key of `dotted`: a close name in its own section, else
+    the same (or a close) name in another section (train.epochs is schedule.epochs)."""
+    valid = _known_fields(dotted)
+    hint = difflib.get_close_matches(dotted[-1], valid, n=1)
+    if hint:
+        return ".".join([*dotted[:-1], hint[0]])
+    if len(dotted) != 2:
+        return None
+    elsewhere = [f"{section}.{name}" for section in _section_fields([]) for name in _section_fields([section])]
+    same = [f for f in elsewhere if f.endswith(f".{dotted[-1]}")]
+    close = difflib.get_close_matches(dotted[-1], [f.split(".")[1] for f in elsewhere], n=1)
+    return same[0] if same else next((f for f in elsewhere if close and f.endswith(f".{close[0]}")), None)
 
 
 def _check_keys(item: str, keys: list[str]) -> None:
@@ -132,8 +152,8 @@ def _check_keys(item: str, keys: list[str]) -> None:
                 f"the recipe's {parent}: repeat the keys it should keep)."
             )
         if key not in valid:
-            hint = difflib.get_close_matches(key, valid, n=1)
-            suggestion = f" Did you mean '{'.'.join([*keys[:depth], hint[0]])}'?" if hint else ""
+            hint = _nearest_field(keys[: depth + 1])
+            suggestion = f" Did you mean '{hint}'?" if hint else ""
             where = f"{'.'.join(keys[:depth])} has no field" if depth else "the recipe has no section"
             raise RecipeError(f"override '{item}': {where} '{key}'.{suggestion}")
 
@@ -166,9 +186,11 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
-            valid = _known_fields([str(p) for p in err["loc"]])
-            hint = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1)
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else f" Valid fields: {', '.join(valid)}."
+            dotted = [str(p) for p in err["loc"]]
+            hint = _nearest_field(dotted)
+            shown = hint.split(".", 1)[1] if hint and hint.startswith(f"{section}.") and section else hint
+            valid = f" Valid fields: {', '.join(_known_fields(dotted))}."
+            suggestion = f" Did you mean '{shown}'?" if hint else valid
             lines.append(f"  - {loc}: unknown field in section '{section or 'recipe'}'.{suggestion}")
         else:
             value = err.get("input")

@@ -16,7 +16,7 @@ import math
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,7 @@ class TuneResult:
     best_value: float
     best_overrides: list[str]
     best_values: dict[str, float]  # the winner's point in the search space (the lr as a factor of the base's)
-    importances: dict[str, float]
+    importances: dict[str, float]  # of the settings the finished trials varied
     trials: int
     pruned: int
     best_recipe: Path
@@ -264,6 +264,7 @@ class TuneResult:
     best_trial: int = 0  # the winner's trial number
     failed: int = 0  # trials that raised, or whose process was killed (their values are queued again)
     running: int = 0  # trials running in another process, or killed less than STALE_AFTER_S ago
+    unvaried: list[str] = field(default_factory=list)  # settings every finished trial left at one value
 
     def counts(self) -> str:
         """`6 trials (2 pruned, 1 failed)`: the trials of the study and how those that did not finish ended."""
@@ -377,16 +378,28 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         best_trial=best.number,
         failed=sum(t.state == optuna.trial.TrialState.FAIL for t in ran),
         running=sum(t.state == optuna.trial.TrialState.RUNNING for t in ran),
+        unvaried=[name for name in best.params if name not in varied_settings(optuna, study)],
     )
 
 
 def _importances(optuna: Any, study: Any) -> dict[str, float]:
-    """Each setting's share of the importance; empty where the trials cannot tell them apart (too few, or tied:
-    PED-ANOVA then rates every setting the same)."""
+    """Each varied setting's share of the importance; empty where the trials cannot tell them apart (too few, or
+    tied: PED-ANOVA then rates every setting the same). A setting every finished trial left at one value (the first
+    points vary only the lr and the flips) is left out: its share would be the evaluator's floor, not evidence."""
+    varied = varied_settings(optuna, study)
+    if not varied:
+        return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its warning is the equal shares, which are left out here
-        importances = dict(optuna.importance.get_param_importances(study))
-    return importances if len(set(importances.values())) > 1 else {}
+        importances = dict(optuna.importance.get_param_importances(study, params=varied))
+    return importances if len(varied) == 1 or len(set(importances.values())) > 1 else {}
+
+
+def varied_settings(optuna: Any, study: Any) -> list[str]:
+    """The settings that took more than one value over the study's finished trials, in the search space's order."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    names = dict.fromkeys(name for t in done for name in t.params)
+    return [name for name in names if len({t.params.get(name) for t in done}) > 1]
 
 
 def _seconds(trial: Any) -> float:
