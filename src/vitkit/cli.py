@@ -291,7 +291,12 @@ def evaluate(
 
 @app.command()
 def report(
-    metrics: Annotated[Path, typer.Argument(metavar="METRICS", help="A metrics.json written by vitkit evaluate.")],
+    metrics: Annotated[
+        Path,
+        typer.Argument(
+            metavar="METRICS", help="A metrics.json written by vitkit evaluate, or the run or folder that holds it."
+        ),
+    ],
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: report.html next to it).")] = None,
 ) -> None:
     """Render report.html again from metrics.json, without recomputing anything."""

@@ -109,6 +109,14 @@ def test_report_command_rerenders_without_recomputing(evaluated, tmp_path: Path)
     assert (tmp_path / "report.html").read_text() == render_report(doc)
     missing = vitkit("report", str(tmp_path / "nope.json"))
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    (tmp_path / "report.html").unlink()
+    folder = vitkit("report", str(tmp_path))  # the folder evaluate --out wrote to, or a run folder with eval/
+    assert folder.returncode == 0, folder.stderr
+    assert (tmp_path / "report.html").read_text() == render_report(doc)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = vitkit("report", str(empty))
+    assert nothing.returncode == 2 and "no metrics.json (nor eval/metrics.json)" in " ".join(nothing.stderr.split())
 
 
 def test_only_runs_a_subset_and_predict_uses_the_fitted_temperature(evaluated, tmp_path: Path):

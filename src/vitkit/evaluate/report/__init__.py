@@ -412,8 +412,23 @@ def write_report(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def metrics_file(path: Path) -> Path:
+    """The metrics.json that `path` names: the file itself, a folder holding one (evaluate's --out), or a run
+    folder, whose evaluation is in eval/."""
+    if not path.is_dir():
+        return path
+    found = next((f for f in (path / "metrics.json", path / "eval" / "metrics.json") if f.is_file()), None)
+    if found is None:
+        raise VitkitError(
+            f"{path} is a folder with no metrics.json (nor eval/metrics.json). Evaluate the run first (vitkit "
+            "evaluate RUN), or pass the metrics.json that vitkit evaluate --out wrote."
+        )
+    return found
+
+
 def rerender(metrics_path: Path, out: Path | None = None) -> Path:
     """`vitkit report`: render metrics.json again, without recomputing anything."""
+    metrics_path = metrics_file(metrics_path)
     try:
         doc = json.loads(metrics_path.read_text())
     except FileNotFoundError:
