@@ -20,7 +20,7 @@ from rich.console import Console
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe, write_mirrored_classes
 from tests.e2e.test_cli import vitkit
-from vitkit.config.loader import recipe_from_yaml_file, recipe_to_yaml
+from vitkit.config.loader import override_recipe, recipe_from_yaml_file, recipe_to_yaml
 from vitkit.data.sources import recipe_splits
 from vitkit.errors import VitkitError
 from vitkit.plan.tune import (
@@ -33,6 +33,7 @@ from vitkit.plan.tune import (
     overrides_for,
     search_cost,
     startup_trials,
+    trial_overrides,
     tune,
     varied_settings,
     winner_margin,
@@ -87,6 +88,18 @@ def test_the_base_recipe_in_the_search_space():
     assert plain["optim.weight_decay"] == 0.005 and plain["augment.randaugment"] == 0.0
 
 
+def test_a_trial_sets_only_what_it_moves_so_the_first_trial_is_the_base_recipe_exactly():
+    """No weight decay lies below the searched range (0.005 on a log scale): the base's point has the range's
+    floor there, and the trials at that point keep the recipe's own 0."""
+    base = tiny_recipe("optim.weight_decay=0", "augment.randaugment=null")
+    start = base_values(base)
+    assert start["optim.weight_decay"] == 0.005 and trial_overrides(start, base) == []  # the recipe as it is
+    doubled = trial_overrides({**start, "optim.lr": 2.0}, base)
+    assert doubled == [f"optim.lr={2 * base.optim.lr:.6g}"]
+    assert override_recipe(base, doubled).optim.weight_decay == 0.0  # twice the lr, and still no weight decay
+    assert trial_overrides({**start, "optim.weight_decay": 0.01}, base) == ["optim.weight_decay=0.01"]
+
+
 def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_path: Path):
     out = tmp_path / "study"
     started = time.monotonic()
@@ -99,8 +112,7 @@ def test_a_study_runs_trials_as_run_folders_resumes_and_writes_the_winner(tmp_pa
         assert recipe.data.holdout == 0.25 and read_metrics(run / "metrics.jsonl", "epoch")
     best = recipe_from_yaml_file(first.best_recipe)
     assert best.data.holdout is None  # the winner trains on the whole training split, judged on validation
-    assert f"optim.weight_decay={best.optim.weight_decay:.4g}" in first.best_overrides
-    assert first.best_overrides == [*overrides_for(first.best_values, tiny_recipe(*BASE)), "data.holdout=0.25"]
+    assert first.best_overrides == [*trial_overrides(first.best_values, tiny_recipe(*BASE)), "data.holdout=0.25"]
     base, first_trial = tiny_recipe(*BASE), recipe_from_yaml_file(runs[0] / "recipe.yaml")
     assert first_trial.optim.lr == base.optim.lr and first_trial.augment.mixup == base.augment.mixup  # the base
     assert first_trial.model.drop_path_rate == base.model.drop_path_rate  # recipe itself comes first

@@ -93,8 +93,9 @@ def overrides_for(values: dict[str, float], base: Recipe) -> list[str]:
 
 def base_values(base: Recipe) -> dict[str, float]:
     """The base recipe's own values in the search space, each clamped to its knob's range (a weight decay of 0
-    becomes the lowest searched, 0.005): the first trial, so the search starts from the recipe it is asked to
-    improve and its winner never did worse than that recipe on the held-out images."""
+    is at the lowest searched, 0.005): the first trial, so the search starts from the recipe it is asked to
+    improve and its winner never did worse than that recipe on the held-out images. A trial changes only the
+    settings it moves away from these points (`trial_overrides`), so the first trial is the base recipe exactly."""
     magnitude = re.search(r"-m(\d+)", base.augment.randaugment or "")  # timm's spec: rand-m9-mstd0.5, rand-n2-m9
     raw = {
         "optim.lr": 1.0,
@@ -148,6 +149,13 @@ def budget_note(budget_seconds: float, base_seconds: float) -> str | None:
     )
 
 
+def trial_overrides(values: dict[str, float], base: Recipe) -> list[str]:
+    """The overrides of a trial at `values`: the settings it moves away from the base's point, so that a setting
+    left there keeps the base's own value, also where that lies outside the searched range (no weight decay)."""
+    start = base_values(base)
+    return overrides_for({name: v for name, v in values.items() if v != start[name]}, base)
+
+
 def suggest(trial: Any) -> dict[str, float]:
     return {k.field: trial.suggest_float(k.field, k.low, k.high, log=k.log) for k in SPACE}
 
@@ -197,7 +205,8 @@ class _Objective:
         from vitkit.train.loop import train
 
         values = suggest(trial)
-        sets = [*self.overrides, *overrides_for(values, self.base), f"data.holdout={self.base.data.holdout or 0.2}"]
+        holdout = f"data.holdout={self.base.data.holdout or 0.2}"
+        sets = [*self.overrides, *trial_overrides(values, self.base), holdout]
         recipe = override_recipe(self.base, sets)
         run_dir = self.out / f"trial-{trial.number:04d}"
         trial.set_user_attr("run", str(run_dir))
