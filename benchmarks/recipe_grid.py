@@ -1,7 +1,8 @@
 """The grid behind `vitkit advise recipe`: which trick strength wins for a data size and a compute budget?
 
 Cells: Fashion-MNIST subsets of 1k, 5k, 10k and 60k training images (stratified, seed 0; tested on the full 10k
-test set) and scikit-learn's digits (8 px; a stratified 70/30 split), each at three budgets. The short budget is
+test set) and scikit-learn's digits (8 px; a stratified 70/30 split), each at three budgets; and, as data the rule
+was not read from, vitkit's built-in shapes (--dataset shapes-1k, shapes-5k). The short budget is
 about 20k images seen (at least one epoch), then 3x and 10x that. On each cell:
 
 - `plain` and `deit`: the shipped vit-plain and deit-tiny recipes with the advisor's model for the data;
