@@ -217,6 +217,11 @@ def test_a_setting_no_finished_trial_varied_gets_no_share_of_the_importance():
     study.optimize(lambda t: t.suggest_float("lr", 0.3, 3.0) - t.suggest_float("wd", 0.0, 1.0), n_trials=4)
     assert varied_settings(optuna, study) == ["lr"]
     assert _importances(optuna, study) == {"lr": 1.0}  # the one setting that moved, and all of the score's change
+    tied = optuna.create_study(direction="maximize")
+    for lr in (1.0, 2.0):
+        tied.enqueue_trial({"lr": lr})
+    tied.optimize(lambda t: 0.5 + 0 * t.suggest_float("lr", 0.3, 3.0), n_trials=2)
+    assert varied_settings(optuna, tied) == ["lr"] and _importances(optuna, tied) == {}  # moved, but changed nothing
     study.enqueue_trial({"lr": 1.0, "wd": 0.5})
     study.optimize(lambda t: t.suggest_float("lr", 0.3, 3.0) - t.suggest_float("wd", 0.0, 1.0), n_trials=1)
     assert varied_settings(optuna, study) == ["lr", "wd"] and set(_importances(optuna, study)) == {"lr", "wd"}

@@ -395,8 +395,9 @@ def _importances(optuna: Any, study: Any) -> dict[str, float]:
     """Each varied setting's share of the importance; empty where the trials cannot tell them apart (too few, or
     tied: PED-ANOVA then rates every setting the same). A setting every finished trial left at one value (the first
     points vary only the lr and the flips) is left out: its share would be the evaluator's floor, not evidence."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     varied = varied_settings(optuna, study)
-    if not varied:
+    if not varied or len({t.value for t in done}) < 2:  # nothing moved, or every trial scored the same
         return {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its warning is the equal shares, which are left out here
