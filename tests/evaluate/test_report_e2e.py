@@ -113,6 +113,12 @@ def test_report_command_rerenders_without_recomputing(evaluated, tmp_path: Path)
     folder = vitkit("report", str(tmp_path))  # the folder evaluate --out wrote to, or a run folder with eval/
     assert folder.returncode == 0, folder.stderr
     assert (tmp_path / "report.html").read_text() == render_report(doc)
+    run_eval = tmp_path / "run" / "eval"  # a run folder: its evaluation at the end of training
+    run_eval.mkdir(parents=True)
+    shutil.copy(out / "metrics.json", run_eval / "metrics.json")
+    in_run = vitkit("report", str(tmp_path / "run"))
+    assert in_run.returncode == 0, in_run.stderr
+    assert (run_eval / "report.html").read_text() == render_report(doc)
     empty = tmp_path / "empty"
     empty.mkdir()
     nothing = vitkit("report", str(empty))
