@@ -361,6 +361,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.{why}")
     best = study.best_trial
     importances = _importances(optuna, study) if len(done) > 1 else {}
+    varied = varied_settings(optuna, study)
     chosen = [o for o in best.user_attrs["overrides"] if not o.startswith("data.holdout")]
     best_recipe = override_recipe(base, [*chosen, "data.holdout=null"])  # the winner trains on all of train
     path = out / "best.yaml"
@@ -387,7 +388,7 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
         best_trial=best.number,
         failed=sum(t.state == optuna.trial.TrialState.FAIL for t in ran),
         running=sum(t.state == optuna.trial.TrialState.RUNNING for t in ran),
-        unvaried=[name for name in best.params if name not in varied_settings(optuna, study)],
+        unvaried=[name for name in best.params if name not in varied],
     )
 
 
