@@ -175,6 +175,29 @@ def test_fail_stops_before_training_and_lists_the_files(tmp_path: Path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_run_stopped_before_training_says_its_list_of_skipped_files_went_with_it(tmp_path: Path):
+    manifest = _manifest_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    out = vitkit(
+        "train",
+        "--recipe",
+        "quickstart",
+        "--data",
+        str(manifest),
+        "--out",
+        str(run),
+        "--set",
+        "data.max_image_pixels=50000",
+        "--set",
+        "train.batch_size=64",  # more than the 10 readable training images: stops before training
+    )
+    assert out.returncode == 2 and "larger than the training set" in " ".join(out.stderr.split())
+    said = " ".join(out.stdout.split())
+    assert "skipping 5 unreadable image files" in said
+    assert "bad_images.jsonl included" in said and "--set data.bad_images=fail" in said
+    assert not run.exists()  # vitkit made the folder, and took it away again
+
+
 def _splits(train_labels: list[int], val_labels: list[int], classes: list[str]) -> DataSplits:
     def images(labels: list[int]) -> ImageSet:
         return ImageSet(np.zeros((len(labels), 4, 4, 3), dtype=np.uint8), np.asarray(labels, dtype=np.int64))

@@ -27,7 +27,7 @@ from vitkit.config.schema import Recipe
 from vitkit.data.sources import same_source
 from vitkit.errors import OutOfMemory, VitkitError
 from vitkit.files import write_atomically
-from vitkit.run_folder import claim_run_folder, is_run_folder, recipe_input_paths
+from vitkit.run_folder import ClaimedFolder, claim_run_folder, is_run_folder, recipe_input_paths
 from vitkit.run_list import running_marker
 from vitkit.train.checkpoint import Progress, newest_valid_checkpoint, where_in_training
 from vitkit.train.checkpointer import Checkpointer, best_of
@@ -98,7 +98,7 @@ def train(
             summary = _fit_and_summarise(run, console, should_stop)
     except BaseException as exc:
         if claimed is not None:
-            claimed.abandon()  # when training had not started: the folder (and a replaced run) as they were
+            _abandon(claimed, console)
         if OutOfMemory.recognise(exc):
             raise _out_of_memory(exc, accelerator.device, run_dir) from exc
         raise
@@ -109,6 +109,21 @@ def train(
 
         result.evaluation, result.evaluation_dir = evaluate_run(run_dir, only=training_end(summary.get("task")))
     return result
+
+
+def _abandon(claimed: ClaimedFolder, console: Console) -> None:
+    """Put the run folder back as it was when training had not started, and say so when that removed the list of
+    skipped images the console pointed to."""
+    listed = claimed.path / "bad_images.jsonl"
+    had_list = listed.is_file()
+    claimed.abandon()
+    if had_list and not listed.exists():
+        console.print(
+            f"note: the run stopped before training, so vitkit removed what it had written to {claimed.path}, "
+            "bad_images.jsonl included. To list every unreadable file, run again with --set data.bad_images=fail "
+            "(it stops before training and names them all).",
+            highlight=False,
+        )
 
 
 def _out_of_memory(exc: BaseException, device: torch.device, run_dir: Path) -> OutOfMemory:
