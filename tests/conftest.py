@@ -31,7 +31,7 @@ TINY_OVERRIDES = [
     "schedule.epochs=2",
     "schedule.warmup_epochs=1",
     "augment.repeated_aug=1",
-    # `auto` is bf16 on CPUs that compute it natively and fp32 elsewhere: tests that compare numbers must not
+    # `auto` is bf16 on CPUs where it measures faster and fp32 elsewhere: tests that compare numbers must not
     # depend on which CPU runs them
     "train.precision=fp32",
 ]

@@ -197,7 +197,9 @@ class TrainConfig(Section):
     accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients are summed before one update.")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Label smoothing (folded into Mixup targets).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Autocast precision; auto = bf16 where the device supports it, else fp32."
+        "auto",
+        description="Autocast precision; auto = bf16 on GPUs that support it and on CPUs where a measured matrix "
+        "product runs at least 1.2x faster in bf16, else fp32.",
     )
     seed: int = Field(0, description="Seed for model init, data order, augmentation and splits.")
     max_updates: int | None = Field(

@@ -48,7 +48,7 @@ from vitkit.models.finetune import apply_strategy, count_parameters, parameter_t
 from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import PretrainedWeights, pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
-from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
+from vitkit.precision import autocast_dtype, precision_note, resolve_device, resolve_precision
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -254,6 +254,8 @@ def setup_run(
         data, bad_images, precision, b.attention, n_params, n_trainable, teacher.description if teacher else None
     )
     facts.notes = data.notes + (weights.notes if weights is not None else [])
+    if (note := precision_note(t.precision, precision, accelerator.device)) is not None:
+        facts.notes.append(note)
     clip = cfg.optim.clip_grad if cfg.optim.clip_grad is not None else math.inf
     settings = loop_settings(cfg, task.steps_per_epoch, t.batch_size * ranks.world)
     run = Run(
