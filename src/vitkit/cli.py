@@ -564,9 +564,9 @@ def merge_lora_command(
     from vitkit.config.loader import recipe_from_yaml_file
     from vitkit.models.finetune import count_parameters
     from vitkit.models.run_model import export_plain_model
+    from vitkit.run_folder import check_run_folder
 
-    if not (run / "recipe.yaml").exists():
-        raise VitkitError(f"{run} is not a vitkit run folder (no recipe.yaml). Pass the folder given to --out.")
+    check_run_folder(run)
     if recipe_from_yaml_file(run / "recipe.yaml").finetune.strategy != "lora":
         raise VitkitError(f"{run} was not trained with finetune.strategy=lora: its weights are already plain.")
     model, folder = export_plain_model(run, out or run / "merged", checkpoint)

@@ -105,6 +105,17 @@ def read_jsonl_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def check_run_folder(run: Path) -> None:
+    """Refuse a path that is not a run folder to read, saying whether it is missing, a file, or a folder without a
+    recipe."""
+    if not run.exists():
+        raise VitkitError(f"{run}: no such folder. Pass the folder given to vitkit train --out.")
+    if not run.is_dir():
+        raise VitkitError(f"{run} is a file, not a run folder. Pass the folder given to vitkit train --out.")
+    if not (run / "recipe.yaml").is_file():
+        raise VitkitError(f"{run} is not a vitkit run folder (no recipe.yaml). Pass the folder given to --out.")
+
+
 def is_run_folder(folder: Path) -> bool:
     """Whether `folder` was made by `vitkit train` (its marker, or an older run's recipe with its outputs)."""
     if not folder.is_dir():

@@ -52,7 +52,10 @@ def test_field_help_is_generated_from_recipe_fields_with_the_recipes_own_values(
         (["train", "--recipe", "deit-tiyn"], "Did you mean 'deit-tiny'"),
         (["train", "--data", "/no/such/folder", "--recipe", "deit-tiny"], "no such file or folder"),
         (["train", "--set", "train.precision=fp16"], "fp16 needs a CUDA GPU"),
-        (["evaluate", "/no/such/run"], "not a vitkit run folder"),
+        (["evaluate", "/no/such/run"], "/no/such/run: no such folder"),
+        (["evaluate", __file__], "is a file, not a run folder"),
+        (["serve", __file__], "is a file, not a folder. Serve an export folder"),
+        (["export", __file__], "is a file, not a run folder"),
     ],
 )
 def test_user_errors_exit_2_with_a_message_and_no_traceback(args, message, tmp_path: Path):

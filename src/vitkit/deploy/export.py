@@ -29,7 +29,7 @@ from vitkit.deploy.pixels import eager_logits, first_images, pixel_batches, stac
 from vitkit.errors import VitkitError
 from vitkit.evaluate.run import saved_temperature, weights_sha256
 from vitkit.models.run_model import load_run_or_checkpoint
-from vitkit.run_folder import EXPORT_MARKER, check_export_folder, read_run_json
+from vitkit.run_folder import EXPORT_MARKER, check_export_folder, check_run_folder, read_run_json
 
 MODEL_JSON = "model.json"
 MONITOR_REFERENCE_IMAGES = 512  # validation images whose statistics a server compares its traffic with
@@ -48,7 +48,10 @@ class ExportOptions:
 
 def run_folder_of(path: Path) -> Path:
     """The run folder of a run folder or of one of its checkpoints (RUN/checkpoints/NAME)."""
-    return path.parent.parent if (path / "meta.json").exists() and not (path / "recipe.yaml").exists() else path
+    if (path / "meta.json").exists() and not (path / "recipe.yaml").exists():
+        return path.parent.parent
+    check_run_folder(path)
+    return path
 
 
 def export_run(path: Path, out: Path, options: ExportOptions | None = None) -> dict[str, Any]:

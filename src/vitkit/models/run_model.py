@@ -18,14 +18,13 @@ from vitkit.config.schema import Recipe
 from vitkit.errors import VitkitError
 from vitkit.models.build import build_model
 from vitkit.models.lora import apply_lora, load_model_state, merge_lora
-from vitkit.run_folder import EXPORT_MARKER, check_export_folder, read_run_json
+from vitkit.run_folder import EXPORT_MARKER, check_export_folder, check_run_folder, read_run_json
 
 
 def load_run_model(run_dir: Path, which: str = "best") -> tuple[nn.Module, Recipe, dict[str, Any]]:
     """The model of a run folder, with the better of its raw and EMA weights from the `which` checkpoint."""
     recipe_path, summary_path = run_dir / "recipe.yaml", run_dir / "summary.json"
-    if not recipe_path.exists():
-        raise VitkitError(f"{run_dir} is not a vitkit run folder (no recipe.yaml). Pass the folder given to --out.")
+    check_run_folder(run_dir)
     recipe = recipe_from_yaml_file(recipe_path)
     folder = run_dir / "checkpoints" / which
     if not folder.exists() and which == "best" and (run_dir / "checkpoints" / "last").exists():

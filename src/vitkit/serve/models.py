@@ -129,7 +129,8 @@ def _versions(folder: Path, name: str) -> list[ServedModel]:
 def load_models(path: Path, name: str | None = None) -> dict[str, list[ServedModel]]:
     """Every model under `path`, by name, versions oldest first (the last one serves by default)."""
     if not path.is_dir():
-        raise VitkitError(f"{path}: no such folder. Serve an export folder, a run folder or a folder of models.")
+        problem = f"{path} is a file, not a folder" if path.exists() else f"{path}: no such folder"
+        raise VitkitError(f"{problem}. Serve an export folder, a run folder or a folder of models.")
     if _is_model(path):
         versioned = re.match(r"^\d", path.name) is not None
         # models/NAME/1.2.0 and runs/NAME/export are named after NAME
