@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -51,7 +52,7 @@ BF16_MIN_SPEEDUP = 1.2
 @lru_cache(maxsize=1)
 def cpu_bf16_speedup() -> float:
     """How many times faster a transformer-sized matrix product (forward and backward) runs under bf16 autocast than
-    in fp32 on this CPU; measured once per process, in about a tenth of a second.
+    in fp32 on this CPU; measured once per process, in about a third of a second.
 
     CPU flags do not settle it: with AVX512-BF16 a 2-core AMD EPYC trained about 1.8x faster in bf16, while a 2-core
     Intel Xeon with the same flag (no AMX) ran the same products at 0.6x the speed of fp32.
@@ -83,13 +84,27 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_native_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+    if not cpu_has_native_bf16() or _processes() > 1:
+        return "fp32"
+    return "bf16" if cpu_bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+
+
+def _processes() -> int:
+    """The processes of a launched run (torchrun, accelerate launch). Each would time the CPU while the others start
+    on the same cores, and processes that picked different precisions would train differently, so a CPU run on
+    several processes stays in fp32."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def precision_note(requested: str, precision: str, device: torch.device) -> str | None:
     """Why `auto` trains a CPU with native bf16 in fp32, for the run's header; None otherwise."""
     if requested != "auto" or device.type != "cpu" or precision != "fp32" or not cpu_has_native_bf16():
         return None
+    if _processes() > 1:
+        return (
+            "precision auto is fp32: on several processes vitkit does not time bf16 on the CPU (they share its cores). "
+            "Set train.precision=bf16 to use it."
+        )
     return (
         f"precision auto is fp32: this CPU has bf16 instructions, but a matrix product ran {cpu_bf16_speedup():.2f}x "
         f"as fast in bf16 as in fp32 (bf16 needs {BF16_MIN_SPEEDUP}x). Set train.precision=bf16 to use it anyway."

@@ -25,6 +25,7 @@ def _cpu(monkeypatch: pytest.MonkeyPatch, flags: str, speedup: float | None) -> 
         return speedup
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # one process, unless a test says otherwise
     monkeypatch.setattr(precision, "cpu_bf16_speedup", measured)
 
 
@@ -47,6 +48,14 @@ def test_bf16_instructions_give_bf16_only_where_it_measured_faster(
         assert note is None
     else:
         assert note is not None and f"{speedup:.2f}x" in note and "train.precision=bf16" in note
+
+
+def test_several_cpu_processes_stay_in_fp32_without_timing(monkeypatch: pytest.MonkeyPatch):
+    _cpu(monkeypatch, "flags : avx512f avx512_bf16", speedup=None)  # each process would time the shared cores
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert precision.resolve_precision("auto", CPU) == "fp32"
+    note = precision.precision_note("auto", "fp32", CPU)
+    assert note is not None and "several processes" in note and "train.precision=bf16" in note
 
 
 def test_fp16_on_a_cpu_is_refused_with_the_choices():
