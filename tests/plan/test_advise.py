@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import write_image_folder, write_mirrored_classes
+from tests.conftest import tiny_recipe, write_image_folder, write_mirrored_classes
 from tests.e2e.test_cli import vitkit
 from vitkit.config import load_recipe
 from vitkit.data.sources import load_source
@@ -22,6 +22,7 @@ from vitkit.plan.advise import (
     batch_size_for,
     ema_decay_for,
     epochs_for_minutes,
+    measure_images_per_second,
     mirror_accuracy,
     patch_size_for,
     profile_data,
@@ -243,6 +244,23 @@ def test_cli_minutes_measure_this_machine_and_fit_the_epochs():
     speed = float(line.split(" at ")[1].split(" training images/s")[0].replace(",", ""))
     assert speed > 0
     assert abs(epochs - epochs_for_minutes(3, 6000, speed)) <= 1  # the printed speed is rounded
+
+
+@pytest.mark.parametrize(("precision", "autocast"), [("bf16", [torch.bfloat16] * 3), ("fp32", [])])
+def test_the_speed_for_minutes_is_measured_in_the_runs_precision(
+    monkeypatch: pytest.MonkeyPatch, precision: str, autocast: list[torch.dtype]
+):
+    seen: list[torch.dtype] = []
+    real = torch.autocast
+
+    def spy(device_type: str, dtype: torch.dtype | None = None, **kwargs):
+        seen.append(dtype)
+        return real(device_type, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    recipe = tiny_recipe(f"train.precision={precision}")
+    assert measure_images_per_second(recipe, num_classes=10, steps=2) > 0
+    assert seen == autocast  # a warm-up step and two timed ones, each under the run's autocast (none for fp32)
 
 
 def test_mirror_accuracy_by_hand():

@@ -421,18 +421,20 @@ def epochs_for_minutes(minutes: float, images: int, images_per_second: float) ->
 
 
 def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 5) -> float:
-    """Training images per second of `recipe`'s model on this machine's default device: the median of a few fp32
-    steps on random images at the recipe's batch and size, after one warm-up step (bf16 on a GPU trains faster:
-    the estimate is cautious)."""
+    """Training images per second of `recipe`'s model on this machine's default device, in the precision the run
+    will use there (`train.precision`): the median of a few steps on random images at the recipe's batch and size,
+    after one warm-up step."""
+    import contextlib
     import statistics
     import time
 
     import torch
 
     from vitkit.models.build import build_model
-    from vitkit.precision import resolve_device
+    from vitkit.precision import autocast_dtype, resolve_device, resolve_precision
 
     device = resolve_device("auto")
+    dtype = autocast_dtype(resolve_precision(recipe.train.precision, device))
     model = build_model(recipe.model, num_classes).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size, batch = recipe.model.img_size, recipe.train.batch_size
@@ -441,7 +443,9 @@ def measure_images_per_second(recipe: Any, num_classes: int, steps: int = 5) -> 
     seconds = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
