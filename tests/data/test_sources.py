@@ -221,6 +221,49 @@ def test_npz_arrays_that_cannot_be_images_and_labels_are_named(tmp_path: Path, a
         load_source(str(tmp_path / "bad.npz"))
 
 
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        (np.array([0.0, 0.5, 1.0], np.float32), [0, 128, 255]),  # floats of 0-1 (a plain cast: black images)
+        (np.array([0.0, 127.6, 255.0]), [0, 128, 255]),  # floats of 0-255
+        (np.array([0, 32768, 65535], np.uint16), [0, 128, 255]),  # 16-bit (a plain cast wraps around)
+        (np.array([0, 100, 255], np.int64), [0, 100, 255]),  # 8-bit values in a wide integer type
+        (np.array([0, 1, 200], np.uint16), [0, 1, 200]),  # 8-bit values in a 16-bit array: kept
+    ],
+)
+def test_npz_pixels_of_other_types_become_the_expected_0_255(tmp_path: Path, pixels: np.ndarray, expected: list):
+    x = np.zeros((4, 2, 3), pixels.dtype)
+    x[:, 0, :] = pixels  # every image's first row holds the three values
+    np.savez(tmp_path / "p.npz", x_train=x, y_train=np.array([0, 1, 0, 1]), x_val=x[:2], y_val=np.array([0, 1]))
+    splits = load_source(str(tmp_path / "p.npz"))
+    assert splits.train.items.dtype == np.uint8 and splits.train.items.shape == (4, 2, 3, 3)
+    assert splits.train.items[0, 0, :, 0].tolist() == expected
+
+
+def test_npz_images_with_one_channel_last_are_grayscale(tmp_path: Path):
+    x = np.full((4, 5, 6, 1), 77, np.uint8)
+    np.savez(tmp_path / "g.npz", x_train=x, y_train=np.array([0, 1, 0, 1]))
+    items = load_source(str(tmp_path / "g.npz"), val_fraction=0.5).train.items
+    assert items.shape == (2, 5, 6, 3) and (items == 77).all()
+
+
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (np.zeros((4, 3, 8, 8), np.uint8), r"\(4, 3, 8, 8\) \(channel-first\).*numpy.transpose\(x, \(0, 2, 3, 1\)\)"),
+        (np.zeros((4, 8, 8, 4), np.uint8), r"\(4 channels\).*keep three colour channels"),
+        (np.linspace(-2, 2, 4 * 64).reshape(4, 8, 8), r"values from -2 to 2; give pixels of 0-255 .*not normalised"),
+        (np.full((4, 8, 8), 300, np.int32), r"values from 300 to 300"),
+        (np.full((4, 8, 8), np.nan), r"NaN or infinite"),
+        (np.full((4, 8, 8), -0.5, np.float32), r"negative values \(-0.5\)"),
+    ],
+)
+def test_npz_pixels_that_are_not_images_are_refused_with_the_fix(tmp_path: Path, x: np.ndarray, message: str):
+    np.savez(tmp_path / "x.npz", x_train=x, y_train=np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match=f"x.npz: x_train .*{message}"):
+        load_source(str(tmp_path / "x.npz"))
+
+
 def test_a_file_that_is_not_an_npz_of_arrays_gets_a_message_not_a_traceback(tmp_path: Path):
     (tmp_path / "text.npz").write_text("not arrays")
     np.savez(tmp_path / "good.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0.0, 1.0, 1.0, 0.0]))

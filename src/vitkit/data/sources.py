@@ -458,14 +458,50 @@ def _array_set(path: Path, data: dict[str, np.ndarray], images: str, labels: str
         raise DataError(f"--data {path}: {labels} must be class indices 0, 1, 2, ... (got {y.dtype}). {NPZ_HINT}")
     if len(y) and y.min() < 0:
         raise DataError(f"--data {path}: {labels} must be class indices 0, 1, 2, ... (got {y.min()}). {NPZ_HINT}")
-    return ImageSet(_rgb(x), y.astype(np.int64))
+    return ImageSet(_rgb(x, path, images), y.astype(np.int64))
 
 
-def _rgb(x: np.ndarray) -> np.ndarray:
-    """uint8 images as (N, H, W, 3): grayscale is replicated to three channels so RGB models (and their
-    pretrained patch embeddings) apply unchanged."""
-    x = x.astype(np.uint8)
+def _rgb(x: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """The array `name` of `path` as uint8 images (N, H, W, 3): grayscale (N, H, W) or (N, H, W, 1) is replicated
+    to three channels so RGB models (and their pretrained patch embeddings) apply unchanged; pixels become 0-255
+    (see `_uint8_pixels`). Channel-first and four-channel arrays are refused with the fix."""
+    if x.ndim == 4 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim == 4 and x.shape[-1] != 3:
+        layout = "channel-first" if x.shape[1] in (1, 3) else f"{x.shape[-1]} channels"
+        fix = "numpy.transpose(x, (0, 2, 3, 1))" if x.shape[1] in (1, 3) else "keep three colour channels"
+        raise DataError(
+            f"--data {path}: {name} has shape {x.shape} ({layout}); images must be (N, H, W) or (N, H, W, 3). "
+            f"Save them as such ({fix})."
+        )
+    x = _uint8_pixels(x, path, name)
     return np.repeat(x[..., None], 3, axis=-1) if x.ndim == 3 else x
+
+
+def _uint8_pixels(x: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """0-255 pixels as uint8: integers of 0-255 as they are, 16-bit integers and floats of 0-1 scaled (a plain cast
+    would turn floats of 0-1 into black images and wrap 16-bit values around), floats of 0-255 rounded."""
+    if x.dtype == np.uint8 or x.size == 0:  # an empty split is named later, with its own fix
+        return x.astype(np.uint8)
+    if x.dtype.kind not in "uif":
+        raise DataError(f"--data {path}: {name} holds {x.dtype} values; images must be numbers. {NPZ_HINT}")
+    low, high = float(x.min()), float(x.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise DataError(f"--data {path}: {name} holds NaN or infinite values. {NPZ_HINT}")
+    if x.dtype == np.uint16 and high > 255:
+        full = 65535.0
+    elif x.dtype.kind == "f" and high <= 1.0:
+        full = 1.0
+    elif low >= 0 and high <= 255:
+        full = 255.0
+    else:
+        raise DataError(
+            f"--data {path}: {name} holds values from {low:g} to {high:g}; give pixels of 0-255 (or floats of "
+            f"0-1), not normalised ones. {NPZ_HINT}"
+        )
+    if low < 0:
+        raise DataError(f"--data {path}: {name} holds negative values ({low:g}); give pixels of 0-255. {NPZ_HINT}")
+    return np.round(x.astype(np.float32) * np.float32(255.0 / full)).astype(np.uint8)
 
 
 def medmnist_labels(labels: np.ndarray) -> np.ndarray:
@@ -478,13 +514,13 @@ def medmnist_labels(labels: np.ndarray) -> np.ndarray:
 def load_medmnist(path: Path, data: dict[str, np.ndarray], val_fraction: float, seed: int) -> DataSplits:
     from vitkit.data.medmnist_names import medmnist_classes
 
-    train = ImageSet(_rgb(data["train_images"]), medmnist_labels(data["train_labels"]))
+    train = ImageSet(_rgb(data["train_images"], path, "train_images"), medmnist_labels(data["train_labels"]))
     width = train.labels.shape[1] if train.multilabel else int(train.labels.max()) + 1
     classes = medmnist_classes(path.stem, width)
     description = f"MedMNIST {path.name}"
     if "val_images" not in data:
         return _split(train, classes, val_fraction, seed, description)
-    val = ImageSet(_rgb(data["val_images"]), medmnist_labels(data["val_labels"]))
+    val = ImageSet(_rgb(data["val_images"], path, "val_images"), medmnist_labels(data["val_labels"]))
     return DataSplits(train, val, classes, f"{description} ({len(train)} train / {len(val)} val)")
 
 
