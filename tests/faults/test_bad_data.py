@@ -5,6 +5,7 @@ import csv
 import json
 import re
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -151,21 +152,16 @@ def test_skip_trains_without_the_bad_files_and_lists_them(tmp_path: Path):
     assert result.summary["updates"] == 2 * (10 // 4)  # 2 epochs of the 10 good training images only
 
 
-def test_fail_stops_before_training_and_lists_the_files(tmp_path: Path):
+def _train_on_bad_manifest(tmp_path: Path, setting: str) -> subprocess.CompletedProcess[str]:
+    """`vitkit train` into tmp_path/run on a manifest with five unusable files, with one more `--set`."""
     manifest = _manifest_dataset(tmp_path / "data")
-    out = vitkit(
-        "train",
-        "--recipe",
-        "quickstart",
-        "--data",
-        str(manifest),
-        "--out",
-        str(tmp_path / "run"),
-        "--set",
-        "data.bad_images=fail",
-        "--set",
-        "data.max_image_pixels=50000",
-    )
+    run = str(tmp_path / "run")
+    sets = ["--set", "data.max_image_pixels=50000", "--set", setting]
+    return vitkit("train", "--recipe", "quickstart", "--data", str(manifest), "--out", run, *sets)
+
+
+def test_fail_stops_before_training_and_lists_the_files(tmp_path: Path):
+    out = _train_on_bad_manifest(tmp_path, "data.bad_images=fail")
     assert out.returncode == 2
     message = " ".join(out.stderr.split())
     assert "5 image files cannot be used" in message and "data.bad_images=skip" in message
@@ -176,21 +172,8 @@ def test_fail_stops_before_training_and_lists_the_files(tmp_path: Path):
 
 
 def test_a_run_stopped_before_training_says_its_list_of_skipped_files_went_with_it(tmp_path: Path):
-    manifest = _manifest_dataset(tmp_path / "data")
     run = tmp_path / "run"
-    out = vitkit(
-        "train",
-        "--recipe",
-        "quickstart",
-        "--data",
-        str(manifest),
-        "--out",
-        str(run),
-        "--set",
-        "data.max_image_pixels=50000",
-        "--set",
-        "train.batch_size=64",  # more than the 10 readable training images: stops before training
-    )
+    out = _train_on_bad_manifest(tmp_path, "train.batch_size=64")  # more than the 10 readable training images
     assert out.returncode == 2 and "larger than the training set" in " ".join(out.stderr.split())
     said = " ".join(out.stdout.split())
     assert "skipping 5 unreadable image files" in said
