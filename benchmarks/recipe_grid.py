@@ -50,7 +50,7 @@ from cpu import cpu_name
 from recipe_ablation import CLASSES, append_row, find_idx, read_idx, read_rows
 from vitkit.config import load_recipe
 from vitkit.data.sources import load_arrays, stratified_split
-from vitkit.plan.advise import advise_recipe, profile_data, strength_for
+from vitkit.plan.advise import advise_recipe, grid_epochs, profile_data, strength_for
 
 RESULTS = Path(__file__).parent / "results" / "recipe_grid.jsonl"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitkit" / "grid"
@@ -59,7 +59,6 @@ DATASETS = ("digits", *SIZES)
 # Data the strength rule was not read from: vitkit's built-in shapes (32 px, colour, 10 classes; 1k or 5k training
 # images, a separate 2k for the test), to see how the advisor and a search around it do on new data.
 HELD_OUT = {"shapes-1k": 1_000, "shapes-5k": 5_000}
-SHORT_IMAGES = 20_000
 BUDGETS = {"short": 1, "3x": 3, "10x": 10}
 STRENGTHS = ("none", "light", "moderate", "medium", "strong")
 CONFIGS = ("plain", "deit", *STRENGTHS, "advisor", "resnet", "tune", "tune_plain")
@@ -113,7 +112,7 @@ def prepare(name: str) -> Path:
 
 def epochs_for(images: int, budget: str | int) -> int:
     """Epochs of a budget (a name, or a multiple of the short budget)."""
-    return max(1, round(SHORT_IMAGES / images)) * (BUDGETS[budget] if isinstance(budget, str) else budget)
+    return grid_epochs(images, BUDGETS[budget] if isinstance(budget, str) else budget)
 
 
 def overrides_for(config: str, data: Path, budget: str | int) -> tuple[str, list[str], dict[str, Any]]:

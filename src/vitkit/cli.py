@@ -769,7 +769,10 @@ def advise_freeze_command(
 @advise_app.command("recipe")
 def advise_recipe_command(
     data: Annotated[str, typer.Option(help="Any --data source: folder, manifest.csv, arrays.npz, hf:, builtin:.")],
-    epochs_budget: Annotated[int | None, typer.Option(help="Budget in passes over the training images.")] = None,
+    epochs_budget: Annotated[
+        int | None,
+        typer.Option(help="Budget in passes over the training images (default: about 200,000 images seen)."),
+    ] = None,
     minutes: Annotated[
         float | None, typer.Option(help="Budget in minutes of training on this machine (its speed is measured).")
     ] = None,

@@ -197,6 +197,18 @@ def test_minutes_become_epochs_through_the_measured_speed():
         advise_for_budget(FASHION_1K, minutes=0)
 
 
+@pytest.mark.parametrize(
+    ("images", "epochs"), [(1258, 160), (1000, 200), (5000, 40), (6000, 30), (60000, 10), (1_000_000, 10)]
+)
+def test_without_a_budget_the_advice_takes_the_grids_long_budget(images: int, epochs: int):
+    # 10x the grid's short budget of 20,000 images seen, the short one at least a pass: its 10x column by hand
+    profile = DataProfile(images, [images // 10] * 10, 28, True, (0.3,) * 3, (0.3,) * 3)
+    advice = advise_for_budget(profile)
+    assert advice.epochs == epochs and advice.value("schedule.epochs") == epochs
+    why = next(c.why for c in advice.choices if c.field == "schedule.epochs")
+    assert "no budget given" in why and "--epochs-budget or --minutes" in why
+
+
 def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_path: Path):
     data = write_image_folder(tmp_path / "data", per_class=8)
     recipe = tmp_path / "advised.yaml"
@@ -234,6 +246,13 @@ def test_cli_writes_a_recipe_that_trains_and_never_overwrites_a_user_file(tmp_pa
     assert damaged.returncode == 0 and "Traceback" not in damaged.stderr
     missing = vitkit("advise", "recipe", "--data", str(tmp_path / "nope"), "--epochs-budget", "5")
     assert missing.returncode != 0 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_without_a_budget_advises_the_long_one():
+    out = vitkit("advise", "recipe", "--data", "builtin:shapes")  # 6,000 images: 3 passes a short budget
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.strip().startswith("epochs:"))
+    assert int(line.split(":")[1].split("#")[0]) == 30 and "no budget given" in line
 
 
 def test_cli_minutes_measure_this_machine_and_fit_the_epochs():

@@ -515,6 +515,18 @@ def check_pretrained(source: str) -> None:
         resolve_pretrained(source, ModelConfig())
 
 
+# The grid's budgets: the short one sees 20,000 training images (at least one pass) and the long one 10x that.
+# Without a budget the advisor takes the long one, where the advised ViT came within about a point of the ResNet of
+# its size (docs/advise.md).
+SHORT_BUDGET_IMAGES = 20_000
+LONG_BUDGET = 10
+
+
+def grid_epochs(images: int, multiple: int = LONG_BUDGET) -> int:
+    """Passes over `images` of `multiple` times the grid's short budget."""
+    return max(1, round(SHORT_BUDGET_IMAGES / images)) * multiple
+
+
 def advise_for_budget(
     profile: DataProfile,
     epochs: int | None = None,
@@ -524,14 +536,21 @@ def advise_for_budget(
 ) -> RecipeAdvice:
     """Advice for a budget in epochs, or in minutes of training on this machine: then the advised model's
     training speed is measured here (`speed(recipe, classes)` images/s; measure_images_per_second by default)
-    and turned into epochs."""
+    and turned into epochs. Without either, the grid's long budget (`grid_epochs`)."""
     from vitkit.config.loader import load_recipe
     from vitkit.errors import VitkitError
 
-    if (epochs is None) == (minutes is None):
+    if epochs is not None and minutes is not None:
         raise VitkitError("give the budget one way: --epochs-budget E (passes over the data) or --minutes M.")
     if pretrained:
         check_pretrained(pretrained)
+    if epochs is None and minutes is None:
+        epochs = grid_epochs(profile.images)
+        why = (
+            f"no budget given: the grid's long budget (about {LONG_BUDGET * SHORT_BUDGET_IMAGES:,} images seen, at "
+            f"least {LONG_BUDGET} passes); --epochs-budget or --minutes fits yours"
+        )
+        return advise_recipe(profile, epochs, why, pretrained)
     if epochs is not None:
         if epochs < 1:
             raise VitkitError(f"--epochs-budget {epochs}: give at least 1 epoch.")
