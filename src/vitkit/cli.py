@@ -978,7 +978,12 @@ def _print_memory_plan(plan: Any, model: str, device: int) -> None:
 def tune_command(
     data: Annotated[str, typer.Option(help="The data to tune on (any --data form).")],
     out: Annotated[Path, typer.Option(help="The study folder: trials, study.db, best.yaml (again: continue).")],
-    base: Annotated[str, typer.Option(help="The recipe whose trick strengths are searched.")] = "small-data",
+    base: Annotated[
+        str,
+        typer.Option(
+            help="The recipe whose trick strengths are searched (default: advised, the advised recipe for the data)."
+        ),
+    ] = "advised",
     trials: Annotated[int | None, typer.Option(help="Trials to run now (with --budget: whichever ends first).")] = None,
     budget: Annotated[str | None, typer.Option(help="Wall-clock budget for new trials: 90m, 2h, 3600s.")] = None,
     holdout: Annotated[float, typer.Option(help="Share of the training split the trials validate on.")] = 0.2,
@@ -987,11 +992,19 @@ def tune_command(
 ) -> None:
     """Search trick strengths (lr, weight decay, drop path, smoothing, crops, RandAugment, erasing, Mixup, CutMix)
     on a held-out part of the training split with Optuna (TPE, Hyperband pruning); resumable."""
+    from vitkit.plan.tune import ADVISED, advised_base, check_limits, search_cost, tune, winner_margin
     from vitkit.plan.tune import retrain as retrain_best
-    from vitkit.plan.tune import search_cost, tune, winner_margin
 
-    cfg = load_recipe(base, [*(set_ or []), f"data.source={data}", f"data.holdout={holdout}"])
-    result = tune(cfg, out, trials=trials, budget_seconds=parse_duration(budget) if budget else None, console=console)
+    budget_seconds = parse_duration(budget) if budget else None
+    check_limits(trials, budget_seconds)  # before the data is read for the advised base
+    overrides = [*(set_ or []), f"data.source={data}", f"data.holdout={holdout}"]
+    if base == ADVISED:
+        with console.status("reading the data"):
+            cfg, said = advised_base(data, overrides)
+        console.print(said + (f", with --set {', '.join(set_)}" if set_ else ""), highlight=False)
+    else:
+        cfg = load_recipe(base, overrides)
+    result = tune(cfg, out, trials=trials, budget_seconds=budget_seconds, console=console)
     table = Table(title=f"{result.counts()}; best {result.best_value:.4f}")
     finished = result.trials - result.pruned - result.failed - result.running
     if finished < RANKED_TRIALS:

@@ -26,6 +26,7 @@ from vitkit.errors import VitkitError
 from vitkit.plan.tune import (
     TuneResult,
     _importances,
+    advised_base,
     base_values,
     budget_note,
     check_same_base,
@@ -254,6 +255,19 @@ def test_tune_never_writes_into_a_users_folder_and_needs_a_limit(tmp_path: Path)
         result = vitkit("tune", "--data", "builtin:shapes", "--out", str(tmp_path / "t"), *limit)
         assert result.returncode == 2 and "at least one trial and some time" in result.stderr
     assert not (tmp_path / "t").exists()
+
+
+def test_the_default_base_is_the_advised_recipe_for_the_data():
+    recipe, said = advised_base("builtin:shapes", ["data.source=builtin:shapes", "data.holdout=0.2"])
+    assert recipe.schedule.epochs == 30  # 6,000 images: 3 passes make the short budget, the long one 10x that
+    assert (recipe.model.img_size, recipe.model.patch_size) == (32, 4)  # the advisor's patch: 8 tokens a side
+    assert recipe.model.stem == "conv" and recipe.data.holdout == 0.2 and recipe.data.source == "builtin:shapes"
+    assert "6,000 images: 30 epochs" in said and "vitkit advise recipe --data builtin:shapes" in said
+    again, _ = advised_base("builtin:shapes", ["data.source=builtin:shapes", "data.holdout=0.2"])
+    assert recipe_to_yaml(again) == recipe_to_yaml(recipe)  # the same base every time: the study can go on
+    smaller, said = advised_base("builtin:shapes", ["data.synthetic_train_size=1200", "model.depth=2"])
+    assert smaller.schedule.epochs == 170 and "1,200 images: 170 epochs" in said  # 17 passes make 20,000 images
+    assert smaller.model.depth == 2  # the user's --set applies on top of the advice
 
 
 def test_a_trial_that_fails_is_reported_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

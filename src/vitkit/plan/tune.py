@@ -160,6 +160,38 @@ def suggest(trial: Any) -> dict[str, float]:
     return {k.field: trial.suggest_float(k.field, k.low, k.high, log=k.log) for k in SPACE}
 
 
+ADVISED = "advised"  # the default --base: the advised recipe for the data
+
+
+def advised_base(data: str, overrides: list[str]) -> tuple[Recipe, str]:
+    """The advised recipe for `data` at the grid's long budget (`vitkit advise recipe --data DATA`) with
+    `overrides`, and a line that says what it is. The data is read as `vitkit advise recipe` reads it (the whole
+    training split, built-in data at 32 px), with the overrides' data fields (a data.root, built-in sizes)."""
+    from vitkit.config.loader import load_recipe
+    from vitkit.data.sources import recipe_splits
+    from vitkit.plan.advise import advise_for_budget, profile_data
+
+    reading = [o for o in overrides if o.startswith(("data.", "train.seed="))]
+    probe = load_recipe("deit-tiny", [*reading, f"data.source={data}", "data.holdout=null", "model.img_size=32"])
+    profile = profile_data(recipe_splits(probe))
+    advice = advise_for_budget(profile)
+    said = (
+        f"base: the advised recipe for {data} ({profile.images:,} images: {advice.epochs} epochs, trick strength "
+        f"{advice.strength}; vitkit advise recipe --data {data} shows each choice and its reason)"
+    )
+    return load_recipe(advice.base, [*advice.overrides(), *overrides]), said
+
+
+def check_limits(trials: int | None, budget_seconds: float | None) -> None:
+    """A study needs a limit, and a limit that allows a trial."""
+    if trials is None and budget_seconds is None:
+        raise VitkitError("vitkit tune needs a limit: --trials N or --budget 2h (or both).")
+    if trials is not None and trials < 1:
+        raise VitkitError(f"--trials {trials}: give at least one trial and some time.")
+    if budget_seconds is not None and budget_seconds <= 0:
+        raise VitkitError(f"--budget of {budget_seconds:g} s: give at least one trial and some time.")
+
+
 def check_tune_folder(out: Path) -> None:
     """A new or empty folder, or one `vitkit tune` made (its marker): nothing else is ever written into. (An empty
     one may also be another process's study a moment before its marker is written.)"""
@@ -295,12 +327,7 @@ def tune(
     """Run (or continue) the study in `out`: up to `trials` more trials or until `budget_seconds` have passed."""
     optuna = require_optuna()
     console = console or Console()
-    if trials is None and budget_seconds is None:
-        raise VitkitError("vitkit tune needs a limit: --trials N or --budget 2h (or both).")
-    if trials is not None and trials < 1:
-        raise VitkitError(f"--trials {trials}: give at least one trial and some time.")
-    if budget_seconds is not None and budget_seconds <= 0:
-        raise VitkitError(f"--budget of {budget_seconds:g} s: give at least one trial and some time.")
+    check_limits(trials, budget_seconds)
     from vitkit.data.sources import recipe_splits
 
     check_tune_folder(out)
