@@ -361,7 +361,12 @@ def check_export_folder(out: Path) -> None:
         raise VitkitError(f"--out {out} is a file, not a folder. Name a folder for the exported model.")
     make_parent_folder(out)
     if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).exists():
+        if is_run_folder(out):
+            raise VitkitError(
+                f"--out {out} is a run folder; an export goes in a folder of its own, e.g. --out {out}-export."
+            )
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
         raise VitkitError(
-            f"--out {out} already holds files vitkit did not write ({', '.join(foreign_entries(out)[:5])}); they are "
-            "left alone. Choose a new folder."
+            f"--out {out} already holds files vitkit did not write ({', '.join(names[:5])}); they are left alone. "
+            "Choose a new folder."
         )

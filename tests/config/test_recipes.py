@@ -128,6 +128,16 @@ def test_impossible_values_are_refused():
         load_recipe("deit-tiny", ["augment.hflip=1.5"])
 
 
+def test_a_data_root_the_source_would_ignore_is_refused_and_the_message_is_vitkits_own():
+    with pytest.raises(RecipeError) as err:
+        load_recipe("quickstart", ["data.root=/home/me/images"])
+    text = str(err.value)
+    assert "data.root is read only by torchvision:NAME sources" in text and "builtin:shapes" in text
+    assert "--data" in text and "Value error" not in text
+    kept = load_recipe("deit-tiny", ["data.root=/tmp/cifar"], source="torchvision:CIFAR10")
+    assert kept.data.root == "/tmp/cifar"
+
+
 def test_typo_in_yaml_file_names_file_and_suggests(tmp_path: Path):
     path = tmp_path / "mine.yaml"
     path.write_text("base: deit-tiny\noptim:\n  weigth_decay: 0.1\n")

@@ -95,3 +95,13 @@ def test_cli_data_export_writes_a_dataset_and_never_into_a_users_folder(tmp_path
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     refused = vitkit("data", "export", str(images), "--out", str(tmp_path / "mine"))
     assert refused.returncode == 2 and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_data_export_of_only_unreadable_images_writes_nothing_and_says_why(tmp_path: Path):
+    for name in ("cat", "dog"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        (tmp_path / "images" / name / "a.png").write_text("not an image")
+    out = vitkit("data", "export", str(tmp_path / "images"), "--out", str(tmp_path / "hf"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "none of the 2 training images could be read" in out.stderr and "not an image" in out.stderr
+    assert not (tmp_path / "hf").exists()

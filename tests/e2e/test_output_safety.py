@@ -169,3 +169,19 @@ def test_an_output_file_gets_its_folders_before_the_work_or_a_message_naming_wha
     with pytest.raises(VitkitError, match=r"notes\.txt is a file, not a folder\. Choose another --out"):
         check_export_folder(tmp_path / "notes.txt" / "export")  # `vitkit export`; `data export` makes the same check
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_into_a_run_folder_or_a_users_folder_names_what_is_there(tmp_path: Path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.yaml").write_text("model: {}\n")
+    with pytest.raises(
+        VitkitError, match=r"is a run folder; an export goes in a folder of its own, e\.g\. --out .*run-export"
+    ):
+        check_export_folder(run)
+    mine = tmp_path / "mine"
+    (mine / "photos").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(VitkitError, match=r"did not write \(notes\.txt, photos/\)"):
+        check_export_folder(mine)
+    assert (mine / "notes.txt").read_text() == "keep"

@@ -195,7 +195,9 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {value!r})"
-            lines.append(f"  - {loc or 'recipe'}: {err['msg']}{shown}")
+            # a check of vitkit's own says what to do: its text without pydantic's "Value error, " in front
+            message = str(err["ctx"]["error"]) if err["type"] == "value_error" and "ctx" in err else err["msg"]
+            lines.append(f"  - {loc or 'recipe'}: {message}{shown}")
     return "\n".join(lines)
 
 

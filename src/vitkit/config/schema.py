@@ -133,6 +133,16 @@ class DataConfig(Section):
         None, description="Normalisation std (RGB); None takes the pretrained weights' values, else ImageNet's."
     )
 
+    @model_validator(mode="after")
+    def _root_only_where_read(self) -> DataConfig:
+        # a root beside any other source would be ignored: a user who meant it as their data would train on other data
+        if self.root is not None and self.source is not None and not self.source.startswith("torchvision:"):
+            raise ValueError(
+                f"data.root is read only by torchvision:NAME sources, not by data.source={self.source}; give your "
+                "images with --data (data.source) and leave data.root out"
+            )
+        return self
+
     def normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """The mean and std to use: the recipe's, or ImageNet's where unset (pretrained values are filled in
         by the trainer before this is read)."""

@@ -174,10 +174,15 @@ def export_hf_dataset(splits: DataSplits, out: Path) -> dict[str, Any]:
     datasets = _require_datasets("vitkit data export --format hf")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise VitkitError(f"--out {out} exists and is not an empty folder; name a new folder for the dataset.")
-    make_parent_folder(out)
     datasets.utils.logging.disable_progress_bar()
     train, skipped_train = _dataset(splits.train, splits.classes, datasets)
     val, skipped_val = _dataset(splits.val, splits.classes, datasets)
+    if len(train) == 0 and skipped_train:  # a dataset nothing can train on: say so rather than write an empty one
+        raise VitkitError(
+            f"none of the {len(skipped_train)} training images could be read (e.g. {skipped_train[0]}); "
+            "nothing was written. Check that the data holds image files."
+        )
+    make_parent_folder(out)
     # written beside OUT and renamed into place: a failure leaves no half-written dataset behind
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))  # new: vitkit's own
