@@ -124,6 +124,21 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def fields_that_differ(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(section.field, value in a, value in b) for each field of two recipe trees that differs, sorted."""
+    fa, fb = flatten(a), flatten(b)
+    return [(k, fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+
+
+def resume_changes(run_dir: Path, tree: dict[str, Any]) -> str | None:
+    """`changed on resume: optim.lr 0.002 -> 0.1` when the recipe a run resumes with differs from its recipe.yaml,
+    which is then rewritten: the line is what tells the run's log that its first epochs ran with other values."""
+    changes = fields_that_differ(_recipe(run_dir), tree)
+    if not changes:
+        return None
+    return "changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, a, b in changes)
+
+
 def run_metrics(run_dir: Path) -> dict[str, Any]:
     """The figures two runs are compared on: training outcome, cost, and the evaluation's headline numbers."""
     summary = _read_json(run_dir / "summary.json")
@@ -150,8 +165,7 @@ def compare_runs(a: Path, b: Path) -> tuple[list[tuple[str, Any, Any]], list[tup
     for run in (a, b):
         if not is_run_folder(run):
             raise VitkitError(f"{run} is not a vitkit run folder. Pass two folders written by vitkit train --out.")
-    ra, rb = flatten(_recipe(a)), flatten(_recipe(b))
-    differ = [(k, ra.get(k), rb.get(k)) for k in sorted(set(ra) | set(rb)) if ra.get(k) != rb.get(k)]
+    differ = fields_that_differ(_recipe(a), _recipe(b))
     ma, mb = run_metrics(a), run_metrics(b)
     metrics = [(k, ma.get(k), mb.get(k)) for k in dict.fromkeys([*ma, *mb])]
     return differ, metrics

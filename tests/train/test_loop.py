@@ -1,5 +1,6 @@
 """Whole training runs on tiny models and data (seconds each)."""
 
+import io
 import math
 from pathlib import Path
 
@@ -71,12 +72,23 @@ def test_resume_after_a_stop_matches_the_uninterrupted_run(tmp_path: Path, finis
         console=QUIET,
     )
     assert len(read_metrics(run / "metrics.jsonl", "epoch")) == 2
-    train(resume_recipe(run, ["train.max_updates=null"]), run, resume=True, console=QUIET)
+    said = Console(record=True, width=200, file=io.StringIO())
+    train(resume_recipe(run, ["train.max_updates=null"]), run, resume=True, console=said)
     assert [e["epoch"] for e in read_metrics(run / "metrics.jsonl", "epoch")] == [1, 2, 3]
+    # the recipe.yaml rewritten for the rest of the run no longer shows the first part's value: the log does
+    assert f"changed on resume: train.max_updates {2 * steps_per_epoch} -> None" in said.export_text()
+    assert "changed on resume" not in _resumed_output(run)  # the same recipe again: nothing to say
     resumed = load_weights(run / "checkpoints" / "last" / "model.safetensors")
     reference = load_weights(finished_run / "checkpoints" / "last" / "model.safetensors")
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], atol=1e-6, rtol=1e-5)
+
+
+def _resumed_output(run: Path) -> str:
+    """What resuming a finished run with its own recipe prints (it trains nothing more)."""
+    said = Console(record=True, width=200, file=io.StringIO())
+    train(resume_recipe(run), run, resume=True, console=said)
+    return said.export_text()
 
 
 def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from rich.console import Console
@@ -49,6 +50,7 @@ from vitkit.models.lora import load_model_state, model_state_dict
 from vitkit.models.pretrained import PretrainedWeights, pretrained_normalization, resolve_pretrained, with_architecture
 from vitkit.models.teacher import Teacher, check_teacher_classes, load_teacher
 from vitkit.precision import autocast_dtype, precision_note, resolve_device, resolve_precision
+from vitkit.run_list import resume_changes
 from vitkit.train.checkpoint import (
     Progress,
     load_training_state,
@@ -215,6 +217,9 @@ def setup_run(
     if ranks.rank:  # dropout, drop path and Mixup draw differently on each process; process 0 keeps the seed's stream
         seed_everything(t.seed + ranks.rank)
     if ranks.main:
+        changes = resume_changes(run_dir, yaml.safe_load(recipe_to_yaml(cfg))) if resume else None
+        if changes:
+            console.print(changes, highlight=False, markup=False)
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
     peak_lr = cfg.effective_lr(accelerator.num_processes)
     optimizer = build_optimizer(model, cfg.optim, peak_lr, layer_decay=cfg.finetune.layer_decay)
