@@ -91,6 +91,37 @@ def test_grayscale_is_detected(tmp_path: Path):
     assert profile_data(load_source(str(tmp_path), val_fraction=0.25)).grayscale is True
 
 
+def test_a_channel_that_never_varies_gets_imagenets_std_not_zero(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            rgb = rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)
+            rgb[..., 2] = 0  # no blue at all
+            Image.fromarray(rgb).save(tmp_path / name / f"{i}.png")
+    profile = profile_data(load_source(str(tmp_path), val_fraction=0.25))
+    assert profile.std[2] == 0.225 and min(profile.std[:2]) > 0.2 and profile.constant_channels == ("B",)
+    text = render_yaml(advise_recipe(profile, epochs=10), profile)
+    assert "B does not vary there, so it takes ImageNet's" in text
+    assert load_recipe("deit-tiny", [f"data.std={list(profile.std)}"]).data.std == profile.std
+    with pytest.raises(VitkitError, match=r"every channel's std must be above 0"):
+        load_recipe("deit-tiny", ["data.std=[0.3, 0.3, 0.0]"])
+
+
+def test_data_smaller_than_any_grid_cell_is_said_to_be_outside_the_evidence():
+    small = DataProfile(400, [40] * 10, 28, True, (0.3,) * 3, (0.3,) * 3)
+    assert any(
+        "400 training images is fewer than the grid's smallest cell" in n for n in advise_recipe(small, 50).notes
+    )
+    assert not any("smallest cell" in n for n in advise_recipe(FASHION_1K, 50).notes)
+
+
+def test_data_of_one_class_is_refused_as_training_would_refuse_it(tmp_path: Path):
+    write_image_folder(tmp_path / "d", classes=("only",), per_class=5)
+    out = vitkit("advise", "recipe", "--data", str(tmp_path / "d"))
+    assert out.returncode == 2 and "1 class (only): a classifier needs at least 2" in " ".join(out.stderr.split())
+
+
 def test_recipe_file_loads_with_every_choice_and_a_reason_on_each_line(tmp_path: Path):
     advice = advise_recipe(FASHION_1K, 60, strength="medium")
     path = tmp_path / "advised.yaml"

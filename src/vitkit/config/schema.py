@@ -134,6 +134,15 @@ class DataConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _std_above_zero(self) -> DataConfig:
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(
+                f"data.std={list(self.std)}: every channel's std must be above 0 (each pixel is divided by it); "
+                "give the measured values, or leave data.std out for ImageNet's"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _root_only_where_read(self) -> DataConfig:
         # a root beside any other source would be ignored: a user who meant it as their data would train on other data
         if self.root is not None and self.source is not None and not self.source.startswith("torchvision:"):

@@ -143,6 +143,7 @@ class DataProfile:
     # a nearest-class-mean classifier's accuracy on the sampled images and on their mirror images (single-label
     # data only): where mirroring takes it down towards chance, a flip turns an image into another class
     mirror_accuracy: tuple[float, float] | None = None
+    constant_channels: tuple[str, ...] = ()  # channels with no variation in the sample: their std is ImageNet's
 
     @property
     def flips_change_class(self) -> bool:
@@ -214,7 +215,7 @@ def _data_choices(profile: DataProfile) -> list[Choice]:
     grey = " (grayscale, replicated to 3 channels)" if profile.grayscale else ""
     return [
         Choice("data.mean", list(profile.mean), f"measured on the training images{grey}"),
-        Choice("data.std", list(profile.std), "measured on the training images"),
+        Choice("data.std", list(profile.std), _std_reason(profile)),
     ]
 
 
@@ -322,6 +323,11 @@ def advise_recipe(
     level = strength or strength_for(epochs, profile.images)
     budget_why = budget_why or f"{epochs} passes over the data"
     notes = [f"trick strength {level}: {STRENGTH_WHY[level]}"]
+    if profile.images < GRID_SMALLEST:
+        notes.append(
+            f"{profile.images:,} training images is fewer than the grid's smallest cell ({GRID_SMALLEST:,}): the rule "
+            "is carried beyond what was measured, so check the advice on a held-out split (vitkit tune)"
+        )
     if pretrained:
         img = pretrained_image_size(pretrained)
         choices = [Choice("finetune.pretrained", pretrained, "start from these weights")]
@@ -350,14 +356,36 @@ def advise_recipe(
     return RecipeAdvice(base, choices + _imbalance_choices(profile), epochs, level, notes)
 
 
+GRID_SMALLEST = 1_000  # the fewest training images of a grid cell (Fashion-MNIST 1k; digits has 1,257)
+MIN_STD = 0.01  # below this a channel is constant in the sample: dividing by its std would blow augmented pixels up
+
+
+def _usable_std(measured: Any) -> tuple[float, float, float]:
+    """The measured per-channel std, with ImageNet's for a channel that does not vary (e.g. an empty blue channel):
+    normalising by zero makes every pixel infinite and the run learns nothing."""
+    from vitkit.config.schema import IMAGENET_STD
+
+    a, b, c = (round(float(s), 3) if s >= MIN_STD else IMAGENET_STD[i] for i, s in enumerate(measured))
+    return a, b, c
+
+
+def _std_reason(profile: DataProfile) -> str:
+    if not profile.constant_channels:
+        return "measured on the training images"
+    flat = ", ".join(profile.constant_channels)
+    return f"measured on the training images; {flat} does not vary there, so it takes ImageNet's (never 0)"
+
+
 def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
     """Image count, class balance, median size, colour and per-channel mean/std of a sample of the training
     split (`DataSplits`); files are decoded only for the sample."""
     import numpy as np
 
+    from vitkit.data.check import check_class_sets
     from vitkit.data.sources import to_pil
     from vitkit.errors import DataError, VitkitError
 
+    check_class_sets(splits)  # what training would refuse (one class, labels outside the list) is refused here too
     train = splits.train
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(train), size=min(sample, len(train)), replace=False)
@@ -387,7 +415,8 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
         size=int(np.median(sides)),
         grayscale=grey,
         mean=tuple(round(float(m), 3) for m in flat.mean(axis=0)),  # type: ignore[arg-type]
-        std=tuple(round(float(s), 3) for s in flat.std(axis=0)),  # type: ignore[arg-type]
+        std=_usable_std(flat.std(axis=0)),
+        constant_channels=tuple("RGB"[i] for i, v in enumerate(flat.std(axis=0)) if v < MIN_STD),
         multilabel=train.multilabel,
         description=splits.description,
         mirror_accuracy=(
