@@ -42,6 +42,10 @@ def test_compare_and_monitor_name_a_file_that_is_not_a_prediction_log(tmp_path: 
         load_log(tmp_path / "program")
     with pytest.raises(VitkitError, match="no such file"):
         load_log(tmp_path / "missing.jsonl")
+    with pytest.raises(VitkitError, match=r": a folder\. Give the file passed to vitkit serve --log"):
+        load_log(tmp_path)
+    with pytest.raises(VitkitError, match=r"/dev/null: not a regular file\."):
+        load_log(Path("/dev/null"))
     log = PredictionLog(tmp_path / "predictions.jsonl")
     log.write({"kind": "prediction", "version": "1"})
     log.close()

@@ -67,7 +67,8 @@ def load_log(path: Path) -> list[dict[str, Any]]:
     """The records of the prediction log `vitkit compare` and `vitkit monitor` are given, or a message saying why
     the file is not one."""
     if not path.is_file():
-        raise VitkitError(f"{path}: no such file. Give the file passed to vitkit serve --log.")
+        what = "a folder" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
+        raise VitkitError(f"{path}: {what}. Give the file passed to vitkit serve --log.")
     try:
         records = read_log(path)
     except (OSError, UnicodeDecodeError) as exc:
