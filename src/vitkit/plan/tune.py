@@ -384,6 +384,14 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     done = [t for t in ran if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         failed = [t for t in ran if "error" in t.user_attrs]
+        errors = {t.user_attrs["error"] for t in failed}
+        if (
+            len(failed) == len(ran) > 1 and len(errors) == 1
+        ):  # whatever the values, the same error: more trials won't do
+            raise VitkitError(
+                f"all {len(failed)} trials of the study in {out} failed with: {errors.pop()} Fix that with --set (or "
+                "another --base) and run vitkit tune again with a new --out."
+            )
         why = f" Trial {failed[-1].number} failed: {failed[-1].user_attrs['error']}" if failed else ""
         raise VitkitError(f"no trial of the study in {out} has finished yet: give it more --trials or --budget.{why}")
     best = study.best_trial
