@@ -385,9 +385,8 @@ def summarise(optuna: Any, study: Any, base: Recipe, out: Path) -> TuneResult:
     if not done:
         failed = [t for t in ran if "error" in t.user_attrs]
         errors = {t.user_attrs["error"] for t in failed}
-        if (
-            len(failed) == len(ran) > 1 and len(errors) == 1
-        ):  # whatever the values, the same error: more trials won't do
+        # every trial, whatever its values, failed the same way: more trials would too
+        if len(failed) == len(ran) > 1 and len(errors) == 1:
             raise VitkitError(
                 f"all {len(failed)} trials of the study in {out} failed with: {errors.pop()} Fix that with --set (or "
                 "another --base) and run vitkit tune again with a new --out."
