@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from PIL import Image
 from rich.console import Console
 
 from tests.conftest import TINY_OVERRIDES, tiny_recipe, write_mirrored_classes
@@ -268,6 +269,23 @@ def test_the_default_base_is_the_advised_recipe_for_the_data():
     smaller, said = advised_base("builtin:shapes", ["data.synthetic_train_size=1200", "model.depth=2"])
     assert smaller.schedule.epochs == 170 and "1,200 images: 170 epochs" in said  # 17 passes make 20,000 images
     assert smaller.model.depth == 2  # the user's --set applies on top of the advice
+
+
+def test_on_a_few_dozen_images_the_advised_batch_fits_what_a_trial_trains_on(tmp_path: Path):
+    for name in ("a", "b"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.full((16, 16, 3), 10 * i + (120 if name == "a" else 0), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "d" / name / f"{i}.png")
+    data = str(tmp_path / "d")
+    # 18 training images (the folder's own 10% validation split aside): the advisor's batch is 16; a trial holds out
+    # 20% of them and trains on 14, so 16 would fail. Counting each of the 2 classes rounding its share up: 18 * 0.8
+    # - 2 = 12 images at least, and a batch of 8 fits
+    recipe, _ = advised_base(data, [f"data.source={data}", "data.holdout=0.2"])
+    assert (recipe.train.batch_size, recipe.train.accumulation_steps) == (8, 1)
+    assert len(recipe_splits(recipe).train) == 14
+    whole, _ = advised_base("builtin:shapes", ["data.source=builtin:shapes", "data.holdout=0.2"])
+    assert whole.train.batch_size == 64  # thousands of images: the advice as it is
 
 
 def test_a_trial_that_fails_is_reported_and_the_study_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

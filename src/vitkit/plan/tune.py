@@ -179,7 +179,19 @@ def advised_base(data: str, overrides: list[str]) -> tuple[Recipe, str]:
         f"base: the advised recipe for {data} ({profile.images:,} images: {advice.epochs} epochs, trick strength "
         f"{advice.strength}; vitkit advise recipe --data {data} shows each choice and its reason)"
     )
-    return load_recipe(advice.base, [*advice.overrides(), *overrides]), said
+    recipe = load_recipe(advice.base, [*advice.overrides(), *overrides])
+    return _batch_within_trials(recipe, profile.images, profile.classes), said
+
+
+def _batch_within_trials(recipe: Recipe, images: int, classes: int) -> Recipe:
+    """The advised batch fits the whole training split; a trial trains on what its holdout leaves (each class may
+    round up its held-out share), so on a few dozen images the batch comes down to a power of two that fits."""
+    trial_images = math.floor(images * (1 - (recipe.data.holdout or 0.0))) - classes
+    batch = recipe.train.batch_size * recipe.train.accumulation_steps
+    if trial_images < 2 or batch <= trial_images:
+        return recipe
+    fitting = 2 ** math.floor(math.log2(trial_images))
+    return override_recipe(recipe, [f"train.batch_size={fitting}", "train.accumulation_steps=1"])
 
 
 def check_limits(trials: int | None, budget_seconds: float | None) -> None:
