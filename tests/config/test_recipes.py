@@ -138,6 +138,15 @@ def test_a_data_root_the_source_would_ignore_is_refused_and_the_message_is_vitki
     assert kept.data.root == "/tmp/cifar"
 
 
+def test_a_field_given_twice_and_an_override_without_a_value_are_refused(tmp_path: Path):
+    (tmp_path / "twice.yaml").write_text("base: deit-tiny\nmodel:\n  depth: 2\n  embed_dim: 64\n  depth: 3\n")
+    with pytest.raises(RecipeError, match=r"'depth' is given twice \(lines 3 and 5\); keep one"):
+        load_recipe(str(tmp_path / "twice.yaml"))
+    with pytest.raises(RecipeError, match=r"override 'model.depth=' has no value\. Give one, or model.depth=null"):
+        load_recipe("deit-tiny", ["model.depth="])
+    assert load_recipe("deit-tiny", ["model.depth=null"]).model.depth is None  # unsetting, said explicitly
+
+
 def test_typo_in_yaml_file_names_file_and_suggests(tmp_path: Path):
     path = tmp_path / "mine.yaml"
     path.write_text("base: deit-tiny\noptim:\n  weigth_decay: 0.1\n")

@@ -37,9 +37,29 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: plain YAML keeps the last
+    value, so a field pasted twice would quietly override what the reader sees first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"'{key}' is given twice (lines {first_line[key]} and {line}); keep one",
+                    key_node.start_mark,
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot be read as a recipe ({exc}). Pass a YAML text file.") from exc
     except yaml.YAMLError as exc:
@@ -169,8 +189,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if len(keys) == 2 and (keys[0], keys[1]) in RENAMED:
             keys[1] = RENAMED[keys[0], keys[1]]
         _check_keys(item, keys)
+        if not raw_value.strip():  # often a shell variable that was empty: unsetting takes an explicit null
+            raise RecipeError(f"override '{item}' has no value. Give one, or {key.strip()}=null to unset the field.")
         try:
-            value = yaml.safe_load(raw_value) if raw_value.strip() else None
+            value = yaml.safe_load(raw_value)
         except yaml.YAMLError:
             value = raw_value
         node = out
