@@ -115,6 +115,13 @@ def test_admin_needs_the_token(server: Server):
     assert admin(server, "GET", "/admin/models/shapes/rollout").status == 200
 
 
+def test_a_misspelt_rollout_field_is_refused_and_changes_nothing(server: Server):
+    before = admin(server, "GET", "/admin/models/shapes/rollout").json()
+    typo = admin(server, "PUT", "/admin/models/shapes/rollout", {"candidate": "1.1.0", "share": 0.5})
+    assert typo.status == 422 and "body.share: Extra inputs are not permitted" in typo.json()["error"]
+    assert admin(server, "GET", "/admin/models/shapes/rollout").json() == before
+
+
 def test_compare_judges_the_candidate_from_the_log_and_feedback(server: Server, folder: Path):
     admin(server, "PUT", "/admin/models/shapes/rollout", {"stable": "1.0.0", "candidate": "1.1.0", "shadow": True})
     for name, data in read_pngs(folder / "images"):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Header
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from vitkit.serve.inputs import InputError
 from vitkit.serve.rollout import Rollout, promote, rollback, updated
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 
 class RolloutChange(BaseModel):
+    # a misspelt field (share for weight) would otherwise be dropped and the rollout changed without it
+    model_config = ConfigDict(extra="forbid")
+
     stable: str | None = Field(None, description="The version that answers by default.")
     candidate: str | None = Field(None, description="A version to try; null removes it.")
     weight: float | None = Field(None, ge=0, le=1, description="Share of request keys the candidate answers.")
