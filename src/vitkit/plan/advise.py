@@ -405,6 +405,7 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
     if not pixels:
         raise VitkitError(f"{splits.description}: none of {len(picked)} sampled training images could be read.")
     flat = np.concatenate(pixels)
+    std = flat.std(axis=0)
     if train.multilabel:
         counts = [int(c) for c in np.nansum(train.labels, axis=0)]
     else:
@@ -415,8 +416,8 @@ def profile_data(splits: Any, sample: int = 512, seed: int = 0) -> DataProfile:
         size=int(np.median(sides)),
         grayscale=grey,
         mean=tuple(round(float(m), 3) for m in flat.mean(axis=0)),  # type: ignore[arg-type]
-        std=_usable_std(flat.std(axis=0)),
-        constant_channels=tuple("RGB"[i] for i, v in enumerate(flat.std(axis=0)) if v < MIN_STD),
+        std=_usable_std(std),
+        constant_channels=tuple("RGB"[i] for i, v in enumerate(std) if v < MIN_STD),
         multilabel=train.multilabel,
         description=splits.description,
         mirror_accuracy=(

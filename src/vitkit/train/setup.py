@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from rich.console import Console
@@ -217,7 +216,7 @@ def setup_run(
     if ranks.rank:  # dropout, drop path and Mixup draw differently on each process; process 0 keeps the seed's stream
         seed_everything(t.seed + ranks.rank)
     if ranks.main:
-        changes = resume_changes(run_dir, yaml.safe_load(recipe_to_yaml(cfg))) if resume else None
+        changes = resume_changes(run_dir, cfg.model_dump(mode="json")) if resume else None
         if changes:
             console.print(changes, highlight=False, markup=False)
         (run_dir / "recipe.yaml").write_text(recipe_to_yaml(cfg))  # the resolved recipe rebuilds this run's model
